@@ -1,0 +1,3 @@
+from clipce_rtdetr.cli import main
+
+main()

@@ -1,0 +1,180 @@
+"""`clipce-rtdetr MODE key=value ...`: the command line, in Ultralytics' style.
+
+Arguments are parsed with Ultralytics' own helpers (`merge_equals_args`, `parse_key_value_pair`), so
+every `yolo` key works unchanged; project keys come from cfg/default.yaml.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from typing import Any, Callable
+
+from clipce_rtdetr import __version__
+from clipce_rtdetr.errors import ClipCEError
+
+# Modes that take a model and go through ClipCERTDETR.
+MODEL_MODES = ("train", "val", "predict", "track", "export")
+# Modes implemented by a project module: "module:function", called with the parsed key=value dict.
+TOOL_MODES: dict[str, str] = {
+    "ame": "clipce_rtdetr.ame_inspect:run_ame_inspection",
+    "generate": "clipce_rtdetr.hazy_shapes:run_generate",
+    "convert": "clipce_rtdetr.convert:run_convert",
+    "degrade": "clipce_rtdetr.degrade:run_degrade",
+    "clip-train": "clipce_rtdetr.clip_train:run_clip_train",
+}
+# Arguments of `clipce-rtdetr train` with no arguments at all: the built-in demo, CPU, < 3 minutes.
+DEMO_TRAIN = {"model": "rtdetr-tiny.yaml", "data": "hazy-shapes", "epochs": 8, "imgsz": 256, "batch": 16,
+              "device": "cpu", "workers": 0, "name": "demo"}
+DEFAULT_DATA = "hazy-shapes"
+
+HELP = f"""
+clipce-rtdetr {__version__}: RT-DETR trained with a CLIP-guided cross-entropy loss (CLIP-CE)
+
+Usage: clipce-rtdetr MODE key=value ...
+
+  MODE (model):  train | val | predict | track | export
+  MODE (tools):  ame (score prompts on a dataset) | generate (build hazy-shapes) | convert | degrade | clip-train
+  special:       help | version | cfg (print every key and its default) | settings (Ultralytics settings)
+
+Every Ultralytics key works (epochs, imgsz, batch, device, resume, ...) plus the project's keys
+(clipce, clip, ame_profile, ame_alpha, fame_gamma, ...; see 'clipce-rtdetr cfg').
+
+Examples:
+  clipce-rtdetr train                                  # built-in demo: tiny RT-DETR on hazy-shapes, CPU
+  clipce-rtdetr train data=datasets/rtts.yaml model=rtdetr-l.pt clip=ViT-B-32:openai epochs=72
+  clipce-rtdetr train data=hazy-shapes clipce=none     # stock RT-DETR baseline
+  clipce-rtdetr val model=runs/detect/train/weights/best.pt data=datasets/rtts.yaml coco=True
+  clipce-rtdetr predict model=best.pt source=rtsp://camera/stream stream=True
+  clipce-rtdetr export model=best.pt format=onnx
+  clipce-rtdetr ame data=hazy-shapes clip=ViT-B-32:openai split=val
+"""
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
+    """Split argv into (mode, overrides) with Ultralytics' parsers; bare bool keys become True."""
+    from ultralytics.cfg import merge_equals_args, parse_key_value_pair
+
+    from clipce_rtdetr.config import all_defaults, check_keys
+
+    mode, overrides = None, {}
+    defaults = all_defaults()
+    for a in merge_equals_args(args):
+        a = a[2:] if a.startswith("--") and "=" in a else a
+        a = a[:-1] if a.endswith(",") else a
+        if "=" in a:
+            try:
+                k, v = parse_key_value_pair(a)
+            except (NameError, SyntaxError, ValueError, AssertionError) as e:
+                raise ClipCEError(f"Cannot parse '{a}': {e}. Use key=value, e.g. epochs=10.") from None
+            overrides[k] = v
+        elif mode is None and (a in MODEL_MODES or a in TOOL_MODES):
+            mode = a
+        elif a in defaults and isinstance(defaults[a], bool):
+            overrides[a] = True  # 'clipce-rtdetr val coco' sets coco=True, as in Ultralytics
+        elif a in defaults:
+            raise ClipCEError(f"'{a}' is a valid argument but is missing '=': try '{a}={defaults[a]}'.")
+        else:
+            check_keys({a: None})  # raises with the nearest valid key
+    return mode, overrides
+
+
+def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
+    """Run a model mode (train/val/predict/track/export) or a tool mode."""
+    from ultralytics.utils import LOGGER
+
+    from clipce_rtdetr.config import check_overrides
+
+    if mode in TOOL_MODES:
+        module, func = TOOL_MODES[mode].split(":")
+        try:
+            fn: Callable = getattr(import_module(module), func)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                raise ClipCEError(f"Mode '{mode}' is not available in this version of clipce-rtdetr.") from None
+            raise
+        return fn(overrides)
+
+    from clipce_rtdetr.model import ClipCERTDETR
+
+    if mode == "train" and not had_args:
+        LOGGER.info(
+            "No arguments given: training the built-in demo (tiny RT-DETR on the generated hazy-shapes dataset, CPU). "
+            f"Equivalent to: clipce-rtdetr train {' '.join(f'{k}={v}' for k, v in DEMO_TRAIN.items())}"
+        )
+        overrides = {**DEMO_TRAIN, **overrides}
+    check_overrides(overrides)
+    model_arg = overrides.pop("model", None)
+    if model_arg is None and not overrides.get("resume"):
+        from clipce_rtdetr.model import DEFAULT_MODEL
+
+        model_arg = DEFAULT_MODEL
+        LOGGER.warning(f"'model' argument is missing. Using default 'model={model_arg}'.")
+    if mode == "train" and overrides.get("resume") and model_arg is None:
+        model_arg = overrides["resume"] if isinstance(overrides["resume"], str) else None
+        if model_arg is None:
+            from ultralytics.utils.files import get_latest_run
+
+            model_arg = get_latest_run()
+            if not model_arg:
+                raise ClipCEError("resume=True but no last.pt found under the runs folder; pass resume=path/to/last.pt.")
+    if mode == "train" and not overrides.get("data") and not overrides.get("resume"):
+        overrides["data"] = DEFAULT_DATA
+        LOGGER.warning(f"'data' argument is missing. Using default 'data={DEFAULT_DATA}' (the built-in demo dataset).")
+    if mode in ("predict", "track") and "source" not in overrides:
+        raise ClipCEError(f"'{mode}' needs a source, e.g. source=video.mp4, source=0 (webcam) or source=rtsp://...")
+    if mode == "export" and "format" not in overrides:
+        overrides["format"] = "onnx"
+        LOGGER.warning("'format' argument is missing. Using default 'format=onnx'.")
+    model = ClipCERTDETR(model_arg)
+    if mode in ("predict", "track"):
+        # The CLI consumes the generator so that stream=True does not hold every frame's results in memory.
+        results = getattr(model, mode)(**{**overrides, "stream": True})
+        for _ in results:
+            pass
+        return None
+    return getattr(model, mode)(**overrides)
+
+
+def entrypoint(argv: list[str] | None = None) -> int:
+    """Console script `clipce-rtdetr`. Returns a process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    special = {
+        "help": lambda: _print(HELP),
+        "version": lambda: _print(__version__),
+        "cfg": lambda: _print(__import__("clipce_rtdetr.config", fromlist=["x"]).format_defaults()),
+    }
+    if not args:
+        _print(HELP)
+        return 0
+    head = args[0].lstrip("-").lower()
+    if head in special or head in ("h",):
+        special.get(head, special["help"])()
+        return 0
+    if head == "settings":
+        from ultralytics.cfg import handle_yolo_settings
+
+        handle_yolo_settings(args[1:])
+        return 0
+    try:
+        mode, overrides = parse_args(args)
+        if mode is None:
+            raise ClipCEError(
+                f"No mode given. Valid modes are {', '.join(MODEL_MODES + tuple(TOOL_MODES))}; see 'clipce-rtdetr help'."
+            )
+        run_mode(mode, overrides, had_args=len(args) > 1)
+    except (ClipCEError, FileNotFoundError) as e:
+        print(f"clipce-rtdetr {args[0]}: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted. A training run can be continued with 'clipce-rtdetr train resume=path/to/last.pt'.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main() -> None:  # pragma: no cover - python -m clipce_rtdetr
+    sys.exit(entrypoint())

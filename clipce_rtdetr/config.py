@@ -1,0 +1,140 @@
+"""Configuration: Ultralytics' keys plus the project's keys from cfg/default.yaml.
+
+Why a separate layer: Ultralytics rejects unknown keys (`check_dict_alignment`), so project keys are
+split off before arguments reach Ultralytics, and validated here with the same style of message.
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipce_rtdetr.errors import ConfigError
+from clipce_rtdetr.paths import DEFAULT_CFG_PATH
+
+CHOICES = {
+    "clipce": ("none", "prior", "ame", "fame"),
+    "ame_form": ("exp", "linear"),
+    "clipce_terms": ("all", "final"),
+    "ame_crops": ("source", "batch"),
+    "kind": ("haze", "lowlight", "underwater"),
+    "level": ("light", "medium", "heavy", "custom"),
+}
+NON_NEGATIVE = ("ame_alpha", "fame_gamma", "ame_context", "prior_a", "export_tol", "processes")
+POSITIVE = ("ame_temperature", "ame_batch")
+FRACTION = ("val_fraction",)
+# Keys whose value is a list or None (no scalar type to check).
+LIST_KEYS = ("ame_templates", "beta_range", "airlight_range", "gamma_range", "names")
+
+
+@lru_cache(maxsize=1)
+def project_defaults() -> dict[str, Any]:
+    """The project's own keys and defaults (cfg/default.yaml)."""
+    with open(DEFAULT_CFG_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def ultralytics_defaults() -> dict[str, Any]:
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return DEFAULT_CFG_DICT
+
+
+def all_defaults() -> dict[str, Any]:
+    return {**ultralytics_defaults(), **project_defaults()}
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split into (Ultralytics keys, project keys)."""
+    proj = project_defaults()
+    return {k: v for k, v in overrides.items() if k not in proj}, {k: v for k, v in overrides.items() if k in proj}
+
+
+def nearest_keys(key: str, valid: dict[str, Any] | None = None) -> list[str]:
+    valid = valid if valid is not None else all_defaults()
+    return get_close_matches(key, list(valid), n=3, cutoff=0.6)
+
+
+def check_keys(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> None:
+    """Unknown keys -> ConfigError naming the nearest valid ones."""
+    valid = all_defaults()
+    bad = [k for k in overrides if k not in valid and k not in extra]
+    if bad:
+        lines = []
+        for k in bad:
+            near = nearest_keys(k, valid)
+            hint = f" Did you mean {', '.join(f'{n}={valid[n]}' for n in near)}?" if near else ""
+            lines.append(f"'{k}' is not a valid clipce-rtdetr argument.{hint}")
+        raise ConfigError("\n".join(lines) + "\nSee all keys with 'clipce-rtdetr cfg'.")
+
+
+def check_project_values(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Type- and range-check project keys (in place, with int->float coercion); return cfg."""
+    defaults = project_defaults()
+    for k, v in list(cfg.items()):
+        if k not in defaults or v is None:
+            continue
+        d = defaults[k]
+        if k in LIST_KEYS:
+            if isinstance(v, str) and k != "names":
+                v = cfg[k] = [v]
+            if not isinstance(v, (list, tuple, dict)):
+                raise ConfigError(f"'{k}={v}' must be a list, e.g. {k}=[...].")
+            if k.endswith("_range") and (len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]):
+                raise ConfigError(f"'{k}={v}' must be [min, max] with min <= max, e.g. {k}=[0.05,0.14].")
+        elif isinstance(d, bool):
+            if not isinstance(v, bool):
+                raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a bool, i.e. '{k}=True' or '{k}=False'.")
+        elif isinstance(d, float):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a float, i.e. '{k}={d}'.")
+            v = cfg[k] = float(v)
+        elif isinstance(d, int):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be an int, i.e. '{k}={d}'.")
+        elif isinstance(d, str) and not isinstance(v, (str, Path)):
+            raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a string, i.e. '{k}={d}'.")
+        if k in CHOICES and v not in CHOICES[k]:
+            raise ConfigError(f"'{k}={v}' is not valid. Valid values are {', '.join(CHOICES[k])}.")
+        if k in NON_NEGATIVE and v < 0:
+            raise ConfigError(f"'{k}={v}' must be >= 0.")
+        if k in POSITIVE and v <= 0:
+            raise ConfigError(f"'{k}={v}' must be > 0.")
+        if k in FRACTION and not 0 <= v <= 1:
+            raise ConfigError(f"'{k}={v}' must be in [0, 1].")
+    return cfg
+
+
+def check_ultralytics_values(cfg: dict[str, Any]) -> None:
+    """Ultralytics' own type/range checks, re-raised as ConfigError."""
+    from ultralytics.cfg import check_cfg
+
+    try:
+        check_cfg(dict(cfg), hard=True)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_overrides(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate every key and value; return (ultralytics overrides, full project cfg with defaults)."""
+    check_keys(overrides, extra)
+    ultra, proj = split_overrides(overrides)
+    check_ultralytics_values({k: v for k, v in ultra.items() if k not in extra})
+    merged = {**project_defaults(), **proj}
+    return ultra, check_project_values(merged)
+
+
+def format_defaults() -> str:
+    """All keys and defaults: Ultralytics' then the project's (for `clipce-rtdetr cfg`)."""
+    from ultralytics.cfg import DEFAULT_CFG_PATH as ULTRA_CFG
+
+    return (
+        f"# Ultralytics keys ({ULTRA_CFG})\n"
+        + Path(ULTRA_CFG).read_text(encoding="utf-8")
+        + f"\n# clipce-rtdetr keys ({DEFAULT_CFG_PATH})\n"
+        + Path(DEFAULT_CFG_PATH).read_text(encoding="utf-8")
+    )

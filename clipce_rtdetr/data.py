@@ -1,0 +1,191 @@
+"""Dataset resolution and checks: built-in names, dataset YAMLs, label files.
+
+Why: Ultralytics drops a bad label file with a one-line warning and runs `download:` scripts (Python
+executed with `exec`) when data is missing. Here a user gets every bad line named (file:line) before
+training, and a missing dataset is an error unless `allow_download=True`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipce_rtdetr.errors import ClipCEError
+from clipce_rtdetr.paths import DATASETS_DIR
+
+BUILTIN = ("hazy-shapes", "hazy-shapes.yaml")
+IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
+MAX_LISTED = 10
+
+
+def resolve_data(data: str | Path | None, allow_download: bool = False, check_labels: bool = True) -> str:
+    """Return a dataset YAML path Ultralytics can use, generating hazy-shapes if asked for it."""
+    if data is None or str(data) in BUILTIN:
+        from clipce_rtdetr.hazy_shapes import generate
+
+        return str(generate())
+    p = Path(data)
+    if not p.exists() and (DATASETS_DIR / p.name).exists() and p.parent == Path("."):
+        p = DATASETS_DIR / p.name
+    if not p.exists():
+        tried = [str(Path(data).resolve()), str(DATASETS_DIR / Path(data).name)]
+        raise ClipCEError(
+            f"Dataset '{data}' not found. Tried: {', '.join(tried)}.\n"
+            "Pass a dataset YAML path (data=path/to/data.yaml), data=hazy-shapes for the built-in demo, "
+            f"or one of the YAMLs in {DATASETS_DIR} (see datasets/README.md for how to get each dataset)."
+        )
+    if p.suffix not in (".yaml", ".yml"):
+        return str(p)  # a folder or other source: Ultralytics decides (e.g. classification layouts)
+    cfg = load_data_yaml(p)
+    missing = missing_splits(cfg, p)
+    if missing:
+        if cfg.get("download") and allow_download:
+            return str(p)  # the user asked for the download script to run
+        msg = f"Dataset YAML {p}: paths do not exist: {', '.join(missing)}."
+        if cfg.get("download"):
+            msg += (
+                "\nIt has a `download:` entry, which is not run by default (it may execute Python code or "
+                "fetch from the internet). Get the data yourself (see datasets/README.md), or pass allow_download=True."
+            )
+        else:
+            msg += "\nFix `path:`/`train:`/`val:` in the YAML, or convert the data with 'clipce-rtdetr convert'."
+        raise ClipCEError(msg)
+    if check_labels:
+        report_label_problems(scan_labels(cfg, p))
+    return str(p)
+
+
+def load_data_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ClipCEError(f"Dataset YAML {path} is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict) or "names" not in cfg and "nc" not in cfg:
+        raise ClipCEError(f"Dataset YAML {path} must be a mapping with 'names' (and 'train', 'val').")
+    for key in ("train", "val"):
+        if key not in cfg:
+            raise ClipCEError(f"Dataset YAML {path} has no '{key}:' entry.")
+    return cfg
+
+
+def dataset_root(cfg: dict[str, Any], yaml_path: Path) -> Path:
+    root = Path(cfg.get("path") or yaml_path.parent)
+    if not root.is_absolute():
+        # Ultralytics resolves relative `path:` against its datasets_dir; try the YAML's folder first.
+        candidate = (yaml_path.parent / root).resolve()
+        if candidate.exists():
+            return candidate
+        from ultralytics.utils import DATASETS_DIR as ULTRA_DATASETS
+
+        return (Path(ULTRA_DATASETS) / root).resolve()
+    return root
+
+
+def split_paths(cfg: dict[str, Any], yaml_path: Path, split: str) -> list[Path]:
+    root = dataset_root(cfg, yaml_path)
+    entries = cfg.get(split) or []
+    entries = entries if isinstance(entries, list) else [entries]
+    return [(root / e) if not Path(e).is_absolute() else Path(e) for e in entries]
+
+
+def missing_splits(cfg: dict[str, Any], yaml_path: Path) -> list[str]:
+    return [str(p) for s in ("train", "val") for p in split_paths(cfg, yaml_path, s) if not p.exists()]
+
+
+def class_count(cfg: dict[str, Any]) -> int:
+    names = cfg.get("names")
+    return len(names) if names is not None else int(cfg["nc"])
+
+
+def image_files(src: Path) -> list[Path]:
+    if src.is_dir():
+        return sorted(p for p in src.rglob("*") if p.suffix.lower() in IMG_SUFFIXES)
+    if src.suffix == ".txt":  # list file, paths relative to its parent
+        lines = [x.strip() for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
+        return [(src.parent / x).resolve() if not Path(x).is_absolute() else Path(x) for x in lines]
+    return [src]
+
+
+def label_file(img: Path) -> Path:
+    from ultralytics.data.utils import img2label_paths
+
+    return Path(img2label_paths([str(img)])[0])
+
+
+def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[str]]:
+    """Check the lines of one YOLO label file. Returns (errors, warnings), each naming file:line."""
+    errors, warnings = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        loc = f"{where}:{n}"
+        if len(parts) != 5 and (len(parts) < 7 or len(parts) % 2 == 0):
+            errors.append(f"{loc}: expected 5 fields 'class x_center y_center width height', got {len(parts)}: '{line.strip()}'")
+            continue
+        try:
+            values = [float(x) for x in parts]
+        except ValueError:
+            errors.append(f"{loc}: non-numeric field in '{line.strip()}'")
+            continue
+        c = values[0]
+        if c != int(c) or not 0 <= c < nc:
+            errors.append(f"{loc}: class id {parts[0]} out of range; the dataset has {nc} classes (ids 0-{nc - 1}). Fix the id or the YAML's names.")
+        if len(parts) == 5:
+            x, y, w, h = values[1:]
+            if w <= 0 or h <= 0:
+                errors.append(f"{loc}: box width/height must be > 0, got w={parts[3]} h={parts[4]}. Remove the line or fix the box.")
+            elif min(x, y) < 0 or max(x, y) > 1 or w > 1.0001 or h > 1.0001:
+                warnings.append(f"{loc}: coordinates outside [0, 1] (labels must be normalised by image width/height)")
+    return errors, warnings
+
+
+def scan_labels(cfg: dict[str, Any], yaml_path: Path) -> dict[str, list[str]]:
+    """Scan every label file of the train and val splits; return {'errors', 'warnings', 'empty', 'missing'}."""
+    nc = class_count(cfg)
+    report: dict[str, list[str]] = {"errors": [], "warnings": [], "empty": [], "missing": []}
+    for split in ("train", "val"):
+        for src in split_paths(cfg, yaml_path, split):
+            for img in image_files(src):
+                lb = label_file(img)
+                if not lb.exists():
+                    report["missing"].append(str(lb))
+                    continue
+                try:
+                    text = lb.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as e:
+                    report["errors"].append(f"{lb}: cannot be read ({e})")
+                    continue
+                if not text.strip():
+                    report["empty"].append(str(lb))
+                    continue
+                e, w = check_label_text(text, nc, str(lb))
+                report["errors"] += e
+                report["warnings"] += w
+    return report
+
+
+def report_label_problems(report: dict[str, list[str]], strict: bool = False) -> None:
+    from ultralytics.utils import LOGGER
+
+    def listed(items):
+        more = f"\n  ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+        return "\n  " + "\n  ".join(items[:MAX_LISTED]) + more
+
+    if report["warnings"]:
+        LOGGER.warning(f"{len(report['warnings'])} label lines look wrong:{listed(report['warnings'])}")
+    if report["empty"]:
+        LOGGER.info(f"{len(report['empty'])} label files are empty; their images are used as background (no objects).")
+    if report["missing"]:
+        LOGGER.info(f"{len(report['missing'])} images have no label file; they are used as background. First: {report['missing'][0]}")
+    if report["errors"]:
+        msg = (
+            f"{len(report['errors'])} label problems found ; Ultralytics skips the images they belong to. Fix them to train on those images:"
+            f"{listed(report['errors'])}"
+        )
+        if strict:
+            raise ClipCEError(msg)
+        LOGGER.warning(msg)

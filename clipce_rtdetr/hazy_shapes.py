@@ -1,0 +1,258 @@
+"""Generator of the built-in demo dataset `hazy-shapes`.
+
+Procedural outdoor-like scenes: a sky above a horizon, a textured ground plane below it, and
+objects of five shape classes standing on the ground. Depth follows the ground plane, so farther
+objects are smaller and, after hazing with the atmospheric scattering model (METHOD.md §7),
+fainter. A clean copy and the depth map of every image are kept beside the hazed one; beta and A
+are drawn per image and recorded in `haze.csv` so results can be split by haze level.
+
+The dataset is generated on first use into a cache folder outside the repository and reused while
+its recipe (RECIPE_VERSION and the generation arguments) is unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from clipce_rtdetr.paths import home
+from clipce_rtdetr.physics import apply_haze
+
+# Bump whenever a change here alters the images: cached copies of an older recipe are regenerated.
+RECIPE_VERSION = 1
+NAME = "hazy-shapes"
+CLASSES = ("circle", "square", "triangle", "star", "cross")
+# beta bins used to report results per haze level (upper bounds, inclusive of the lower one).
+HAZE_LEVELS = (("light", 0.0, 0.06), ("medium", 0.06, 0.11), ("heavy", 0.11, float("inf")))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the generated files. Stored as recipe.json beside the data."""
+
+    seed: int = 0
+    n_train: int = 192
+    n_val: int = 64
+    size: int = 256
+    max_objects: int = 5
+    beta: tuple[float, float] = (0.02, 0.16)
+    airlight: tuple[float, float] = (0.7, 1.0)
+    version: int = RECIPE_VERSION
+    classes: tuple[str, ...] = field(default=CLASSES)
+
+    def folder_name(self) -> str:
+        return f"{NAME}-v{self.version}-s{self.seed}-n{self.n_train}+{self.n_val}-{self.size}px"
+
+
+def haze_level(beta: float) -> str:
+    for name, lo, hi in HAZE_LEVELS:
+        if lo <= beta < hi:
+            return name
+    return HAZE_LEVELS[-1][0]
+
+
+def cache_root() -> Path:
+    """Where generated datasets live: $CLIPCE_HOME/datasets, default ~/.cache/clipce-rtdetr/datasets."""
+    return home() / "datasets"
+
+
+# ----------------------------------------------------------------------------------------- scene
+def _ground_depth(h: int, horizon_row: float, near: float = 1.0, far: float = 40.0) -> np.ndarray:
+    """Per-row depth of a flat ground seen by a level camera; rows above the horizon are sky (far)."""
+    rows = np.arange(h, dtype=np.float32) + 0.5
+    below = rows - horizon_row
+    d = np.where(below > 0, near * (h - horizon_row) / np.maximum(below, 1e-3), far)
+    return np.clip(d, near, far).astype(np.float32)
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, colour: np.ndarray) -> np.ndarray:
+    """A coloured patch with one of four textures (flat, stripes, checker, noise)."""
+    kind = rng.integers(4)
+    base = np.ones((h, w, 3), np.float32) * colour
+    if kind == 0:
+        return base
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    period = rng.uniform(3, 8)
+    if kind == 1:
+        pattern = (np.sin((xx * rng.uniform(-1, 1) + yy) * 2 * np.pi / period) > 0).astype(np.float32)
+    elif kind == 2:
+        pattern = ((xx // period + yy // period) % 2).astype(np.float32)
+    else:
+        pattern = rng.random((h, w)).astype(np.float32)
+    shade = 0.65 + 0.35 * pattern[..., None]
+    return np.clip(base * shade, 0, 1)
+
+
+def _shape_polygon(cls: int, cx: float, cy: float, r: float, rng: np.random.Generator) -> np.ndarray | None:
+    """Vertices of a shape of radius r centred at (cx, cy); None for the circle (drawn natively)."""
+    rot = rng.uniform(-0.25, 0.25)
+    if cls == 0:
+        return None
+    if cls == 1:  # square
+        ang = np.pi / 4 + rot + np.arange(4) * np.pi / 2
+        radii = np.full(4, r)
+    elif cls == 2:  # triangle, apex up
+        ang = -np.pi / 2 + rot + np.arange(3) * 2 * np.pi / 3
+        radii = np.full(3, r)
+    elif cls == 3:  # five-pointed star
+        ang = -np.pi / 2 + rot + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.42 * r)
+    else:  # cross (plus sign), 12 vertices
+        a, b = r, r / 3
+        pts = np.array([[-b, -a], [b, -a], [b, -b], [a, -b], [a, b], [b, b], [b, a], [-b, a], [-b, b], [-a, b], [-a, -b], [-b, -b]])
+        c, s = np.cos(rot), np.sin(rot)
+        pts = pts @ np.array([[c, s], [-s, c]])
+        return (pts + [cx, cy]).astype(np.float32)
+    return np.stack([cx + radii * np.cos(ang), cy + radii * np.sin(ang)], 1).astype(np.float32)
+
+
+def render_scene(rng: np.random.Generator, size: int, max_objects: int, n_classes: int = len(CLASSES)):
+    """Render one clean scene.
+
+    Returns (clean float32 HxWx3 in [0,1], depth float32 HxW, labels list of (cls, x1, y1, x2, y2)).
+    """
+    h = w = size
+    horizon = rng.uniform(0.3, 0.5) * h
+    row_depth = _ground_depth(h, horizon)
+    depth = np.repeat(row_depth[:, None], w, 1)
+
+    sky_top, sky_bottom = rng.uniform(0.45, 0.75, 3), rng.uniform(0.7, 0.95, 3)
+    t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+    img = np.broadcast_to(sky_top * (1 - t) + sky_bottom * t, (h, w, 3)).astype(np.float32).copy()
+    ground = _texture(rng, h, w, rng.uniform(0.15, 0.55, 3))
+    ground_mask = (np.arange(h) > horizon)[:, None, None]
+    img = np.where(ground_mask, ground, img)
+
+    # Farther objects first so nearer ones occlude them (painter's algorithm).
+    n = int(rng.integers(1, max_objects + 1))
+    base_rows = np.sort(rng.uniform(horizon + 0.06 * (h - horizon), h - 1, n))
+    labels, boxes = [], []
+    for base in base_rows:
+        d = float(row_depth[int(base)])
+        r = float(np.clip(0.16 * size / d, 3.0, 0.22 * size))  # apparent size falls as 1/depth
+        cls = int(rng.integers(n_classes))
+        cx = float(rng.uniform(r, w - r))
+        cy = base - r
+        box = np.array([cx - r, cy - r, cx + r, cy + r])
+        if any(_iou(box, b) > 0.3 for b in boxes):
+            continue
+        mask = np.zeros((h, w), np.uint8)
+        poly = _shape_polygon(cls, cx, cy, r, rng)
+        shift = 4  # sub-pixel precision for cv2 drawing
+        if poly is None:
+            cv2.circle(mask, (round(cx * 16), round(cy * 16)), round(r * 16), 255, -1, cv2.LINE_AA, shift)
+        else:
+            cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 255, cv2.LINE_AA, shift)
+        ys, xs = np.nonzero(mask > 127)
+        if len(xs) < 4:
+            continue
+        alpha = (mask.astype(np.float32) / 255.0)[..., None]
+        colour = rng.uniform(0.05, 1.0, 3)
+        img = img * (1 - alpha) + _texture(rng, h, w, colour) * alpha
+        depth = np.where(mask > 127, d, depth)
+        x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        boxes.append(box)
+        labels.append((cls, float(x1), float(y1), float(x2), float(y2)))
+    return np.clip(img, 0, 1).astype(np.float32), depth.astype(np.float32), labels
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def make_sample(recipe: Recipe, split: str, index: int):
+    """Deterministic (clean, hazy, depth, labels, beta, airlight) for one image of a split."""
+    split_id = {"train": 0, "val": 1}[split]
+    rng = np.random.default_rng([recipe.seed, recipe.version, split_id, index])
+    clean, depth, labels = render_scene(rng, recipe.size, recipe.max_objects, len(recipe.classes))
+    beta = float(rng.uniform(*recipe.beta))
+    airlight = float(rng.uniform(*recipe.airlight))
+    hazy = apply_haze(clean, depth, beta, airlight)
+    return clean, hazy, depth, labels, beta, airlight
+
+
+# ----------------------------------------------------------------------------------------- files
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.round(img * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+
+def generate(root: str | Path | None = None, recipe: Recipe | None = None, progress: bool = True) -> Path:
+    """Generate hazy-shapes (if not already complete for this recipe); return its dataset YAML path."""
+    from tqdm import tqdm
+
+    recipe = recipe or Recipe()
+    out = Path(root) if root is not None else cache_root() / recipe.folder_name()
+    yaml_path = out / f"{NAME}.yaml"
+    done = out / ".complete"
+    if done.exists() and yaml_path.exists():
+        try:
+            if json.loads((out / "recipe.json").read_text())["version"] == recipe.version:
+                return yaml_path
+        except (OSError, ValueError, KeyError):
+            pass
+    if out.exists():  # incomplete or stale: only ever our own generated folder, marked by recipe.json
+        if not (out / "recipe.json").exists() and any(out.iterdir()):
+            raise FileExistsError(
+                f"{out} exists and is not a hazy-shapes folder made by clipce-rtdetr; "
+                "choose another out= folder or remove it yourself."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+
+    rows = []
+    jobs = [("train", i) for i in range(recipe.n_train)] + [("val", i) for i in range(recipe.n_val)]
+    for split, i in tqdm(jobs, desc=f"Generating {NAME} in {out}", disable=not progress, unit="img"):
+        clean, hazy, depth, labels, beta, airlight = make_sample(recipe, split, i)
+        stem = f"{split}_{i:05d}"
+        for sub, img in (("images", hazy), ("clean", clean)):
+            (out / sub / split).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out / sub / split / f"{stem}.png"), _to_u8(img))
+        (out / "depth" / split).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out / "depth" / split / f"{stem}.png"), np.round(depth * 1000).astype(np.uint16))
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        s = recipe.size
+        lines = [
+            f"{c} {(x1 + x2) / 2 / s:.6f} {(y1 + y2) / 2 / s:.6f} {(x2 - x1) / s:.6f} {(y2 - y1) / s:.6f}"
+            for c, x1, y1, x2, y2 in labels
+        ]
+        (out / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        rows.append(
+            {"im_file": f"images/{split}/{stem}.png", "split": split, "beta": f"{beta:.6f}",
+             "airlight": f"{airlight:.6f}", "level": haze_level(beta), "n_objects": len(labels)}
+        )
+    with open(out / "haze.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    data = {
+        "path": str(out.resolve()),
+        "train": "images/train",
+        "val": "images/val",
+        "names": dict(enumerate(recipe.classes)),
+        # Degradation parameters per image, for per-level evaluation.
+        "degradation": "haze.csv",
+        "clean": "clean",
+        "depth": "depth",
+        "depth_scale": 0.001,
+    }
+    yaml_path.write_text(f"# {NAME}: generated by clipce-rtdetr (recipe v{recipe.version}); do not edit\n" + yaml.safe_dump(data, sort_keys=False))
+    done.write_text("ok\n")
+    return yaml_path
+
+
+def read_degradation(csv_path: str | Path) -> dict[str, dict]:
+    """Map image file name (stem) -> recorded degradation row."""
+    with open(csv_path, newline="") as f:
+        return {Path(r["im_file"]).stem: r for r in csv.DictReader(f)}

@@ -1,0 +1,105 @@
+"""`ClipCERTDETR`: the Python API, mirroring `ultralytics.RTDETR` (train/val/predict/track/export).
+
+Training goes through `ClipCETrainer` (CLIP-CE loss); validation, prediction, tracking and export
+are stock Ultralytics RT-DETR, because a CLIP-CE checkpoint is a plain RT-DETR checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ultralytics import RTDETR
+
+from clipce_rtdetr.config import check_overrides
+from clipce_rtdetr.errors import ClipCEError
+from clipce_rtdetr.paths import MODELS_DIR, weights_dirs
+
+DEFAULT_MODEL = "rtdetr-l.pt"
+TINY_MODEL = "rtdetr-tiny.yaml"
+ULTRA_RELEASE_URL = "https://github.com/ultralytics/assets/releases/download/v8.4.0/"
+
+
+def resolve_model(model: str | Path | None) -> str:
+    """Turn `model=` into a path or an Ultralytics config name, searching cfg/models/ and weights/."""
+    name = str(model or DEFAULT_MODEL)
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        if p.exists():
+            return str(p)
+        for cand in (MODELS_DIR / p.name, MODELS_DIR / f"{p.stem}.yaml"):
+            if cand.exists():
+                return str(cand)
+        return name  # an Ultralytics config such as rtdetr-l.yaml; Ultralytics resolves it
+    if p.suffix == "" and (MODELS_DIR / f"{name}.yaml").exists():
+        return str(MODELS_DIR / f"{name}.yaml")
+    if p.exists():
+        return str(p)
+    from ultralytics.utils import SETTINGS
+
+    candidates = [d / p.name for d in weights_dirs()] + [Path(SETTINGS["weights_dir"]) / p.name]
+    for cand in candidates:
+        if cand.exists():
+            return str(cand)
+    from ultralytics.utils import ONLINE
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    if p.name in GITHUB_ASSETS_NAMES and ONLINE and p.parent == Path("."):
+        return name  # Ultralytics downloads its own release asset
+    how = (
+        f"Download it from {ULTRA_RELEASE_URL}{p.name} and put it in {weights_dirs()[0]} "
+        "(see weights/README.md), or set YOLO_OFFLINE=0 on a machine with internet to let Ultralytics fetch it."
+        if p.name in GITHUB_ASSETS_NAMES
+        else "Check the path, or pass a model config such as model=rtdetr-tiny.yaml or model=rtdetr-l.yaml."
+    )
+    tried = "\n  ".join(str(c) for c in [p.resolve(), *candidates])
+    raise ClipCEError(f"Model weights '{name}' not found. Tried:\n  {tried}\n{how}")
+
+
+class ClipCERTDETR(RTDETR):
+    """RT-DETR trained with CLIP-CE. `ClipCERTDETR("rtdetr-l.pt").train(data=..., clipce="fame")`."""
+
+    def __init__(self, model: str | Path = DEFAULT_MODEL) -> None:
+        super().__init__(model=resolve_model(model) if isinstance(model, (str, Path)) else model)
+
+    @property
+    def task_map(self) -> dict:
+        from clipce_rtdetr.trainer import ClipCETrainer
+
+        task_map = super().task_map
+        task_map["detect"] = {**task_map["detect"], "trainer": ClipCETrainer}
+        return task_map
+
+    def train(self, trainer=None, **kwargs: Any):
+        from clipce_rtdetr.data import resolve_data
+
+        check_overrides(kwargs)
+        if not kwargs.get("resume"):
+            kwargs["data"] = resolve_data(kwargs.get("data"), allow_download=bool(kwargs.get("allow_download")))
+        return super().train(trainer=trainer, **kwargs)
+
+    def val(self, validator=None, **kwargs: Any):
+        from clipce_rtdetr.data import resolve_data
+
+        ultra, proj = check_overrides(kwargs)
+        data = ultra.get("data") or self.overrides.get("data")
+        ultra["data"] = resolve_data(data, allow_download=proj["allow_download"])
+        if proj["coco"]:
+            from clipce_rtdetr.coco_eval import val_with_coco  # issue: COCO-standard evaluation
+
+            return val_with_coco(self, validator=validator, **ultra)
+        return super().val(validator=validator, **ultra)
+
+    def predict(self, source=None, stream: bool = False, predictor=None, **kwargs: Any):
+        ultra, _ = check_overrides(kwargs)
+        return super().predict(source=source, stream=stream, predictor=predictor, **ultra)
+
+    def track(self, source=None, stream: bool = False, persist: bool = False, **kwargs: Any):
+        ultra, _ = check_overrides(kwargs)
+        return super().track(source=source, stream=stream, persist=persist, **ultra)
+
+    def export(self, **kwargs: Any) -> str:
+        ultra, proj = check_overrides(kwargs)
+        from clipce_rtdetr.export import export_checked
+
+        return export_checked(self, proj, **ultra)
