@@ -1,26 +1,33 @@
 """`ClipCETrainer`: Ultralytics' RT-DETR trainer with the CLIP-CE loss (Ultralytics' custom-trainer pattern).
 
-CLIP and the embedding cache live on the trainer, outside the detector's module tree, so they never
-reach `state_dict`, EMA or checkpoints. The detector is a stock `RTDETRDetectionModel`; only its
-`criterion` is replaced by `ClipCEDetectionLoss`, which checkpoints drop (`ema.criterion = None`), so
-`best.pt` loads in any Ultralytics install.
+CLIP, the prompt bank and the per-object weight table live on the trainer, outside the detector's
+module tree, so they never reach `state_dict`, EMA or checkpoints. The detector stays a stock
+`RTDETRDetectionModel`; only its `criterion` is a `ClipCEDetectionLoss`, which Ultralytics drops from
+checkpoints (`ema.criterion = None`). So `best.pt` loads in any Ultralytics install.
+
+Per batch the only extra work with `ame_crops=source` is a gather of precomputed weights by object id
+(FAME's confidence adjustment happens inside the loss, on matched queries only).
 """
 
 from __future__ import annotations
 
-from copy import copy
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from ultralytics.models.rtdetr.train import RTDETRTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
+from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from clipce_rtdetr.config import check_project_values, project_defaults
+from clipce_rtdetr.loss import ClipCEDetectionLoss
+from clipce_rtdetr.object_ids import as_object_id_dataset, split_object_ids
 
-# Attribute on the detector that carries the CLIP-CE keys into checkpoints (a plain dict: it unpickles
+# Attribute on the detector carrying the CLIP-CE keys into checkpoints (a plain dict, which unpickles
 # anywhere), so `resume=True` restores them.
 CKPT_ATTR = "clipce_args"
+WEIGHT_KEYS = ("clipce/ame_w", "clipce/fame_w", "clipce/frac_w>1.5")
 
 
 class ClipCETrainer(RTDETRTrainer):
@@ -31,12 +38,18 @@ class ClipCETrainer(RTDETRTrainer):
         proj_keys = project_defaults()
         given = {k: overrides.pop(k) for k in list(overrides) if k in proj_keys}
         self.clipce_args = check_project_values({**proj_keys, **given})
+        self.weight_table = None  # (N,) per-object AME/prior weight, ame_crops=source or prior
+        self.scorer = None  # AMEScorer, ame_crops=batch
+        self._reset_weight_stats()
         super().__init__(cfg, overrides, _callbacks)
         if self.resume:
             self.clipce_args = self._restore_clipce_args(given)
         if RANK in {-1, 0}:
             (Path(self.save_dir) / "clipce.yaml").write_text(yaml.safe_dump(self.clipce_args, sort_keys=False))
-            LOGGER.info("CLIP-CE: " + ", ".join(f"{k}={v}" for k, v in self.clipce_args.items() if k.startswith(("clip", "ame_", "fame_", "prior_"))))
+
+    @property
+    def mode(self) -> str:
+        return self.clipce_args["clipce"]
 
     def _restore_clipce_args(self, given: dict[str, Any]) -> dict[str, Any]:
         from ultralytics.nn.tasks import load_checkpoint
@@ -51,11 +64,117 @@ class ClipCETrainer(RTDETRTrainer):
             LOGGER.warning(f"Resume ignores {changed}, using checkpoint values. Start a new run to change them.")
         return check_project_values({**project_defaults(), **saved})
 
+    # ------------------------------------------------------------------------------ model and data
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         setattr(model, CKPT_ATTR, dict(self.clipce_args))
+        if self.mode != "none":
+            a = self.clipce_args
+            model.criterion = ClipCEDetectionLoss(
+                nc=self.data["nc"], fame=self.mode == "fame", fame_gamma=a["fame_gamma"], terms=a["clipce_terms"]
+            )
         return model
 
-    def get_validator(self):
-        validator = super().get_validator()
-        return validator
+    def build_dataset(self, img_path, mode: str = "train", batch=None):
+        dataset = super().build_dataset(img_path, mode=mode, batch=batch)
+        if mode == "train" and self.mode != "none":
+            as_object_id_dataset(dataset, self.args)
+        return dataset
+
+    def _setup_train(self):
+        if self.mode in ("ame", "fame"):
+            self._check_prompts()  # configuration errors before any heavy work
+        super()._setup_train()
+        if self.mode != "none":
+            self._setup_weights()
+
+    def _check_prompts(self):
+        from clipce_rtdetr.prompts import build_prompts, load_profile
+
+        a = self.clipce_args
+        build_prompts(load_profile(a["ame_profile"]), list(self.data["names"].values()), a["ame_templates"])
+
+    def _setup_weights(self):
+        """Build the weight table (source crops / prior) or the online scorer (batch crops)."""
+        a = self.clipce_args
+        dataset = self.train_loader.dataset
+        labels, label_files = dataset.labels, getattr(dataset, "label_files", None)
+        if self.mode == "prior":
+            from clipce_rtdetr.prior import dataset_prior_weights
+
+            with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves, the others load
+                self.weight_table = dataset_prior_weights(labels, label_files, a["prior_a"]).to(self.device)
+            return
+        from clipce_rtdetr.ame import AMEScorer
+        from clipce_rtdetr.clip_loader import load_clip
+
+        bundle = load_clip(a["clip"], device=self.device)
+        scorer = AMEScorer(
+            bundle, list(self.data["names"].values()), a["ame_profile"], a["ame_templates"], a["ame_context"],
+            a["ame_temperature"], a["ame_alpha"], a["ame_form"],
+        )
+        if a["ame_crops"] == "batch":
+            self.scorer = scorer
+            return
+        from clipce_rtdetr.embedding_cache import dataset_embeddings
+
+        with torch_distributed_zero_first(LOCAL_RANK):
+            cache = dataset_embeddings(labels, label_files, bundle, a["ame_context"], a["ame_batch"], self.device,
+                                       progress=RANK in {-1, 0})
+        cls = torch.cat([torch.as_tensor(lb["cls"]).view(-1) for lb in labels]).long() if labels else torch.zeros(0)
+        _, d, w = scorer.score_embeddings(cache["embeddings"], cls, cache["valid"])
+        self.weight_table = w.to(self.device, torch.float32)
+        if RANK in {-1, 0} and len(w):
+            LOGGER.info(f"CLIP-CE: {len(w)} objects scored; mean d={d.mean():.3f}, mean w={w.mean():.3f}, "
+                        f"w>1.5: {(w > 1.5).float().mean():.1%}")
+        del scorer, bundle  # CLIP is not needed again in this mode: free its memory
+
+    # ----------------------------------------------------------------------------- per batch
+    def preprocess_batch(self, batch: dict) -> dict:
+        batch = super().preprocess_batch(batch)
+        ids = split_object_ids(batch)
+        if self.mode == "none":
+            return batch
+        criterion = unwrap_model(self.model).criterion
+        if self.scorer is not None:  # ame_crops=batch: score the augmented crops online
+            img = batch["img"]
+            h, w_ = img.shape[2:]
+            b = batch["bboxes"]
+            xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1) * b.new_tensor([w_, h, w_, h])
+            _, _, w = self.scorer.score_boxes(img, xyxy, batch["batch_idx"].long(), batch["cls"].view(-1).long())
+        else:
+            w = self.weight_table[ids.to(self.weight_table.device)]
+        w = w.detach().float()
+        criterion.object_weights = w
+        s = self._wstats
+        s["sum"] = s["sum"] + w.sum()
+        s["gt15"] = s["gt15"] + (w > 1.5).sum()
+        s["n"] += len(w)
+        return batch
+
+    # ----------------------------------------------------------------------------- logging
+    def _reset_weight_stats(self):
+        self._wstats = {"sum": 0.0, "gt15": 0, "n": 0}
+
+    def weight_metrics(self) -> dict[str, float]:
+        """Mean AME (or prior) weight, mean applied (FAME) weight, fraction w > 1.5, over this epoch's objects."""
+        s, n = self._wstats, max(self._wstats["n"], 1)
+        crit = getattr(unwrap_model(self.model), "criterion", None) if self.model is not None else None
+        applied = float(crit.stats["applied_sum"]) / max(crit.stats["n"], 1) if crit is not None and hasattr(crit, "stats") and crit.stats["n"] else float(s["sum"]) / n
+        out = {WEIGHT_KEYS[0]: float(s["sum"]) / n, WEIGHT_KEYS[1]: applied, WEIGHT_KEYS[2]: float(s["gt15"]) / n}
+        self._reset_weight_stats()
+        if crit is not None and hasattr(crit, "reset_stats"):
+            crit.reset_stats()
+        return out
+
+    def save_metrics(self, metrics):
+        if self.mode != "none":
+            metrics = {**metrics, **self.weight_metrics()}
+        super().save_metrics(metrics)
+
+    def plot_metrics(self):
+        super().plot_metrics()
+        if self.mode != "none":
+            from clipce_rtdetr.plots import plot_weight_history
+
+            plot_weight_history(self.csv, WEIGHT_KEYS, on_plot=self.on_plot)

@@ -1,0 +1,152 @@
+"""Per-object CLIP embeddings of a dataset's source-image crops, computed once and cached on disk.
+
+The cache sits beside Ultralytics' label cache (`labels/train.cache` -> `labels/train.clipce-<key>.pt`)
+and is keyed by the CLIP fingerprint (model + weights checksum), the crop settings and a hash of the
+labels themselves, so a second run reuses it and a changed dataset or CLIP rebuilds it. A corrupt or
+truncated file is rebuilt with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import torch
+from ultralytics.utils import LOGGER
+
+CACHE_VERSION = 1
+
+
+def labels_hash(labels: list[dict]) -> str:
+    """Hash of what defines the objects: image files, their sizes, classes and boxes, in dataset order."""
+    h = hashlib.sha256()
+    for lb in labels:
+        h.update(str(lb["im_file"]).encode())
+        h.update(np.asarray(lb["shape"], dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(lb["cls"], dtype=np.float32).tobytes())
+        h.update(np.ascontiguousarray(lb["bboxes"], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def source_boxes_xyxy(label: dict, hw: tuple[int, int]) -> np.ndarray:
+    """Ultralytics' normalised xywh label boxes -> pixel xyxy in an image of size hw."""
+    h, w = hw
+    b = np.asarray(label["bboxes"], dtype=np.float32).reshape(-1, 4)
+    xy, wh = b[:, :2], b[:, 2:] / 2
+    return np.concatenate([xy - wh, xy + wh], 1) * np.array([w, h, w, h], dtype=np.float32)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if im is None:
+        raise FileNotFoundError(f"Cannot read image {path} (missing or corrupt).")
+    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+
+
+def iter_source_crops(labels: list[dict], size: int, context: float, device="cpu") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (first object id, crops (n,3,S,S) float in [0,1], valid (n,)) image by image, in dataset order."""
+    from clipce_rtdetr.ame import crop_boxes
+
+    offset = 0
+    for lb in labels:
+        n = len(lb["cls"])
+        if n:
+            im = read_rgb(lb["im_file"])
+            t = torch.from_numpy(im).to(device).permute(2, 0, 1)[None].float().div_(255)
+            boxes = torch.from_numpy(source_boxes_xyxy(lb, im.shape[:2])).to(device)
+            crops, valid = crop_boxes(t, boxes, torch.zeros(n, dtype=torch.long, device=device), size, context)
+            yield offset, crops, valid
+        offset += n
+
+
+def compute_embeddings(labels: list[dict], bundle, context: float, batch_size: int = 64, device="cpu", progress: bool = True):
+    """CLIP image embeddings (N, D) fp16 and valid mask (N,) for every object of `labels`.
+
+    Crops are gathered across images and encoded `batch_size` at a time (one CLIP forward per chunk).
+    """
+    from tqdm import tqdm
+
+    from clipce_rtdetr.ame import normalise
+
+    n_obj = sum(len(lb["cls"]) for lb in labels)
+    emb, valid_all = None, torch.zeros(n_obj, dtype=torch.bool)
+    pending, pending_ids = [], []
+
+    def flush():
+        nonlocal emb
+        if not pending:
+            return
+        x = normalise(torch.cat(pending), bundle.mean, bundle.std)
+        e = bundle.encode_images(x, batch_size).to("cpu", torch.float16)
+        if emb is None:
+            emb = torch.zeros(n_obj, e.shape[1], dtype=torch.float16)
+        emb[torch.cat(pending_ids)] = e
+        pending.clear()
+        pending_ids.clear()
+
+    bar = tqdm(total=n_obj, desc="CLIP-CE: embedding ground-truth crops", unit="obj", disable=not progress)
+    for start, crops, valid in iter_source_crops(labels, bundle.image_size, context, device):
+        ids = torch.arange(start, start + len(crops))
+        valid_all[ids] = valid.cpu()
+        pending.append(crops)
+        pending_ids.append(ids)
+        bar.update(len(crops))
+        if sum(len(p) for p in pending) >= batch_size:
+            flush()
+    flush()
+    bar.close()
+    if emb is None:  # a dataset without objects
+        emb = torch.zeros(0, 1, dtype=torch.float16)
+    return emb, valid_all
+
+
+def cache_path_for(label_files: list[str], key: str) -> Path:
+    """`.../labels/train.clipce-<key12>.pt`, beside Ultralytics' `.../labels/train.cache`."""
+    parent = Path(label_files[0]).parent
+    return parent.with_name(f"{parent.name}.clipce-{key[:12]}.pt")
+
+
+def cache_key(bundle_fingerprint: str, context: float, image_size: int, mean, std, lhash: str) -> str:
+    spec = {"v": CACHE_VERSION, "clip": bundle_fingerprint, "context": round(float(context), 6), "size": int(image_size),
+            "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std], "labels": lhash}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def load_or_build(path: Path | None, key: str, build: Callable[[], dict]) -> dict:
+    """Load a cache dict whose 'key' matches, else build it and try to save it (atomically)."""
+    if path is not None and path.exists():
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if data.get("key") == key:
+                LOGGER.info(f"CLIP-CE: reusing embedding cache {path}")
+                return data
+            LOGGER.info(f"CLIP-CE: embedding cache {path} is for other settings; rebuilding.")
+        except Exception as e:  # truncated/corrupt file
+            LOGGER.warning(f"CLIP-CE: embedding cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it.")
+    data = {**build(), "key": key}
+    if path is not None:
+        tmp = path.with_suffix(".tmp")
+        try:
+            torch.save(data, tmp)
+            tmp.replace(path)
+            LOGGER.info(f"CLIP-CE: embedding cache saved to {path}")
+        except OSError as e:
+            LOGGER.warning(f"CLIP-CE: cannot write embedding cache {path} ({e}); it stays in memory for this run.")
+    return data
+
+
+def dataset_embeddings(labels: list[dict], label_files: list[str] | None, bundle, context: float,
+                       batch_size: int = 64, device="cpu", progress: bool = True) -> dict:
+    """Embeddings of every ground-truth object of a dataset, from the disk cache when it is valid."""
+    key = cache_key(bundle.fingerprint, context, bundle.image_size, bundle.mean, bundle.std, labels_hash(labels))
+    path = cache_path_for(label_files, key) if label_files else None
+
+    def build():
+        emb, valid = compute_embeddings(labels, bundle, context, batch_size, device, progress)
+        return {"embeddings": emb, "valid": valid}
+
+    return load_or_build(path, key, build)
