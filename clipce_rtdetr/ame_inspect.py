@@ -1,0 +1,88 @@
+"""`clipce-rtdetr ame`: score every ground-truth object of a dataset split with AME, without training.
+
+Writes to the run folder (Ultralytics' project/name convention): `ame.csv` (one row per object, box in
+source-image pixels, `index` = the object's row in its label file), `prompts.json` (the exact prompts
+and scoring settings), `weights_per_class.png` and `crops_most_least_weakened.png`. It is the tool for
+tuning prompts: the paper names prompt sensitivity as the method's main weakness.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from clipce_rtdetr.errors import ClipCEError
+
+
+def load_split_labels(data_yaml: str, split: str) -> tuple[dict, list[dict], list[str]]:
+    """Ultralytics' own dataset checks and label cache for one split: (data dict, labels, label_files)."""
+    from ultralytics.data import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(data_yaml, autodownload=False)
+    if not data.get(split):
+        raise ClipCEError(f"Dataset {data_yaml} has no '{split}:' split; use split=train or split=val.")
+    ds = YOLODataset(img_path=data[split], data=data, augment=False, imgsz=640, prefix=f"{split}: ")
+    return data, ds.labels, ds.label_files
+
+
+def run_ame_inspection(overrides: dict[str, Any]) -> Path:
+    from ultralytics.cfg import get_save_dir
+    from ultralytics.utils import LOGGER
+    from ultralytics.utils.torch_utils import select_device
+
+    from clipce_rtdetr.ame import AMEScorer
+    from clipce_rtdetr.clip_loader import load_clip
+    from clipce_rtdetr.config import check_overrides
+    from clipce_rtdetr.data import resolve_data
+    from clipce_rtdetr.embedding_cache import dataset_embeddings, source_boxes_xyxy
+
+    ultra, a = check_overrides(overrides)
+    split = ultra.get("split") or "val"
+    data_yaml = resolve_data(ultra.get("data"), allow_download=a["allow_download"])
+    data, labels, label_files = load_split_labels(data_yaml, split)
+    names = list(data["names"].values())
+    device = select_device(ultra.get("device", "cpu" if not torch.cuda.is_available() else "0"), verbose=False)
+
+    bundle = load_clip(a["clip"], device=device)
+    scorer = AMEScorer(bundle, names, a["ame_profile"], a["ame_templates"], a["ame_context"],
+                       a["ame_temperature"], a["ame_alpha"], a["ame_form"])
+    cache = dataset_embeddings(labels, label_files, bundle, a["ame_context"], a["ame_batch"], device)
+    cls = torch.cat([torch.as_tensor(lb["cls"]).view(-1) for lb in labels]).long() if labels else torch.zeros(0, dtype=torch.long)
+    q, d, w = (t.float().cpu().numpy() for t in scorer.score_embeddings(cache["embeddings"], cls, cache["valid"]))
+
+    save_dir = get_save_dir(SimpleNamespace(project=ultra.get("project"), name=ultra.get("name"), task="detect",
+                                            mode="ame", exist_ok=bool(ultra.get("exist_ok")), save_dir=None))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for lb in labels:
+        boxes = source_boxes_xyxy(lb, lb["shape"])
+        for j, (c, box) in enumerate(zip(np.asarray(lb["cls"]).reshape(-1).astype(int), boxes)):
+            rows.append({"im_file": lb["im_file"], "index": j, "cls": c, "name": names[c],
+                         **{k: round(float(v), 2) for k, v in zip(("x1", "y1", "x2", "y2"), box)}})
+    for r, qi, di, wi in zip(rows, q, d, w):
+        r.update(q=f"{qi:.6f}", d=f"{di:.6f}", w=f"{wi:.6f}")
+    cols = ["im_file", "index", "cls", "name", "x1", "y1", "x2", "y2", "q", "d", "w"]
+    with open(save_dir / "ame.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    info = {**scorer.prompt_info(), "clip": a["clip"], "clip_fingerprint": bundle.fingerprint, "data": data_yaml, "split": split}
+    (save_dir / "prompts.json").write_text(json.dumps(info, indent=2))
+
+    from clipce_rtdetr.plots import plot_crop_grid, plot_weights_per_class
+
+    plot_weights_per_class(save_dir / "weights_per_class.png", w, cls.numpy(), names)
+    plot_crop_grid(save_dir / "crops_most_least_weakened.png", rows, q, d, a["ame_context"])
+    if getattr(bundle, "random_weights", False):
+        LOGGER.warning("CLIP-CE: this CLIP has random weights; its scores are uninformative (a demo only).")
+    if len(w):
+        LOGGER.info(f"AME on {len(w)} objects of {split}: mean d={d.mean():.3f}, mean w={w.mean():.3f}, w>1.5: {(w > 1.5).mean():.1%}")
+    LOGGER.info(f"Results saved to {save_dir} (ame.csv, prompts.json, plots)")
+    return save_dir
