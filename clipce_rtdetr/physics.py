@@ -59,3 +59,59 @@ def rms_contrast(img: np.ndarray) -> float:
     x = np.asarray(img, dtype=np.float32)
     lum = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32) if x.ndim == 3 else x
     return float(lum.std())
+
+
+# ------------------------------------------------------------------------------------ low light
+def apply_lowlight(clean: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0,
+                   noise_seed: int | None = None) -> np.ndarray:
+    """IA-YOLO's low light, I = J ** gamma, plus Poisson-Gaussian sensor noise (METHOD.md §7).
+
+    Noise is Gaussian with variance `shot * I + read ** 2` (the usual heteroscedastic approximation of
+    photon shot noise plus read noise), drawn from `noise_seed` so a recorded seed reproduces the image.
+    gamma = 1 with shot = read = 0 returns the input.
+    """
+    i = np.power(np.asarray(clean, dtype=np.float32), np.float32(gamma))
+    if shot > 0 or read > 0:
+        i += sensor_noise(i, shot, read, noise_seed)
+    return np.clip(i, 0.0, 1.0, out=i)
+
+
+def sensor_noise(signal: np.ndarray, shot: float, read: float, seed: int | None) -> np.ndarray:
+    """Zero-mean noise with standard deviation sqrt(shot * signal + read^2), same shape as signal."""
+    rng = np.random.default_rng(seed)
+    std = np.sqrt(np.float32(shot) * np.maximum(signal, 0) + np.float32(read) ** 2)
+    return rng.standard_normal(signal.shape, dtype=np.float32) * std
+
+
+def gamma_lut(gamma: float, bits: int = 8) -> np.ndarray:
+    """Look-up table of x ** gamma for every integer level of a `bits`-bit image, as float32 in [0, 1]."""
+    n = (1 << bits) - 1
+    return np.power(np.arange(n + 1, dtype=np.float32) / n, np.float32(gamma))
+
+
+# ------------------------------------------------------------------------------------ underwater
+# Per-metre attenuation (R, G, B) of clear ocean water, red fastest (Jerlov type I-II order of magnitude).
+WATER_ATTENUATION_RGB = (0.40, 0.07, 0.04)
+
+
+def apply_underwater(clean: np.ndarray, distance: np.ndarray, attenuation, veil) -> np.ndarray:
+    """Underwater image formation: I_c = J_c exp(-b_c d) + B_c (1 - exp(-b_c d)) for each channel c.
+
+    `attenuation` (b_c, per metre) and `veil` (the veiling / background light B_c) are given per channel in
+    the channel order of `clean`; `distance` (H, W) is in metres. distance = 0 returns the input.
+    """
+    j = np.asarray(clean, dtype=np.float32)
+    if j.ndim != 3 or j.shape[2] != len(attenuation) or len(veil) != len(attenuation):
+        raise ValueError(f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, got {j.shape}")
+    d = np.asarray(distance, dtype=np.float32)[..., None]
+    t = np.exp(-d * np.asarray(attenuation, dtype=np.float32))
+    out = j * t
+    out += np.asarray(veil, dtype=np.float32) * (1.0 - t)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def normalised_depth(depth: np.ndarray) -> np.ndarray:
+    """Depth rescaled to [0, 1] by its maximum (a flat map stays 0)."""
+    d = np.asarray(depth, dtype=np.float32)
+    m = float(d.max()) if d.size else 0.0
+    return d / m if m > 0 else np.zeros_like(d)
