@@ -197,9 +197,11 @@ def generate(root: str | Path | None = None, recipe: Recipe | None = None, progr
     done = out / ".complete"
     if done.exists() and yaml_path.exists():
         try:
-            if json.loads((out / "recipe.json").read_text())["version"] == recipe.version:
+            # The whole recipe, not only its version: the same out= folder asked for with another seed,
+            # size or count must not silently return the old images.
+            if json.loads((out / "recipe.json").read_text()) == json.loads(json.dumps(asdict(recipe))):
                 return yaml_path
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError):
             pass
     if out.exists():  # incomplete or stale: only ever our own generated folder, marked by recipe.json
         if not (out / "recipe.json").exists() and any(out.iterdir()):
@@ -256,3 +258,37 @@ def read_degradation(csv_path: str | Path) -> dict[str, dict]:
     """Map image file name (stem) -> recorded degradation row."""
     with open(csv_path, newline="") as f:
         return {Path(r["im_file"]).stem: r for r in csv.DictReader(f)}
+
+
+def run_generate(overrides: dict) -> Path:
+    """`clipce-rtdetr generate [out=FOLDER] [seed=N]`: build hazy-shapes and print its dataset YAML."""
+    from clipce_rtdetr.config import check_keys
+    from clipce_rtdetr.errors import ClipCEError
+
+    check_keys(overrides)
+    unused = sorted(set(overrides) - {"out", "seed"})
+    if unused:
+        raise ClipCEError(f"'generate' takes out= and seed= only; got {', '.join(unused)}.")
+    seed = overrides.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ClipCEError(f"'seed={seed}' must be an int, e.g. seed=0.")
+    try:
+        path = generate(overrides.get("out"), Recipe(seed=seed))
+    except FileExistsError as e:
+        raise ClipCEError(str(e)) from None
+    print(path, flush=True)
+    return path
+
+
+def run_generate(overrides: dict) -> Path:
+    """`clipce-rtdetr generate [out=DIR] [seed=N]`: write hazy-shapes; prints the dataset YAML path."""
+    from ultralytics.utils import LOGGER
+
+    from clipce_rtdetr.config import check_overrides
+
+    ultra, proj = check_overrides(overrides)
+    recipe = Recipe(seed=int(ultra.get("seed", 0)))
+    out = Path(proj["out"]) if proj.get("out") else None
+    yaml_path = generate(out, recipe)
+    LOGGER.info(f"hazy-shapes ready: {yaml_path} (train with: clipce-rtdetr train data={yaml_path})")
+    return yaml_path
