@@ -79,6 +79,11 @@ def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
         elif a in defaults:
             raise ClipCEError(f"'{a}' is a valid argument but is missing '=': try '{a}={defaults[a]}'.")
         else:
+            from difflib import get_close_matches
+
+            modes = get_close_matches(a, [*MODEL_MODES, *TOOL_MODES, "help", "version", "cfg"], n=1, cutoff=0.6)
+            if modes:  # a misspelt mode, e.g. 'trian'
+                raise ClipCEError(f"'{a}' is not a valid mode. Did you mean '{modes[0]}'? See 'clipce-rtdetr help'.")
             check_keys({a: None})  # raises with the nearest valid key
     return mode, overrides
 

@@ -18,6 +18,8 @@ from clipce_rtdetr.paths import DATASETS_DIR
 BUILTIN = ("hazy-shapes", "hazy-shapes.yaml")
 IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
 MAX_LISTED = 10
+# Formats PIL cannot verify without plugins: left to Ultralytics.
+NO_VERIFY = {".heic", ".heif", ".pfm"}
 
 
 def resolve_data(data: str | Path | None, allow_download: bool = False, check_labels: bool = True) -> str:
@@ -115,6 +117,26 @@ def label_file(img: Path) -> Path:
     return Path(img2label_paths([str(img)])[0])
 
 
+def check_image_file(img: Path) -> str | None:
+    """None if `img` opens as an image, else a message naming it.
+
+    Why: for an unreadable file Ultralytics logs "ignoring corrupt image/label: No module named 'pi_heif'"
+    (its PIL patch tries a HEIF plugin first), which does not tell the user the file is broken.
+    """
+    if img.suffix.lower() in NO_VERIFY:
+        return None
+    try:
+        from ultralytics.utils.patches import _image_open as open_image  # PIL's own, without the HEIF retry
+    except ImportError:  # pragma: no cover - other Ultralytics releases
+        from PIL.Image import open as open_image
+    try:
+        with open_image(img) as im:
+            im.verify()
+    except Exception as e:  # PIL raises many types for broken files
+        return f"{img}: not a readable image ({type(e).__name__}: {e}). Replace or delete it; Ultralytics skips it."
+    return None
+
+
 def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[str]]:
     """Check the lines of one YOLO label file. Returns (errors, warnings), each naming file:line."""
     errors, warnings = [], []
@@ -144,12 +166,19 @@ def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[st
 
 
 def scan_labels(cfg: dict[str, Any], yaml_path: Path) -> dict[str, list[str]]:
-    """Scan every label file of the train and val splits; return {'errors', 'warnings', 'empty', 'missing'}."""
+    """Scan every image and label file of the train and val splits.
+
+    Returns {'errors', 'warnings', 'empty', 'missing', 'corrupt'}, each a list of messages or paths.
+    """
     nc = class_count(cfg)
-    report: dict[str, list[str]] = {"errors": [], "warnings": [], "empty": [], "missing": []}
+    report: dict[str, list[str]] = {"errors": [], "warnings": [], "empty": [], "missing": [], "corrupt": []}
     for split in ("train", "val"):
         for src in split_paths(cfg, yaml_path, split):
             for img in image_files(src):
+                bad = check_image_file(img)
+                if bad:
+                    report["corrupt"].append(bad)
+                    continue
                 lb = label_file(img)
                 if not lb.exists():
                     report["missing"].append(str(lb))
@@ -181,11 +210,16 @@ def report_label_problems(report: dict[str, list[str]], strict: bool = False) ->
         LOGGER.info(f"{len(report['empty'])} label files are empty; their images are used as background (no objects).")
     if report["missing"]:
         LOGGER.info(f"{len(report['missing'])} images have no label file; they are used as background. First: {report['missing'][0]}")
+    msgs = []
+    if report.get("corrupt"):
+        msgs.append(f"{len(report['corrupt'])} images cannot be read and are skipped:{listed(report['corrupt'])}")
     if report["errors"]:
-        msg = (
-            f"{len(report['errors'])} label problems found ; Ultralytics skips the images they belong to. Fix them to train on those images:"
-            f"{listed(report['errors'])}"
+        msgs.append(
+            f"{len(report['errors'])} label problems found. Ultralytics skips an image whose label file has a wrong "
+            "field count, a class id out of range or a negative value, and keeps zero-size boxes as degenerate "
+            f"targets. Fix them:{listed(report['errors'])}"
         )
+    for msg in msgs:
         if strict:
-            raise ClipCEError(msg)
+            raise ClipCEError("\n".join(msgs))
         LOGGER.warning(msg)

@@ -261,26 +261,6 @@ def read_degradation(csv_path: str | Path) -> dict[str, dict]:
 
 
 def run_generate(overrides: dict) -> Path:
-    """`clipce-rtdetr generate [out=FOLDER] [seed=N]`: build hazy-shapes and print its dataset YAML."""
-    from clipce_rtdetr.config import check_keys
-    from clipce_rtdetr.errors import ClipCEError
-
-    check_keys(overrides)
-    unused = sorted(set(overrides) - {"out", "seed"})
-    if unused:
-        raise ClipCEError(f"'generate' takes out= and seed= only; got {', '.join(unused)}.")
-    seed = overrides.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ClipCEError(f"'seed={seed}' must be an int, e.g. seed=0.")
-    try:
-        path = generate(overrides.get("out"), Recipe(seed=seed))
-    except FileExistsError as e:
-        raise ClipCEError(str(e)) from None
-    print(path, flush=True)
-    return path
-
-
-def run_generate(overrides: dict) -> Path:
     """`clipce-rtdetr generate [out=DIR] [seed=N]`: write hazy-shapes; prints the dataset YAML path."""
     from ultralytics.utils import LOGGER
 
@@ -289,6 +269,11 @@ def run_generate(overrides: dict) -> Path:
     ultra, proj = check_overrides(overrides)
     recipe = Recipe(seed=int(ultra.get("seed", 0)))
     out = Path(proj["out"]) if proj.get("out") else None
-    yaml_path = generate(out, recipe)
+    try:
+        yaml_path = generate(out, recipe)
+    except FileExistsError as e:  # a folder the user made: a clear CLI error, not a traceback
+        from clipce_rtdetr.errors import ClipCEError
+
+        raise ClipCEError(str(e)) from None
     LOGGER.info(f"hazy-shapes ready: {yaml_path} (train with: clipce-rtdetr train data={yaml_path})")
     return yaml_path
