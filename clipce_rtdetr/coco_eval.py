@@ -1,0 +1,226 @@
+"""COCO-standard evaluation (`clipce-rtdetr val ... coco=True`): pycocotools beside Ultralytics' own mAP.
+
+Runs Ultralytics' validation with save_json=True, then evaluates its predictions.json with pycocotools on a
+COCO ground truth: the dataset's own (`coco_annotations:` in the data YAML, as `convert` writes) or one built
+from the YOLO labels. Ultralytics writes custom-data predictions with the image's file stem as image_id and
+its file name; both are mapped onto the ground truth's ids by file name. Ground truth and mapped predictions
+are kept in the run folder. When the data YAML names a degradation record (`degradation: file.csv` with
+`im_file` and `level` columns, as hazy-shapes and `degrade` write), COCO mAP is also reported per level:
+a table, `coco_per_level.json` and `coco_per_level.png`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from clipce_rtdetr.errors import ClipCEError
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+LEVEL_ORDER = ("light", "medium", "heavy")
+
+
+# ----------------------------------------------------------------------------------------- ground truth
+def yolo_to_coco(images: list[Path], names: dict[int, str] | list[str]) -> dict[str, Any]:
+    """COCO ground truth from YOLO label files (normalised cx cy w h -> pixel x y w h); ids 1..N, categories 1..nc."""
+    from PIL import Image
+
+    from clipce_rtdetr.data import label_file
+    from ultralytics.data.utils import exif_size
+
+    names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else {int(k): v for k, v in names.items()}
+    gt = {"info": {}, "licenses": [], "images": [], "annotations": [],
+          "categories": [{"id": k + 1, "name": v} for k, v in sorted(names.items())]}
+    for i, im in enumerate(sorted(images, key=str), 1):
+        with Image.open(im) as pil:
+            w, h = exif_size(pil)
+        gt["images"].append({"id": i, "file_name": im.name, "width": w, "height": h})
+        lb = label_file(im)
+        for line in (lb.read_text(encoding="utf-8").splitlines() if lb.exists() else []):
+            parts = line.split()
+            if len(parts) < 5:
+                continue
+            c, cx, cy, bw, bh = int(float(parts[0])), *(float(v) for v in parts[1:5])
+            box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": c + 1,
+                                      "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    return gt
+
+
+def map_predictions(preds: list[dict], gt: dict[str, Any]) -> list[dict]:
+    """Re-key Ultralytics predictions (image_id = stem, file_name = name) onto the ground truth's image ids."""
+    by_name, by_stem = {}, {}
+    for im in gt["images"]:
+        name = Path(im["file_name"]).name
+        if name in by_name:
+            raise ClipCEError(f"Two ground-truth images share the file name '{name}'; predictions cannot be matched by name.")
+        by_name[name] = im["id"]
+        by_stem[Path(name).stem] = im["id"]
+    out, unmatched = [], set()
+    for p in preds:
+        key = p.get("file_name")
+        img_id = by_name.get(Path(key).name) if key else by_stem.get(str(p["image_id"]))
+        if img_id is None:
+            unmatched.add(key or p["image_id"])
+            continue
+        out.append({"image_id": img_id, "category_id": int(p["category_id"]), "bbox": [float(v) for v in p["bbox"]],
+                    "score": float(p["score"])})
+    if unmatched:
+        from ultralytics.utils import LOGGER
+
+        LOGGER.warning(f"{len(unmatched)} predicted images are not in the ground truth (e.g. {sorted(map(str, unmatched))[:3]}); their boxes are ignored.")
+    return out
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def _coco(gt: dict | str | Path):
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        if isinstance(gt, (str, Path)):
+            return COCO(str(gt))
+        c = COCO()
+        c.dataset = gt
+        c.createIndex()
+        return c
+
+
+def evaluate(gt: dict | str | Path, preds: list[dict] | str | Path, img_ids: list[int] | None = None,
+             verbose: bool = True) -> dict[str, float]:
+    """pycocotools bbox evaluation; prints the standard summary when verbose. Returns {AP, AP50, ...}."""
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = _coco(gt)
+    if isinstance(preds, (str, Path)):
+        preds = json.loads(Path(preds).read_text())
+    ids = sorted(coco_gt.getImgIds()) if img_ids is None else sorted(img_ids)
+    preds = [p for p in preds if p["image_id"] in set(ids)]
+    if not preds or not coco_gt.getAnnIds(imgIds=ids):
+        return dict.fromkeys(STAT_NAMES, 0.0 if preds or not coco_gt.getAnnIds(imgIds=ids) else 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(preds)
+    ev = COCOeval(coco_gt, coco_dt, "bbox")
+    ev.params.imgIds = ids
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+
+
+def read_levels(csv_path: Path) -> dict[str, str]:
+    """Degradation record -> {image file name: level}."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "level" not in rows[0]:
+        raise ClipCEError(f"{csv_path}: no 'level' column; per-level evaluation needs im_file and level columns.")
+    return {Path(r["im_file"]).name: r["level"] for r in rows}
+
+
+def per_level(gt: dict[str, Any], preds: list[dict], levels: dict[str, str]) -> list[dict[str, Any]]:
+    """COCO mAP per degradation level, over the images of each level."""
+    groups: dict[str, list[int]] = {}
+    for im in gt["images"]:
+        lv = levels.get(Path(im["file_name"]).name)
+        if lv is not None:
+            groups.setdefault(lv, []).append(im["id"])
+    order = sorted(groups, key=lambda k: (LEVEL_ORDER.index(k) if k in LEVEL_ORDER else len(LEVEL_ORDER), k))
+    rows = []
+    for lv in order:
+        ids = set(groups[lv])
+        s = evaluate(gt, preds, sorted(ids), verbose=False)
+        n_obj = sum(1 for a in gt["annotations"] if a["image_id"] in ids and not a.get("iscrowd"))
+        rows.append({"level": lv, "images": len(ids), "objects": n_obj, "mAP50-95": s["AP"], "mAP50": s["AP50"], "mAP75": s["AP75"]})
+    return rows
+
+
+def save_per_level(rows: list[dict[str, Any]], save_dir: Path) -> str:
+    """Write coco_per_level.json and .png; return the printed table."""
+    table = f"{'level':>10} {'images':>7} {'objects':>8} {'mAP50-95':>9} {'mAP50':>7}\n" + "\n".join(
+        f"{r['level']:>10} {r['images']:>7} {r['objects']:>8} {r['mAP50-95']:>9.4f} {r['mAP50']:>7.4f}" for r in rows)
+    (save_dir / "coco_per_level.json").write_text(json.dumps(rows, indent=2))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(rows), 3.2))
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["mAP50-95"] for r in rows], 0.4, label="mAP50-95")
+    ax.bar([i + 0.2 for i in x], [r["mAP50"] for r in rows], 0.4, label="mAP50")
+    ax.set_xticks(list(x), [f"{r['level']}\n({r['images']} img)" for r in rows])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("COCO mAP")
+    ax.set_title("COCO mAP per degradation level")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(save_dir / "coco_per_level.png", dpi=120)
+    plt.close(fig)
+    return table
+
+
+def coco_report(gt: dict[str, Any], preds: list[dict], save_dir: Path, levels: dict[str, str] | None = None) -> dict[str, Any]:
+    """Evaluate, print, and keep coco_gt.json, coco_predictions.json, coco_metrics.json (+ per level) in save_dir."""
+    from ultralytics.utils import LOGGER
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "coco_gt.json").write_text(json.dumps(gt, ensure_ascii=False))
+    (save_dir / "coco_predictions.json").write_text(json.dumps(preds))
+    LOGGER.info(f"\nCOCO evaluation (pycocotools) of {len(gt['images'])} images, ground truth {save_dir / 'coco_gt.json'}:")
+    stats = evaluate(gt, preds)
+    result: dict[str, Any] = {"stats": stats}
+    if levels:
+        rows = per_level(gt, preds, levels)
+        result["per_level"] = rows
+        LOGGER.info("COCO mAP per degradation level:\n" + save_per_level(rows, save_dir) + f"\nSaved {save_dir / 'coco_per_level.json'} and .png")
+    (save_dir / "coco_metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+# ----------------------------------------------------------------------------------------- val
+def dataset_gt(data_yaml: str | Path, split: str) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """(COCO ground truth, {file name: level} or None) of a dataset split."""
+    from clipce_rtdetr.data import dataset_root, image_files, load_data_yaml, split_paths
+
+    yaml_path = Path(data_yaml)
+    cfg = load_data_yaml(yaml_path)
+    root = dataset_root(cfg, yaml_path)
+    images = [im for p in split_paths(cfg, yaml_path, split) for im in image_files(p)]
+    ann = (cfg.get("coco_annotations") or {}).get(split)
+    if ann and (root / ann).is_file():
+        gt = json.loads((root / ann).read_text(encoding="utf-8"))
+        gt.setdefault("info", {})
+        gt.setdefault("licenses", [])
+    else:
+        gt = yolo_to_coco(images, cfg["names"])
+    levels = read_levels(root / cfg["degradation"]) if cfg.get("degradation") and (root / cfg["degradation"]).is_file() else None
+    return gt, levels
+
+
+def val_with_coco(model, validator=None, **kwargs: Any):
+    """Ultralytics validation (save_json=True), then pycocotools on the COCO ground truth; returns the metrics
+    object with `.coco` = {"stats": {AP, AP50, ...}, "per_level": [...]} added."""
+    from ultralytics import RTDETR
+
+    holder: dict[str, Any] = {}
+    base = validator or model._smart_load("validator")
+
+    class _Recording(base):  # keeps the validator instance to find its save_dir
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            holder["v"] = self
+
+    metrics = RTDETR.val(model, validator=_Recording, **{**kwargs, "save_json": True})
+    v = holder["v"]
+    save_dir = Path(v.save_dir)
+    pred_file = save_dir / "predictions.json"
+    preds = json.loads(pred_file.read_text()) if pred_file.exists() else []
+    gt, levels = dataset_gt(kwargs["data"], kwargs.get("split") or v.args.split or "val")
+    result = coco_report(gt, map_predictions(preds, gt), save_dir, levels)
+    metrics.coco = result
+    return metrics
