@@ -45,6 +45,13 @@ REPORT_EVERY = 2.0  # seconds between live FPS / latency lines
 _LOADER_LOCK = threading.Lock()
 
 
+def _has_ffmpeg() -> bool:
+    try:
+        return bool(cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG))
+    except Exception:
+        return False
+
+
 class StreamLostError(ClipCEError):
     """A live source dropped and did not come back within the retry budget."""
 
@@ -93,11 +100,9 @@ class ResilientStreams(LoadStreams):
     @staticmethod
     def open_capture(stream: str | int) -> cv2.VideoCapture:
         """Open a source for reconnection; network streams get FFmpeg open/read timeouts so a dead host fails fast."""
-        if isinstance(stream, str) and "://" in stream:
+        if isinstance(stream, str) and "://" in stream and _has_ffmpeg():
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
-            cap = cv2.VideoCapture(stream, cv2.CAP_FFMPEG, params)
-            if cap.isOpened():
-                return cap
+            return cv2.VideoCapture(stream, cv2.CAP_FFMPEG, params)
         return cv2.VideoCapture(stream)
 
     def _wait(self, seconds: float) -> bool:

@@ -1,0 +1,194 @@
+"""Predict and track on video files and (simulated) live streams: frame counts, saved video, drops, reconnects."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import TINY_MODEL
+
+from clipce_rtdetr.errors import ClipCEError
+
+W, H = 96, 64
+RealCapture = cv2.VideoCapture  # the tests below replace cv2.VideoCapture with a fake camera
+
+
+def write_video(path: Path, n: int, fps: float = 10) -> Path:
+    """An MJPG .avi with a square moving across a grey background."""
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (W, H))
+    for i in range(n):
+        im = np.full((H, W, 3), 60, np.uint8)
+        cv2.rectangle(im, (4 + 3 * i, 12), (30 + 3 * i, 44), (0, 200, 255), -1)
+        w.write(im)
+    w.release()
+    return path
+
+
+def count_frames(path: Path) -> int:
+    cap, n = RealCapture(str(path)), 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def saved_video(predictor) -> Path:
+    vids = sorted(Path(predictor.save_dir).glob("*.avi")) + sorted(Path(predictor.save_dir).glob("*.mp4"))
+    assert len(vids) == 1, f"expected one saved video in {predictor.save_dir}"
+    return vids[0]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """Tiny checkpoint (.pt), its ONNX export, a 12-frame video and a truncated 20-frame video."""
+    from clipce_rtdetr.model import ClipCERTDETR
+
+    d = tmp_path_factory.mktemp("stream")
+    pt = d / "tiny.pt"
+    ClipCERTDETR(TINY_MODEL).save(pt)
+    onnx = ClipCERTDETR(pt).export(format="onnx", imgsz=64, export_check=False)
+    full = write_video(d / "long.avi", 20)
+    data = full.read_bytes()
+    trunc = d / "truncated.avi"
+    trunc.write_bytes(data[: len(data) // 2])  # header says 20 frames, about half can be decoded
+    return {"pt": pt, "onnx": Path(onnx), "video": write_video(d / "clip.avi", 12), "truncated": trunc}
+
+
+def test_predict_video_pt(media):
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import run_predict
+
+    model = ClipCERTDETR(media["pt"])
+    summary = run_predict(model, "predict", {"source": str(media["video"]), "imgsz": 64, "verbose": False})
+    assert summary["frames"] == 12 and summary["fps"] > 0 and summary["latency_ms_median"] > 0
+    assert count_frames(saved_video(model.predictor)) == 12
+    assert model.predictor.live_fps > 0
+
+
+def test_track_video_onnx(media):
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import stream_predict
+
+    model = ClipCERTDETR(media["onnx"])
+    gen = stream_predict(model, str(media["video"]), mode="track", imgsz=64, save=True, verbose=False, tracker="bytetrack.yaml")
+    assert inspect.isgenerator(gen)
+    results = list(gen)
+    assert len(results) == 12 and all(r.orig_shape == (H, W) for r in results)
+    assert model.predictor.args.mode == "track" and model.predictor.trackers
+    assert count_frames(saved_video(model.predictor)) == 12
+
+
+def test_python_api_stays_a_generator(media):
+    from clipce_rtdetr.model import ClipCERTDETR
+
+    gen = ClipCERTDETR(media["pt"]).predict(str(media["video"]), stream=True, imgsz=64, verbose=False)
+    assert inspect.isgenerator(gen)
+    assert next(gen).orig_shape == (H, W)
+    gen.close()
+
+
+def test_truncated_video_ends_early_and_output_is_playable(media):
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import run_predict
+
+    model = ClipCERTDETR(media["pt"])
+    summary = run_predict(model, "predict", {"source": str(media["truncated"]), "imgsz": 64, "verbose": False})
+    assert 0 < summary["frames"] < 20
+    (read, declared), = model.predictor.live.videos.values()
+    assert read == summary["frames"] and declared == 20
+    assert count_frames(saved_video(model.predictor)) == summary["frames"]
+
+
+class FakeCamera:
+    """A cv2.VideoCapture stand-in for a live stream (unknown frame count) that drops on a script.
+
+    `script` lists, per open, how many frames that connection delivers (None: never opens).
+    """
+
+    script: list[int | None] = []
+    opens = 0
+
+    def __init__(self, *args, **kwargs):
+        cls = type(self)
+        plan = cls.script[cls.opens] if cls.opens < len(cls.script) else None
+        cls.opens += 1
+        self.left, self.opened, self.i = plan or 0, plan is not None, 0
+
+    def isOpened(self):
+        return self.opened
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FRAME_WIDTH: W, cv2.CAP_PROP_FRAME_HEIGHT: H, cv2.CAP_PROP_FPS: 25}.get(prop, 0)
+
+    def grab(self):
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        self.i += 1
+        return True
+
+    def retrieve(self):
+        im = np.full((H, W, 3), 60, np.uint8)
+        cv2.circle(im, (10 + self.i % 70, 32), 8, (255, 255, 255), -1)
+        return True, im
+
+    def read(self):
+        return (True, self.retrieve()[1]) if self.grab() else (False, None)
+
+    def release(self):
+        self.opened = False
+
+    open = __init__
+
+
+@pytest.fixture
+def camera(monkeypatch):
+    FakeCamera.opens = 0
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    return FakeCamera
+
+
+def test_stream_reconnects_then_ends_with_clear_message(media, camera):
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import StreamLostError, run_predict
+
+    # 6 frames, drop; 1st reconnection fails; 2nd gives 5 frames, drop; never comes back.
+    camera.script = [6, None, 5]
+    model = ClipCERTDETR(media["pt"])
+    args = {"source": "rtsp://camera.invalid/live", "imgsz": 64, "verbose": False, "stream_buffer": True,
+            "stream_retries": 2, "stream_backoff": 0.01}  # fmt: skip
+    with pytest.raises(StreamLostError, match="did not come back after 2 reconnection attempts") as e:
+        run_predict(model, "predict", args)
+    assert "Annotated video so far saved to" in str(e.value)
+    ds = model.predictor.dataset
+    assert ds.reconnects == {0: 1} and camera.opens == 5  # open + 2 tries + 2 tries
+    frames = model.predictor.live.frames
+    assert frames == 11  # every delivered frame, no black filler frames while reconnecting
+    assert count_frames(saved_video(model.predictor)) == frames  # released: playable
+
+
+def test_stream_that_never_opens(media, camera):
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import StreamLostError, run_predict
+
+    camera.script = []
+    with pytest.raises(StreamLostError, match="Gave up after 1 retries"):
+        run_predict(ClipCERTDETR(media["pt"]), "track",
+                    {"source": "rtsp://camera.invalid/live", "imgsz": 64, "stream_retries": 1, "stream_backoff": 0.01})  # fmt: skip
+
+
+def test_bad_inputs(media, tmp_path):
+    from clipce_rtdetr.cli import entrypoint
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import run_predict, stream_predict
+
+    assert entrypoint(["predict", f"model={tmp_path / 'missing.pt'}", f"source={media['video']}"]) == 2
+    with pytest.raises(FileNotFoundError):
+        run_predict(ClipCERTDETR(media["pt"]), "predict", {"source": str(tmp_path / "missing.mp4"), "imgsz": 64})
+    with pytest.raises(ClipCEError, match="needs a source"):
+        run_predict(ClipCERTDETR(media["pt"]), "track", {"imgsz": 64})
+    with pytest.raises(ClipCEError, match="mode must be"):
+        next(stream_predict(ClipCERTDETR(media["pt"]), str(media["video"]), mode="segment"))
