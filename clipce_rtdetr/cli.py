@@ -63,7 +63,11 @@ def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
 
     mode, overrides = None, {}
     defaults = all_defaults()
-    for a in merge_equals_args(args):
+    try:
+        merged = merge_equals_args(args)
+    except SyntaxError as e:  # e.g. an unmatched '[' in beta_range=[0.1,
+        raise ClipCEError(f"{e} Quote list values, e.g. 'beta_range=[0.05,0.14]'.") from None
+    for a in merged:
         a = a[2:] if a.startswith("--") and "=" in a else a
         a = a[:-1] if a.endswith(",") else a
         if "=" in a:

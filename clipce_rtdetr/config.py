@@ -76,6 +76,9 @@ def check_project_values(cfg: dict[str, Any]) -> dict[str, Any]:
     """Type- and range-check project keys (in place, with int->float coercion); return cfg."""
     defaults = project_defaults()
     for k, v in list(cfg.items()):
+        if v is None and k in CHOICES and "none" in CHOICES[k]:
+            # Ultralytics' parser reads 'clipce=none' as None; the choice is the string "none".
+            v = cfg[k] = "none"
         if k not in defaults or v is None:
             continue
         d = defaults[k]
