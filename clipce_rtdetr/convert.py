@@ -193,6 +193,8 @@ def read_coco(source: Path, report: Report) -> list[Record]:
     if not files:
         raise ClipCEError(f"No .json annotation files under {source}. format=coco expects COCO instances JSON files.")
     root = source if source.is_dir() else source.parent
+    if source.is_file() and root.name.lower().startswith("ann"):  # dataset/annotations/x.json: images beside annotations/
+        root = root.parent
     idx = index_images(root)
     records = []
     for jf in files:
