@@ -1,0 +1,154 @@
+"""degrade: physics properties, recorded parameters reproduce images, resume, bit depths, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from clipce_rtdetr import physics
+from clipce_rtdetr.degrade import degrade, degrade_array, prior_depth, ranges_for, read_image, run_degrade, sample_params
+from clipce_rtdetr.errors import ClipCEError
+
+
+@pytest.fixture(scope="module")
+def scene():
+    rng = np.random.default_rng(0)
+    img = rng.random((48, 64, 3)).astype(np.float32)
+    return img, physics.horizon_depth(48, 64)
+
+
+def test_haze_physics(scene):
+    img, depth = scene
+    assert np.array_equal(physics.apply_haze(img, depth, 0.0, 0.8), img)
+    t = physics.transmission(np.array([0.0, 1.0, 5.0, 30.0]), 0.1)
+    assert t[0] == 1.0 and np.all(np.diff(t) < 0)
+    # Mean contrast over rows (depth is constant along a row of the horizon prior) falls with beta.
+    contrast = [np.mean([physics.rms_contrast(row) for row in physics.apply_haze(img, depth, b, 0.9)]) for b in (0, 0.02, 0.05, 0.1, 0.2)]
+    assert np.all(np.diff(contrast) < 0)
+    for out in (physics.apply_haze(img, depth, 0.3, 1.0), physics.apply_lowlight(img, 4, 0.01, 0.05, 1),
+                physics.apply_underwater(img, depth, physics.WATER_ATTENUATION_RGB, (0.1, 0.5, 0.6))):
+        assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    c = physics.centre_distance_depth(48, 64)
+    assert c[24, 32] > c[0, 0] >= 0  # IA-YOLO: farthest at the centre
+
+
+def test_lowlight_and_underwater_physics(scene):
+    img, depth = scene
+    assert np.allclose(physics.apply_lowlight(img, 1.0), img)
+    assert physics.apply_lowlight(img, 3.0).mean() < physics.apply_lowlight(img, 1.5).mean() < img.mean()
+    a = physics.apply_lowlight(img, 2.0, 0.01, 0.02, noise_seed=5)
+    assert np.array_equal(a, physics.apply_lowlight(img, 2.0, 0.01, 0.02, noise_seed=5))
+    assert np.allclose(physics.apply_underwater(img, np.zeros_like(depth), (0.4, 0.07, 0.04), (0.1, 0.5, 0.6)), img)
+    far = physics.apply_underwater(img, np.full_like(depth, 8.0), (0.4, 0.07, 0.04), (0.1, 0.5, 0.6))
+    loss = np.abs(far - img).mean(axis=(0, 1))
+    assert loss[0] > loss[1] > loss[2] * 0.9  # red is lost fastest
+    with pytest.raises(ValueError):
+        physics.apply_underwater(img[..., 0], depth, (0.4, 0.07, 0.04), (0.1, 0.5, 0.6))
+
+
+def test_params_deterministic_and_levels():
+    r = ranges_for("haze", "heavy", {})
+    p = sample_params("haze", "heavy", r, 7, "images/val/a.jpg")
+    assert p == sample_params("haze", "heavy", r, 7, "images/val/a.jpg") != sample_params("haze", "heavy", r, 8, "images/val/a.jpg")
+    assert 0.11 <= p["beta"] <= 0.16 and p["level"] == "heavy"
+    r = ranges_for("haze", "custom", {"beta_range": [0.01, 0.02], "airlight_range": [0.5, 0.5]})
+    p = sample_params("haze", "custom", r, 0, "x.png")
+    assert p["airlight"] == 0.5 and p["level"] == "light"
+    with pytest.raises(ClipCEError, match="beta_range"):
+        ranges_for("haze", "custom", {})
+
+
+@pytest.mark.parametrize("dtype,shape", [(np.uint8, (32, 40)), (np.uint16, (32, 40, 3)), (np.uint8, (32, 40, 4))])
+def test_bit_depths_gray_rgba(dtype, shape):
+    rng = np.random.default_rng(1)
+    img = (rng.random(shape) * np.iinfo(dtype).max).astype(dtype)
+    p = sample_params("haze", "medium", ranges_for("haze", "medium", {}), 0, "x")
+    out = degrade_array(img, "haze", p, prior_depth("horizon", 32, 40))
+    assert out.dtype == dtype and out.shape == img.shape
+    if shape[-1] == 4:
+        assert np.array_equal(out[..., 3], img[..., 3])  # alpha kept
+    if len(shape) == 2:
+        with pytest.raises(ValueError, match="grayscale"):
+            degrade_array(img, "underwater", sample_params("underwater", "medium", ranges_for("underwater", "medium", {}), 0, "x"), prior_depth("horizon", 32, 40))
+    with pytest.raises(ValueError, match="float32"):
+        degrade_array(img.astype(np.float32), "haze", p, None)
+
+
+def read_rows(out: Path) -> list[dict]:
+    with open(out / "degradation.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("kind", ["haze", "lowlight", "underwater"])
+def test_degrade_dataset_reproducible(tiny_hazy_shapes, tmp_path, kind):
+    y = degrade(tiny_hazy_shapes, tmp_path / kind, kind=kind, level="heavy", seed=1, processes=1, progress=False)
+    cfg = yaml.safe_load(y.read_text())
+    root = Path(tiny_hazy_shapes).parent
+    assert cfg["degradation"] == "degradation.csv" and cfg["names"] == yaml.safe_load(Path(tiny_hazy_shapes).read_text())["names"]
+    rows = read_rows(tmp_path / kind)
+    assert len(rows) == 32 and {r["level"] for r in rows} == {"heavy"}
+    # Labels copied unchanged.
+    for lb in (root / "labels").rglob("*.txt"):
+        assert (tmp_path / kind / lb.relative_to(root)).read_bytes() == lb.read_bytes()
+    # The recorded parameters reproduce the image (to 8-bit rounding).
+    r = rows[3]
+    src = cv2.imread(str(root / r["im_file"]))[..., ::-1].astype(np.float32) / 255
+    h, w = src.shape[:2]
+    if kind == "haze":
+        want = physics.apply_haze(src, physics.horizon_depth(h, w), float(r["beta"]), float(r["airlight"]))
+    elif kind == "lowlight":
+        want = physics.apply_lowlight(src[..., ::-1], float(r["gamma"]), float(r["shot"]), float(r["read"]), int(r["noise_seed"]))[..., ::-1]
+    else:
+        d = physics.normalised_depth(physics.horizon_depth(h, w)) * float(r["distance"])
+        want = physics.apply_underwater(src, d, [float(r[f"atten_{c}"]) for c in "rgb"], [float(r[f"veil_{c}"]) for c in "rgb"])
+    got = cv2.imread(str(tmp_path / kind / r["im_file"]))[..., ::-1].astype(np.float32) / 255
+    assert np.abs(got - want).max() <= 1.01 / 255 + 1e-6
+
+
+def test_resume_and_processes(tiny_hazy_shapes, tmp_path):
+    full = tmp_path / "full"
+    degrade(tiny_hazy_shapes, full, kind="haze", seed=2, processes=2, progress=False)
+    part = tmp_path / "part"
+    degrade(tiny_hazy_shapes, part, kind="haze", seed=2, processes=1, progress=False)
+    files = sorted(p.relative_to(part) for p in (part / "images").rglob("*.png"))
+    # Interrupted run: some images never written, one half-written (temporary file), CSV not yet written.
+    for f in files[:3]:
+        (part / f).unlink()
+    (part / (str(files[4]) + ".part")).write_bytes(b"\x89PNG half")
+    (part / files[4]).unlink()
+    (part / "degradation.csv").unlink()
+    degrade(tiny_hazy_shapes, part, kind="haze", seed=2, processes=1, progress=False)
+    for f in files:
+        assert (part / f).read_bytes() == (full / f).read_bytes()
+    assert (part / "degradation.csv").read_text() == (full / "degradation.csv").read_text()
+    with pytest.raises(ClipCEError, match="other settings"):
+        degrade(tiny_hazy_shapes, part, kind="haze", seed=3, processes=1, progress=False)
+
+
+def test_refusals_and_depth_folder(tiny_hazy_shapes, tmp_path):
+    root = Path(tiny_hazy_shapes).parent
+    with pytest.raises(ClipCEError, match="never writes into its source"):
+        degrade(tiny_hazy_shapes, root / "degraded", progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(ClipCEError, match="not empty"):
+        degrade(tiny_hazy_shapes, tmp_path / "busy", progress=False)
+    with pytest.raises(ClipCEError, match="needs out="):
+        run_degrade({"data": str(tiny_hazy_shapes)})
+    # hazy-shapes ships its depth maps (16-bit PNG, depth_scale 0.001 in its YAML): depth=depth uses them.
+    y = run_degrade({"data": str(tiny_hazy_shapes), "out": str(tmp_path / "d"), "depth": "depth", "level": "light", "processes": 1})
+    r = read_rows(tmp_path / "d")[0]
+    src = cv2.imread(str(root / r["im_file"])).astype(np.float32) / 255
+    d = cv2.imread(str(root / "depth" / Path(r["im_file"]).relative_to("images")), cv2.IMREAD_UNCHANGED).astype(np.float32) * 0.001
+    want = physics.apply_haze(src, d, float(r["beta"]), float(r["airlight"]))
+    got = cv2.imread(str(tmp_path / "d" / r["im_file"])).astype(np.float32) / 255
+    assert np.abs(got - want).max() <= 1.01 / 255 + 1e-6
+    assert json.loads((tmp_path / "d" / "degrade.json").read_text())["depth_scale"] == 0.001
+    assert y.exists() and read_image(tmp_path / "d" / r["im_file"]).dtype == np.uint8
