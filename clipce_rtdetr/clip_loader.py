@@ -258,9 +258,18 @@ class ClipBundle:
     embed_dim: int = 0
 
     def to(self, device: str | torch.device) -> "ClipBundle":
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.model.to(self.device, self.dtype)
+        """Move to another device: half precision (open_clip's fp16 conversion) on CUDA, fp32 elsewhere."""
+        from open_clip.model import convert_weights_to_lp
+
+        device = torch.device(device)
+        self.model.to(device)
+        if device.type == "cuda" and self.dtype != torch.float16:
+            convert_weights_to_lp(self.model, torch.float16)
+            self.dtype = torch.float16
+        elif device.type != "cuda" and self.dtype != torch.float32:
+            self.model.float()
+            self.dtype = torch.float32
+        self.device = device
         return self
 
     @torch.no_grad()
