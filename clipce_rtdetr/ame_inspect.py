@@ -73,7 +73,7 @@ def run_ame_inspection(overrides: dict[str, Any]) -> Path:
         writer = csv.DictWriter(f, fieldnames=cols)
         writer.writeheader()
         writer.writerows(rows)
-    info = {**scorer.prompt_info(), "clip": a["clip"], "clip_fingerprint": bundle.fingerprint, "data": data_yaml, "split": split}
+    info = {**scorer.info, "clip": a["clip"], "clip_fingerprint": bundle.fingerprint, "data": data_yaml, "split": split}
     (save_dir / "prompts.json").write_text(json.dumps(info, indent=2))
 
     from clipce_rtdetr.plots import plot_crop_grid, plot_weights_per_class

@@ -150,3 +150,24 @@ def dataset_embeddings(labels: list[dict], label_files: list[str] | None, bundle
         return {"embeddings": emb, "valid": valid}
 
     return load_or_build(path, key, build)
+
+
+def dataset_prior_weights(labels: list[dict], label_files: list[str] | None, a: float, progress: bool = True) -> torch.Tensor:
+    """`clipce=prior` weights (N,) of every object, from source images, cached like the embeddings."""
+    from tqdm import tqdm
+
+    from clipce_rtdetr import prior
+
+    spec = {"v": CACHE_VERSION, "prior": [a, prior.PATCH, prior.OMEGA, prior.TOP, prior.T0], "labels": labels_hash(labels)}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    path = cache_path_for(label_files, key) if label_files else None
+
+    def build():
+        out = []
+        for lb in tqdm(labels, desc="CLIP-CE prior: dark-channel depth per image", unit="img", disable=not progress):
+            if len(lb["cls"]):
+                im = read_rgb(lb["im_file"])
+                out.append(torch.from_numpy(prior.prior_weights(im, source_boxes_xyxy(lb, im.shape[:2]), a)))
+        return {"weights": torch.cat(out).float() if out else torch.zeros(0)}
+
+    return load_or_build(path, key, build)["weights"]

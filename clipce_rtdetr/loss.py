@@ -13,10 +13,7 @@ import torch.nn.functional as F
 from ultralytics.models.utils.loss import RTDETRDetectionLoss
 from ultralytics.utils.torch_utils import autocast
 
-
-def fame_adjust(w: torch.Tensor, p: torch.Tensor, gamma: float) -> torch.Tensor:
-    """FAME (METHOD.md §4): w' = 1 + (w - 1) * (1 - p)^gamma, p the detached confidence for the true class."""
-    return 1.0 + (w - 1.0) * (1.0 - p).clamp(min=0.0).pow(gamma)
+from clipce_rtdetr.ame import fame_weights
 
 
 class ClipCEDetectionLoss(RTDETRDetectionLoss):
@@ -72,7 +69,7 @@ class ClipCEDetectionLoss(RTDETRDetectionLoss):
         with autocast(enabled=False, device=pred_scores.device.type):
             logit = pred_scores[b, q, targets[b, q]].float()
             if self.fame:
-                w = fame_adjust(w, logit.detach().sigmoid(), self.fame_gamma)
+                w = fame_weights(w, logit.detach().sigmoid(), self.fame_gamma)  # METHOD.md §4
             gts = gt_scores[b, q].float()  # varifocal weight of a positive element is its IoU target
             extra = ((w - 1.0) * gts * F.binary_cross_entropy_with_logits(logit, gts, reduction="none")).sum() / nq
             extra = extra / (max(num_gts, 1) / nq) * self.loss_gain["class"]

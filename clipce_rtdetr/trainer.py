@@ -100,7 +100,7 @@ class ClipCETrainer(RTDETRTrainer):
         dataset = self.train_loader.dataset
         labels, label_files = dataset.labels, getattr(dataset, "label_files", None)
         if self.mode == "prior":
-            from clipce_rtdetr.prior import dataset_prior_weights
+            from clipce_rtdetr.embedding_cache import dataset_prior_weights
 
             with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves, the others load
                 self.weight_table = dataset_prior_weights(labels, label_files, a["prior_a"]).to(self.device)
