@@ -37,6 +37,7 @@ TINY_CLIP = "clipce-tiny"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 README_HINT = "weights/README.md (section 'CLIP weights')"
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
+RANDOM_MARKER = "clipce_random_init"  # set by make_random_clip in the files it writes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +149,23 @@ def file_sha256(path: str | Path) -> str:
     return digest
 
 
+def is_random_weights_file(path: str | Path) -> bool:
+    """True for a file written by `make_random_clip` (checked only for small files: real CLIPs are >50 MB)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > 64 * 2**20:
+            return False
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return (f.metadata() or {}).get(RANDOM_MARKER) == "1"
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return isinstance(obj, dict) and obj.get(RANDOM_MARKER) is True
+    except Exception:
+        return False
+
+
 def _params_sha256(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
@@ -252,7 +270,7 @@ class ClipBundle:
     spec: str
     model_name: str = ""
     weights: str | None = None  # resolved weights file (None: random weights)
-    random_weights: bool = False  # True: no pretrained weights, the scores are uninformative
+    random_weights: bool = False  # True: random weights (none, or a make_random_clip file): scores are uninformative
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     embed_dim: int = 0
@@ -494,7 +512,7 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipBundle:
         spec=spec,
         model_name=r["model_name"],
         weights=r["weights"],
-        random_weights=r["weights"] is None,
+        random_weights=r["weights"] is None or is_random_weights_file(r["weights"]),
         device=device,
         dtype=torch.float16 if precision == "fp16" else torch.float32,
         embed_dim=embed_dim,
@@ -506,7 +524,8 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipBundle:
 
 def make_random_clip(path: str | Path, model_name: str = TINY_CLIP, seed: int = 0) -> str:
     """Save a randomly initialised open_clip model's state_dict to `path` (.pt or .safetensors); return its
-    spec `MODEL:/abs/path`, which `load_clip` loads exactly like a real checkpoint."""
+    spec `MODEL:/abs/path`, which `load_clip` loads exactly like a real checkpoint (open_clip's own file
+    loader); the file is marked so that the loaded bundle says `random_weights=True`."""
     import open_clip
 
     register_project_configs()
@@ -523,13 +542,14 @@ def make_random_clip(path: str | Path, model_name: str = TINY_CLIP, seed: int = 
         torch.set_rng_state(state)
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The marker tells load_clip the weights are random (open_clip reads only 'state_dict' / the tensors).
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(sd, str(path))
+        save_file(sd, str(path), metadata={RANDOM_MARKER: "1"})
     else:
-        torch.save(sd, path)
+        torch.save({"state_dict": sd, RANDOM_MARKER: True}, path)
     return f"{model_name}:{path.resolve()}"
 
 
-__all__ = ["ClipBundle", "load_clip", "make_random_clip", "parse_clip_spec", "register_project_configs", "file_sha256", "TINY_CLIP"]
+__all__ = ["ClipBundle", "load_clip", "make_random_clip", "parse_clip_spec", "register_project_configs", "file_sha256", "is_random_weights_file", "TINY_CLIP"]
