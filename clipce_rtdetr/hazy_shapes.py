@@ -277,3 +277,30 @@ def run_generate(overrides: dict) -> Path:
         raise ClipCEError(str(e)) from None
     LOGGER.info(f"hazy-shapes ready: {yaml_path} (train with: clipce-rtdetr train data={yaml_path})")
     return yaml_path
+
+
+# Committed demo CLIP trained on clean hazy-shapes crops (evidence issue); until it exists a tiny random CLIP.
+DEMO_CLIP_FILE = "demo-clip-hazy-shapes.safetensors"
+DEMO_CLIP_MODEL = "clipce-tiny"
+
+
+def demo_clip_spec() -> str:
+    """The CLIP used when training on hazy-shapes without `clip=`: the committed demo CLIP if present,
+    else a tiny randomly initialised CLIP (made once under $CLIPCE_HOME/weights), loudly flagged."""
+    from ultralytics.utils import LOGGER
+
+    from clipce_rtdetr.paths import weights_dirs
+
+    for d in weights_dirs():
+        if (d / DEMO_CLIP_FILE).exists():
+            return f"{DEMO_CLIP_MODEL}:{d / DEMO_CLIP_FILE}"
+    from clipce_rtdetr.clip_loader import make_random_clip
+
+    path = home() / "weights" / "clipce-tiny-random.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = f"{DEMO_CLIP_MODEL}:{path}" if path.exists() else make_random_clip(path)
+    LOGGER.warning(
+        "CLIP-CE demo: no demo CLIP found, using a tiny CLIP with RANDOM weights. Its AME weights are "
+        "uninformative (this run shows the pipeline works, not what CLIP-CE gains). Pass clip=MODEL:PRETRAINED for real scores."
+    )
+    return spec

@@ -71,11 +71,16 @@ class ClipCERTDETR(RTDETR):
         return task_map
 
     def train(self, trainer=None, **kwargs: Any):
-        from clipce_rtdetr.data import resolve_data
+        from clipce_rtdetr.data import BUILTIN, resolve_data
 
         check_overrides(kwargs)
         if not kwargs.get("resume"):
+            builtin = kwargs.get("data") is None or str(kwargs.get("data")) in BUILTIN
             kwargs["data"] = resolve_data(kwargs.get("data"), allow_download=bool(kwargs.get("allow_download")))
+            if builtin and "clip" not in kwargs and kwargs.get("clipce", "fame") in ("ame", "fame"):
+                from clipce_rtdetr.hazy_shapes import demo_clip_spec
+
+                kwargs["clip"] = demo_clip_spec()  # ViT-B-32 weights are not on an offline machine
         return super().train(trainer=trainer, **kwargs)
 
     def val(self, validator=None, **kwargs: Any):
