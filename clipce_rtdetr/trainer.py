@@ -47,6 +47,20 @@ class ClipCETrainer(RTDETRTrainer):
         if RANK in {-1, 0}:
             (Path(self.save_dir) / "clipce.yaml").write_text(yaml.safe_dump(self.clipce_args, sort_keys=False))
 
+    def train(self):
+        if self.ddp:
+            # Ultralytics re-launches DDP workers with `vars(self.args)` as their overrides: carry the
+            # CLIP-CE keys there for the launch only (each worker's __init__ pops them again).
+            added = [k for k in self.clipce_args if not hasattr(self.args, k)]
+            for k in added:
+                setattr(self.args, k, self.clipce_args[k])
+            try:
+                return super().train()
+            finally:
+                for k in added:
+                    delattr(self.args, k)
+        return super().train()
+
     @property
     def mode(self) -> str:
         return self.clipce_args["clipce"]
