@@ -499,11 +499,12 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
     (out / "annotations").mkdir(exist_ok=True)
     for s in splits:
         (out / "annotations" / f"instances_{s}.json").write_text(json.dumps(coco[s], ensure_ascii=False), encoding="utf-8")
-    data = {"path": str(out.resolve()), "train": "images/train", "val": "images/val" if n_images["val"] else "images/train"}
+    val = "val" if n_images["val"] else "test" if n_images["test"] else "train"  # RUOD/DUO ship train + test only
+    data = {"path": str(out.resolve()), "train": "images/train", "val": f"images/{val}"}
     if n_images["test"]:
         data["test"] = "images/test"
     data["names"] = dict(enumerate(targets))
-    data["coco_annotations"] = {s: f"annotations/instances_{s}.json" for s in splits}
+    data["coco_annotations"] = {s: f"annotations/instances_{s}.json" for s in splits} | {"val": f"annotations/instances_{val}.json"}
     data["converted_from"] = {"format": fmt, "source": str(source.resolve()), "split": split_note}
     yaml_path = out / f"{out.name}.yaml"
     yaml_path.write_text(f"# made by 'clipce-rtdetr convert format={fmt}'\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

@@ -150,8 +150,14 @@ def degrade_array(img: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarr
     colour = img[..., :3] if alpha is not None else img
     if colour.ndim == 3 and colour.shape[2] == 1:
         colour = colour[..., 0]
-    j = colour.astype(np.float32) * np.float32(1.0 / scale)
-    if kind == "haze":
+    if kind == "lowlight" and colour.dtype == np.uint8:
+        out = physics.apply_lowlight_u8(colour, p["gamma"], p["shot"], p["read"], p["noise_seed"])
+        j = None
+    else:
+        j = colour.astype(np.float32) * np.float32(1.0 / scale)
+    if j is None:
+        pass
+    elif kind == "haze":
         out = physics.apply_haze(j, depth, p["beta"], p["airlight"])
     elif kind == "lowlight":
         out = physics.apply_lowlight(j, p["gamma"], p["shot"], p["read"], p["noise_seed"])

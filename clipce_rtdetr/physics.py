@@ -83,10 +83,17 @@ def sensor_noise(signal: np.ndarray, shot: float, read: float, seed: int | None)
     return rng.standard_normal(signal.shape, dtype=np.float32) * std
 
 
-def gamma_lut(gamma: float, bits: int = 8) -> np.ndarray:
-    """Look-up table of x ** gamma for every integer level of a `bits`-bit image, as float32 in [0, 1]."""
-    n = (1 << bits) - 1
-    return np.power(np.arange(n + 1, dtype=np.float32) / n, np.float32(gamma))
+def apply_lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0,
+                      noise_seed: int | None = None) -> np.ndarray:
+    """apply_lowlight for a uint8 image, through 256-entry look-up tables (same values as
+    apply_lowlight(img.astype(float32) * float32(1 / 255), ...), several times faster)."""
+    levels = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)
+    lut = np.power(levels, np.float32(gamma))
+    i = lut[img]
+    if shot > 0 or read > 0:
+        std = np.sqrt(np.float32(shot) * np.maximum(lut, 0) + np.float32(read) ** 2)[img]
+        i += np.random.default_rng(noise_seed).standard_normal(img.shape, dtype=np.float32) * std
+    return np.clip(i, 0.0, 1.0, out=i)
 
 
 # ------------------------------------------------------------------------------------ underwater

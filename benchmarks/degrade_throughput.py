@@ -1,0 +1,107 @@
+"""Throughput of `degrade` against a bare decode+encode loop with the same number of processes.
+
+Goal (issue 4): degrade >= 80% of the bare loop's images/s. Images are generated (JPEG, 640x480 scenes with
+texture), never part of the tests. Usage:
+
+    python benchmarks/degrade_throughput.py [--n 240] [--processes 2] [--size 640x480]
+
+Writes benchmarks/results/degrade_throughput.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+
+def make_dataset(root: Path, n: int, w: int, h: int) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    base = cv2.resize((rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    for i in range(n):
+        img = np.roll(base, i * 7, axis=1)
+        img = cv2.add(img, (rng.random((h, w, 3)) * 30).astype(np.uint8))
+        cv2.imwrite(str(root / "images" / "val" / f"{i:06d}.jpg"), img)
+        (root / "labels" / "val" / f"{i:06d}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    y = root / "bench.yaml"
+    y.write_text(yaml.safe_dump({"path": str(root), "train": "images/val", "val": "images/val", "names": {0: "obj"}}))
+    return y
+
+
+def _bare(job):
+    src, dst = job
+    img = cv2.imdecode(np.fromfile(src, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    ok, enc = cv2.imencode(Path(dst).suffix, img)
+    enc.tofile(dst)
+
+
+def _init():
+    cv2.setNumThreads(1)
+
+
+def bare_loop(files: list[Path], out: Path, processes: int) -> float:
+    out.mkdir(parents=True)
+    jobs = [(str(f), str(out / f.name)) for f in files]
+    t = time.perf_counter()
+    with get_context("fork").Pool(processes, initializer=_init) as pool:
+        for _ in pool.imap_unordered(_bare, jobs, chunksize=max(1, min(16, len(jobs) // (processes * 8)))):
+            pass
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=240)
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--size", default="640x480")
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    w, h = map(int, a.size.split("x"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from clipce_rtdetr.degrade import degrade
+
+    tmp = Path(tempfile.mkdtemp(prefix="degrade-bench-"))
+    try:
+        y = make_dataset(tmp / "src", a.n, w, h)
+        files = sorted((tmp / "src" / "images" / "val").glob("*.jpg"))
+        results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "images": a.n, "size": a.size,
+                   "processes": a.processes, "bare_s": [], "degrade_s": {}}
+        for r in range(a.repeats):
+            results["bare_s"].append(bare_loop(files, tmp / f"bare{r}", a.processes))
+            for kind in ("haze", "lowlight", "underwater"):
+                t = time.perf_counter()
+                degrade(y, tmp / f"{kind}{r}", kind=kind, processes=a.processes, progress=False)
+                results["degrade_s"].setdefault(kind, []).append(time.perf_counter() - t)
+        bare = min(results["bare_s"])
+        results["bare_img_s"] = a.n / bare
+        results["ratio"] = {k: bare / min(v) for k, v in results["degrade_s"].items()}
+        results["degrade_img_s"] = {k: a.n / min(v) for k, v in results["degrade_s"].items()}
+        results["max_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out = Path(__file__).parent / "results"
+        out.mkdir(exist_ok=True)
+        (out / "degrade_throughput.json").write_text(json.dumps(results, indent=2))
+        lines = [f"# degrade throughput ({results['machine']}, {a.n} JPEG images {a.size}, {a.processes} processes, best of {a.repeats})",
+                 "", "| loop | images/s | vs bare decode+encode |", "|---|---|---|",
+                 f"| bare decode+encode | {results['bare_img_s']:.1f} | 100% |"]
+        lines += [f"| degrade kind={k} (whole command: listing, records, labels) | {results['degrade_img_s'][k]:.1f} | {100 * results['ratio'][k]:.0f}% |" for k in results["ratio"]]
+        (out / "degrade_throughput.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
