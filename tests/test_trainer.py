@@ -1,0 +1,222 @@
+"""CLIP-CE training end to end (tiny RT-DETR, tiny random CLIP loaded from a file like a real checkpoint)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipce_rtdetr import ClipCERTDETR
+from clipce_rtdetr.errors import ClipCEError, ConfigError
+from tests.conftest import TINY_MODEL
+
+FAST = dict(epochs=1, imgsz=64, batch=8, device="cpu", workers=0, plots=False, val=True, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_root) -> str:
+    from clipce_rtdetr.clip_loader import make_random_clip
+
+    return make_random_clip(tmp_root / "clip" / "tiny-clip.safetensors")
+
+
+@pytest.fixture(scope="session")
+def fame_run(tiny_hazy_shapes, tiny_clip, tmp_root):
+    model = ClipCERTDETR(TINY_MODEL)
+    model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, clipce="fame", project=str(tmp_root / "runs"), name="fame",
+                **{**FAST, "plots": True})
+    return Path(model.trainer.save_dir), model.trainer
+
+
+def test_fame_run_logs_weights_and_saves_settings(fame_run):
+    save_dir, trainer = fame_run
+    rows = list(csv.DictReader(open(save_dir / "results.csv")))
+    cols = {k.strip() for k in rows[0]}
+    assert {"clipce/ame_w", "clipce/fame_w", "clipce/frac_w>1.5"} <= cols
+    ame_w = float(rows[0]["clipce/ame_w"])
+    fame_w = float(rows[0]["clipce/fame_w"])
+    assert ame_w >= 1.0 and 1.0 <= fame_w <= ame_w + 1e-6  # FAME only moves weights toward 1
+    assert (save_dir / "clipce_weights.png").exists()
+    assert (save_dir / "clipce.yaml").read_text().count("clipce: fame") == 1
+    # CLIP stays outside the detector: nothing of it in the checkpoint's state_dict.
+    ckpt = torch.load(save_dir / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    det = ckpt["ema"] or ckpt["model"]  # the final checkpoint is stripped: EMA moved to "model"
+    keys = det.state_dict().keys()
+    assert not any("visual" in k or "transformer.resblocks" in k or "token_embedding" in k for k in keys)
+    assert getattr(det, "criterion", None) is None
+    assert type(det).__name__ == "RTDETRDetectionModel"
+
+
+def test_checkpoint_runs_in_plain_ultralytics(fame_run, tiny_hazy_shapes, tmp_path):
+    """best.pt loads and predicts in a process where clipce_rtdetr cannot be imported at all."""
+    save_dir, _ = fame_run
+    img = next((Path(tiny_hazy_shapes).parent / "images" / "val").glob("*.png"))
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'clipce_rtdetr':
+            raise ImportError('clipce_rtdetr is blocked in this test')
+sys.meta_path.insert(0, Block())
+from ultralytics import RTDETR
+r = RTDETR({str(save_dir / 'weights' / 'best.pt')!r}).predict({str(img)!r}, imgsz=64, verbose=False)
+print('OK', len(r), r[0].boxes.data.shape[1])
+"""
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "OK 1 6" in out.stdout
+
+
+def test_embedding_cache_reused_and_keyed(fame_run, tiny_hazy_shapes):
+    labels_dir = Path(tiny_hazy_shapes).parent / "labels"
+    caches = list(labels_dir.glob("train.clipce-*.pt"))
+    assert len(caches) == 1
+    data = torch.load(caches[0], weights_only=True)
+    assert data["embeddings"].shape[0] == data["valid"].shape[0] > 0
+
+
+class _FakeBundle:
+    """Stands in for a ClipBundle in cache-logic tests (the real encoder is covered above)."""
+
+    fingerprint, image_size, mean, std = "fake@1", 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode_images(self, x, batch_size=64):
+        self.calls += 1
+        e = x.flatten(1)[:, :8].float()
+        return torch.nn.functional.normalize(e + 1e-3, dim=1)
+
+
+def _labels(tiny_hazy_shapes):
+    from ultralytics.data import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(tiny_hazy_shapes))
+    ds = YOLODataset(img_path=data["train"], data=data, augment=False, imgsz=64)
+    return ds.labels, ds.label_files
+
+
+def test_cache_rebuilds_on_change_and_corruption(tiny_hazy_shapes, tmp_path, caplog):
+    from clipce_rtdetr import embedding_cache as ec
+
+    labels, _ = _labels(tiny_hazy_shapes)
+    files = [str(tmp_path / "labels" / "train" / "a.txt")]
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    b = _FakeBundle()
+    first = ec.dataset_embeddings(labels, files, b, 0.1, progress=False)
+    assert b.calls > 0
+    calls = b.calls
+    again = ec.dataset_embeddings(labels, files, b, 0.1, progress=False)
+    assert b.calls == calls and torch.equal(again["embeddings"], first["embeddings"])  # reused, not recomputed
+    ec.dataset_embeddings(labels, files, b, 0.2, progress=False)  # other crop settings: rebuilt, own file
+    assert b.calls > calls
+    changed = [dict(lb) for lb in labels]
+    changed[0]["bboxes"] = changed[0]["bboxes"] * 0.9
+    calls = b.calls
+    ec.dataset_embeddings(changed, files, b, 0.1, progress=False)
+    assert b.calls > calls  # a changed dataset rebuilds
+    path = ec.cache_path_for(files, ec.cache_key(b.fingerprint, 0.1, b.image_size, b.mean, b.std, ec.labels_hash(labels)))
+    path.write_bytes(path.read_bytes()[:50])  # truncate
+    calls = b.calls
+    rebuilt = ec.dataset_embeddings(labels, files, b, 0.1, progress=False)
+    assert b.calls > calls and torch.equal(rebuilt["embeddings"], first["embeddings"])
+
+
+def test_resume_restores_every_clipce_key(tiny_hazy_shapes, tiny_clip, tmp_root):
+    from clipce_rtdetr.trainer import ClipCETrainer
+
+    custom = dict(clipce="ame", ame_alpha=0.5, ame_form="linear", ame_context=0.2, ame_temperature=2.0, fame_gamma=2.0,
+                  clipce_terms="final", ame_profile="lowlight", ame_templates=["a blurry photo of a {}."])
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_save(trainer):
+        raise Stop
+
+    model = ClipCERTDETR(TINY_MODEL)
+    model.add_callback("on_model_save", stop_after_first_save)
+    with pytest.raises(Stop):
+        model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, project=str(tmp_root / "runs"), name="resume",
+                    **{**FAST, "epochs": 2}, **custom)
+    last = Path(model.trainer.save_dir) / "weights" / "last.pt"
+    trainer = ClipCETrainer(overrides={"model": str(last), "resume": str(last)})
+    for k, v in custom.items():
+        assert trainer.clipce_args[k] == v, k
+    assert trainer.clipce_args["clip"] == tiny_clip
+
+
+@pytest.mark.parametrize("mode,extra", [("prior", {}), ("ame", {"ame_crops": "batch"})])
+def test_other_modes_train(tiny_hazy_shapes, tiny_clip, tmp_root, mode, extra):
+    model = ClipCERTDETR(TINY_MODEL)
+    model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, clipce=mode, project=str(tmp_root / "runs"), name=mode,
+                **FAST, **extra)
+    rows = list(csv.DictReader(open(Path(model.trainer.save_dir) / "results.csv")))
+    assert float(rows[-1]["clipce/ame_w"]) >= 1.0
+    if mode == "ame":  # no FAME: the applied weight is the AME weight
+        assert abs(float(rows[-1]["clipce/fame_w"]) - float(rows[-1]["clipce/ame_w"])) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "bad,err",
+    [({"ame_alpha": -1.0}, ConfigError), ({"fame_gamma": -0.5}, ConfigError), ({"ame_profile": "fog-nope"}, ClipCEError),
+     ({"ame_templates": ["a photo of a cat."]}, ClipCEError), ({"clipce": "bogus"}, ConfigError)],
+)
+def test_bad_settings_rejected_before_training(tiny_hazy_shapes, tiny_clip, tmp_root, bad, err):
+    model = ClipCERTDETR(TINY_MODEL)
+    with pytest.raises(err):
+        model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, project=str(tmp_root / "runs"), name="bad", **FAST, **bad)
+    assert model.trainer is None or not (Path(model.trainer.save_dir) / "results.csv").exists()
+
+
+def test_ddp_launch_carries_clipce_keys(tiny_hazy_shapes, tiny_clip, monkeypatch):
+    """Ultralytics re-launches DDP workers from vars(trainer.args): the CLIP-CE keys must be there then, and only then."""
+    import ultralytics.engine.trainer as ut
+
+    from clipce_rtdetr.trainer import ClipCETrainer
+
+    trainer = ClipCETrainer(overrides={"model": TINY_MODEL, "data": str(tiny_hazy_shapes), "clip": tiny_clip,
+                                       "ame_alpha": 0.7, **FAST})
+    seen = {}
+
+    def fake_command(tr):
+        seen.update(vars(tr.args))
+        raise RuntimeError("stop before launching")
+
+    monkeypatch.setattr(ut, "generate_ddp_command", fake_command)
+    trainer.ddp = True
+    with pytest.raises(RuntimeError, match="stop before launching"):
+        trainer.train()
+    assert seen["ame_alpha"] == 0.7 and seen["clip"] == tiny_clip
+    assert not hasattr(trainer.args, "ame_alpha")
+
+
+def test_ame_inspection_outputs(tiny_hazy_shapes, tiny_clip, tmp_root):
+    from clipce_rtdetr.ame_inspect import run_ame_inspection
+
+    out = run_ame_inspection({"data": str(tiny_hazy_shapes), "clip": tiny_clip, "split": "val",
+                              "project": str(tmp_root / "runs"), "name": "ame", "ame_alpha": 2.0})
+    rows = list(csv.DictReader(open(out / "ame.csv")))
+    assert list(rows[0]) == ["im_file", "index", "cls", "name", "x1", "y1", "x2", "y2", "q", "d", "w"]
+    for r in rows:
+        q, d, w = float(r["q"]), float(r["d"]), float(r["w"])
+        assert 0 <= q <= 1 and abs(d - (1 - q)) < 1e-5 and abs(w - torch.exp(torch.tensor(2.0 * d)).item()) < 1e-3
+        # box and class agree with the named line of the label file
+        lb = Path(r["im_file"]).parent.parent.parent / "labels" / "val" / (Path(r["im_file"]).stem + ".txt")
+        c, x, y, bw, bh = map(float, lb.read_text().splitlines()[int(r["index"])].split())
+        assert int(c) == int(r["cls"]) and abs(float(r["x1"]) - (x - bw / 2) * 128) < 0.05
+    info = json.loads((out / "prompts.json").read_text())
+    assert info["alpha"] == 2.0 and info["form"] == "exp" and info["context"] == 0.1 and info["temperature"] == 1.0
+    assert "logit_scale" in info and info["split"] == "val"
+    text = json.dumps(info)
+    assert "a photo of a circle." in text and "a photo of fog." in text
+    assert (out / "weights_per_class.png").exists() and (out / "crops_most_least_weakened.png").exists()
