@@ -9,7 +9,6 @@ import torch
 from ultralytics.models.utils.loss import RTDETRDetectionLoss
 from ultralytics.nn.tasks import RTDETRDetectionModel
 
-from clipce_rtdetr.ame import fame_weights
 from clipce_rtdetr.loss import ClipCEDetectionLoss
 from tests.conftest import TINY_MODEL
 
@@ -124,13 +123,6 @@ def test_gradients_reach_detector(detector):
     total.backward()
     grads = [p.grad for p in detector.parameters() if p.requires_grad]
     assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
-
-
-def test_fame_weights():
-    w = torch.tensor([1.0, 2.0, 2.0, 2.0])
-    p = torch.tensor([0.3, 0.0, 0.5, 1.0])
-    assert torch.allclose(fame_weights(w, p, 1.0), torch.tensor([1.0, 2.0, 1.5, 1.0]))
-    assert torch.allclose(fame_weights(w, p, 2.0), torch.tensor([1.0, 2.0, 1.25, 1.0]))
 
 
 def test_criterion_adds_nothing_to_state_dict(detector):
