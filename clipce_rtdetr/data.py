@@ -22,7 +22,9 @@ MAX_LISTED = 10
 NO_VERIFY = {".heic", ".heif", ".pfm"}
 
 
-def resolve_data(data: str | Path | None, allow_download: bool = False, check_labels: bool = True) -> str:
+def resolve_data(
+    data: str | Path | None, allow_download: bool = False, check_labels: bool = True, splits: tuple[str, ...] = ("train", "val")
+) -> str:
     """Return a dataset YAML path Ultralytics can use, generating hazy-shapes if asked for it."""
     if data is None or str(data) in BUILTIN:
         from clipce_rtdetr.hazy_shapes import generate
@@ -41,7 +43,7 @@ def resolve_data(data: str | Path | None, allow_download: bool = False, check_la
     if p.suffix not in (".yaml", ".yml"):
         return str(p)  # a folder or other source: Ultralytics decides (e.g. classification layouts)
     cfg = load_data_yaml(p)
-    missing = missing_splits(cfg, p)
+    missing = missing_splits(cfg, p, splits)  # val/predict need only the val split, as in Ultralytics
     if missing:
         if cfg.get("download") and allow_download:
             return str(p)  # the user asked for the download script to run
@@ -55,7 +57,7 @@ def resolve_data(data: str | Path | None, allow_download: bool = False, check_la
             msg += "\nFix `path:`/`train:`/`val:` in the YAML, or convert the data with 'clipce-rtdetr convert'."
         raise ClipCEError(msg)
     if check_labels:
-        report_label_problems(scan_labels(cfg, p))
+        report_label_problems(scan_labels(cfg, p, splits))
     return str(p)
 
 
@@ -93,8 +95,8 @@ def split_paths(cfg: dict[str, Any], yaml_path: Path, split: str) -> list[Path]:
     return [(root / e) if not Path(e).is_absolute() else Path(e) for e in entries]
 
 
-def missing_splits(cfg: dict[str, Any], yaml_path: Path) -> list[str]:
-    return [str(p) for s in ("train", "val") for p in split_paths(cfg, yaml_path, s) if not p.exists()]
+def missing_splits(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...] = ("train", "val")) -> list[str]:
+    return [str(p) for s in splits for p in split_paths(cfg, yaml_path, s) if not p.exists()]
 
 
 def class_count(cfg: dict[str, Any]) -> int:
@@ -165,14 +167,14 @@ def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[st
     return errors, warnings
 
 
-def scan_labels(cfg: dict[str, Any], yaml_path: Path) -> dict[str, list[str]]:
-    """Scan every image and label file of the train and val splits.
+def scan_labels(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...] = ("train", "val")) -> dict[str, list[str]]:
+    """Scan every image and label file of the given splits.
 
     Returns {'errors', 'warnings', 'empty', 'missing', 'corrupt'}, each a list of messages or paths.
     """
     nc = class_count(cfg)
     report: dict[str, list[str]] = {"errors": [], "warnings": [], "empty": [], "missing": [], "corrupt": []}
-    for split in ("train", "val"):
+    for split in splits:
         for src in split_paths(cfg, yaml_path, split):
             for img in image_files(src):
                 bad = check_image_file(img)

@@ -191,3 +191,15 @@ def test_training_on_bad_data_warns_by_name_and_does_not_crash(bad_dataset, tmp_
     assert f"{root / 'labels' / 'train' / '1.txt'}:1" in out
     assert str(root / "images" / "train" / "broken.jpg") in out and "not a readable image" in out
     assert (tmp_path / "runs" / "bad" / "weights" / "last.pt").exists()
+
+
+def test_val_only_dataset_needs_only_its_val_split(tmp_path):
+    y = make_dataset(tmp_path / "vo")
+    data = yaml.safe_load(y.read_text())
+    data["train"] = "images/not-here"
+    y.write_text(yaml.safe_dump(data))
+    with pytest.raises(ClipCEError, match="not-here"):
+        resolve_data(str(y))  # training needs the train split
+    assert resolve_data(str(y), splits=("val",)) == str(y)  # validation does not (as in Ultralytics)
+    report = scan_labels(load_data_yaml(y), y, splits=("val",))
+    assert not any(report.values()), report
