@@ -22,6 +22,7 @@ TOOL_MODES: dict[str, str] = {
     "convert": "clipce_rtdetr.convert:run_convert",
     "degrade": "clipce_rtdetr.degrade:run_degrade",
     "clip-train": "clipce_rtdetr.clip_train:run_clip_train",
+    "ablation": "clipce_rtdetr.ablation:run_ablation",
 }
 # Arguments of `clipce-rtdetr train` with no arguments at all: the built-in demo, CPU, < 3 minutes.
 DEMO_TRAIN = {"model": "rtdetr-tiny.yaml", "data": "hazy-shapes", "epochs": 8, "imgsz": 256, "batch": 16,

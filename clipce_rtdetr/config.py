@@ -28,7 +28,7 @@ NON_NEGATIVE = ("ame_alpha", "fame_gamma", "ame_context", "prior_a", "export_tol
 POSITIVE = ("ame_temperature", "ame_batch")
 FRACTION = ("val_fraction",)
 # Keys whose value is a list or None (no scalar type to check).
-LIST_KEYS = ("ame_templates", "beta_range", "airlight_range", "gamma_range", "names")
+LIST_KEYS = ("ame_templates", "beta_range", "airlight_range", "gamma_range", "names", "ablation_methods", "ablation_seeds")
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,196 @@
+"""Ablation harness: train `clipce=none|prior|ame|fame` with everything else equal, over seeds, and report
+mAP50 / mAP50-95 as mean ± std overall and per degradation level (markdown, JSON, PNG plots).
+
+`clipce-rtdetr ablation data=... model=... epochs=... ablation_methods=[none,prior,ame,fame] ablation_seeds=[0,1,2]`
+or `python benchmarks/ablation.py` (the committed results in benchmarks/results/ came from the latter).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+METRICS = ("mAP50", "mAP50-95")
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """runs: [{method, seed, mAP50, mAP50-95, per_level: {level: {mAP50, mAP50-95}}}] -> summary per method.
+
+    Returns {method: {"n": seeds, "mAP50": (mean, std), "mAP50-95": (mean, std), "per_level": {level: {...}}}},
+    methods in first-seen order, levels in first-seen order.
+    """
+    out: dict[str, Any] = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
+        rs = [r for r in runs if r["method"] == method]
+        entry: dict[str, Any] = {"n": len(rs), "seeds": [r["seed"] for r in rs]}
+        for m in METRICS:
+            entry[m] = mean_std(r[m] for r in rs)
+        levels = list(dict.fromkeys(lv for r in rs for lv in r.get("per_level", {})))
+        entry["per_level"] = {
+            lv: {m: mean_std(r["per_level"][lv][m] for r in rs if lv in r.get("per_level", {})) for m in METRICS}
+            for lv in levels
+        }
+        out[method] = entry
+    return out
+
+
+def markdown_table(summary: dict[str, Any], digits: int = 3) -> str:
+    """One row per method: overall and per-level mAP as mean ± std."""
+    levels = list(dict.fromkeys(lv for e in summary.values() for lv in e["per_level"]))
+    f = lambda ms: f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"  # noqa: E731
+    head = ["method", "seeds", "mAP50", "mAP50-95"] + [f"mAP50 ({lv})" for lv in levels]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, e in summary.items():
+        cells = [method, str(e["n"]), f(e["mAP50"]), f(e["mAP50-95"])]
+        cells += [f(e["per_level"][lv]["mAP50"]) if lv in e["per_level"] else "–" for lv in levels]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict[str, Any], out_dir: Path, weights: dict[str, np.ndarray] | None = None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    methods = list(summary)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(methods), 3.4))
+    x = np.arange(len(methods))
+    for k, m in enumerate(METRICS):
+        ax.bar(x + (k - 0.5) * 0.38, [summary[me][m][0] for me in methods], 0.38,
+               yerr=[summary[me][m][1] for me in methods], capsize=3, label=m)
+    ax.set_xticks(x, methods)
+    ax.set_ylabel("mAP (mean ± std over seeds)")
+    ax.set_title("mAP per method")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "ablation_map.png")
+    fig.savefig(paths[-1], dpi=130)
+    plt.close(fig)
+
+    levels = list(dict.fromkeys(lv for e in summary.values() for lv in e["per_level"]))
+    if levels:
+        fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(levels), 3.4))
+        x = np.arange(len(levels))
+        wbar = 0.8 / max(len(methods), 1)
+        for k, me in enumerate(methods):
+            pl = summary[me]["per_level"]
+            ax.bar(x + (k - (len(methods) - 1) / 2) * wbar, [pl.get(lv, {"mAP50": (0, 0)})["mAP50"][0] for lv in levels], wbar,
+                   yerr=[pl.get(lv, {"mAP50": (0, 0)})["mAP50"][1] for lv in levels], capsize=2, label=me)
+        ax.set_xticks(x, levels)
+        ax.set_ylabel("mAP50 (mean ± std)")
+        ax.set_title("mAP50 per haze level")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out_dir / "ablation_per_level.png")
+        fig.savefig(paths[-1], dpi=130)
+        plt.close(fig)
+
+    if weights:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for me, w in weights.items():
+            if len(w):
+                ax.hist(w, bins=30, alpha=0.5, label=f"{me} (mean {np.mean(w):.2f})")
+        ax.set_xlabel("per-object weight w (before FAME)")
+        ax.set_ylabel("objects")
+        ax.set_title("Weight distributions (train split)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out_dir / "ablation_weights.png")
+        fig.savefig(paths[-1], dpi=130)
+        plt.close(fig)
+    return paths
+
+
+def run_one(method: str, seed: int, data: str, model: str, train_kwargs: dict[str, Any], project: Path) -> dict[str, Any]:
+    """Train one (method, seed) and evaluate it with COCO metrics per level."""
+    from clipce_rtdetr import ClipCERTDETR
+
+    det = ClipCERTDETR(model)
+    t0 = time.time()
+    det.train(data=data, clipce=method, seed=seed, deterministic=True, project=str(project), name=f"{method}-s{seed}",
+              exist_ok=True, **train_kwargs)
+    train_s = time.time() - t0
+    table = getattr(det.trainer, "weight_table", None)
+    weights = table.float().cpu().numpy() if table is not None else np.zeros(0)
+    metrics = det.val(data=data, coco=True, imgsz=train_kwargs.get("imgsz", 640), batch=train_kwargs.get("batch", 16),
+                      device=train_kwargs.get("device"), project=str(project), name=f"{method}-s{seed}-val", exist_ok=True,
+                      plots=False, verbose=False)
+    coco = metrics.coco
+    return {
+        "method": method, "seed": seed, "train_seconds": round(train_s, 1),
+        "mAP50": coco["stats"]["AP50"], "mAP50-95": coco["stats"]["AP"],
+        "ultralytics_mAP50": float(metrics.box.map50), "ultralytics_mAP50-95": float(metrics.box.map),
+        "per_level": {r["level"]: {"mAP50": r["mAP50"], "mAP50-95": r["mAP50-95"], "images": r["images"]}
+                      for r in coco.get("per_level", [])},
+        "weights": weights,
+    }
+
+
+def run_ablation_grid(methods: list[str], seeds: list[int], data: str, model: str, train_kwargs: dict[str, Any],
+                      out_dir: Path, project: Path) -> dict[str, Any]:
+    """Every (method, seed); writes ablation.json, ablation.md and plots to out_dir; returns the summary."""
+    from clipce_rtdetr.data import BUILTIN, resolve_data
+
+    if str(data) in BUILTIN and "clip" not in train_kwargs and ({"ame", "fame"} & set(methods)):
+        from clipce_rtdetr.hazy_shapes import demo_clip_spec
+
+        train_kwargs = {**train_kwargs, "clip": demo_clip_spec()}
+    data = resolve_data(data)
+    runs, weights = [], {}
+    for seed in seeds:
+        for method in methods:
+            r = run_one(method, seed, data, model, train_kwargs, project)
+            w = r.pop("weights")
+            if len(w) and method not in weights:
+                weights[method] = w
+            runs.append(r)
+            print(f"[ablation] {method} seed={seed}: mAP50={r['mAP50']:.4f} mAP50-95={r['mAP50-95']:.4f} ({r['train_seconds']}s)", flush=True)
+    summary = aggregate(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"data": data, "model": model, "train_kwargs": train_kwargs, "methods": methods, "seeds": seeds,
+              "runs": runs, "summary": summary}
+    (out_dir / "ablation.json").write_text(json.dumps(record, indent=2, default=str))
+    table = markdown_table(summary)
+    (out_dir / "ablation.md").write_text(
+        f"# Ablation: {', '.join(methods)} over seeds {seeds}\n\nData `{Path(data).name}`, model `{Path(model).name}`, "
+        f"training {json.dumps(train_kwargs, default=str)}.\nCOCO mAP (pycocotools) on the val split, mean ± std over seeds.\n\n{table}\n"
+    )
+    plot_summary(summary, out_dir, weights)
+    print(table, flush=True)
+    return summary
+
+
+def run_ablation(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`clipce-rtdetr ablation ...` (CLI entry)."""
+    from clipce_rtdetr.config import check_overrides
+
+    from clipce_rtdetr.config import CHOICES
+    from clipce_rtdetr.errors import ConfigError
+
+    ultra, proj = check_overrides(overrides)
+    bad = [m for m in proj["ablation_methods"] if m not in CHOICES["clipce"]]
+    if bad:
+        raise ConfigError(f"ablation_methods: unknown {bad}; valid methods are {', '.join(CHOICES['clipce'])}.")
+    data = ultra.pop("data", None) or "hazy-shapes"
+    model = ultra.pop("model", None) or "rtdetr-tiny.yaml"
+    out_dir = Path(proj["out"] or "ablation-results")
+    project = Path(ultra.pop("project", None) or out_dir / "runs")
+    given_proj = {k: v for k, v in overrides.items() if k in proj and not k.startswith("ablation_") and k != "out"}
+    return run_ablation_grid(list(proj["ablation_methods"]), [int(s) for s in proj["ablation_seeds"]], data, model,
+                             {**ultra, **given_proj}, out_dir, project)
