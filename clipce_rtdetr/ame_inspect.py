@@ -40,12 +40,12 @@ def run_ame_inspection(overrides: dict[str, Any]) -> Path:
     from clipce_rtdetr.ame import AMEScorer
     from clipce_rtdetr.clip_loader import load_clip
     from clipce_rtdetr.config import check_overrides
-    from clipce_rtdetr.data import BUILTIN, resolve_data
+    from clipce_rtdetr.data import is_builtin, resolve_data
     from clipce_rtdetr.embedding_cache import dataset_embeddings, source_boxes_xyxy
 
     ultra, a = check_overrides(overrides)
     split = ultra.get("split") or "val"
-    if "clip" not in overrides and (ultra.get("data") is None or str(ultra.get("data")) in BUILTIN):
+    if "clip" not in overrides and is_builtin(ultra.get("data")):
         from clipce_rtdetr.hazy_shapes import demo_clip_spec
 
         a["clip"] = demo_clip_spec()

@@ -22,11 +22,16 @@ MAX_LISTED = 10
 NO_VERIFY = {".heic", ".heif", ".pfm"}
 
 
+def is_builtin(data) -> bool:
+    """True for the built-in demo dataset: no data, 'hazy-shapes', or datasets/hazy-shapes.yaml."""
+    return data is None or str(data) in BUILTIN or Path(data).resolve() == (DATASETS_DIR / "hazy-shapes.yaml").resolve()
+
+
 def resolve_data(
     data: str | Path | None, allow_download: bool = False, check_labels: bool = True, splits: tuple[str, ...] = ("train", "val")
 ) -> str:
     """Return a dataset YAML path Ultralytics can use, generating hazy-shapes if asked for it."""
-    if data is None or str(data) in BUILTIN:
+    if is_builtin(data):
         from clipce_rtdetr.hazy_shapes import generate
 
         return str(generate())

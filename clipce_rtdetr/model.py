@@ -71,11 +71,11 @@ class ClipCERTDETR(RTDETR):
         return task_map
 
     def train(self, trainer=None, **kwargs: Any):
-        from clipce_rtdetr.data import BUILTIN, resolve_data
+        from clipce_rtdetr.data import is_builtin, resolve_data
 
         check_overrides(kwargs)
         if not kwargs.get("resume"):
-            builtin = kwargs.get("data") is None or str(kwargs.get("data")) in BUILTIN
+            builtin = is_builtin(kwargs.get("data"))
             kwargs["data"] = resolve_data(kwargs.get("data"), allow_download=bool(kwargs.get("allow_download")))
             if builtin and "clip" not in kwargs and kwargs.get("clipce", "fame") in ("ame", "fame"):
                 from clipce_rtdetr.hazy_shapes import demo_clip_spec
