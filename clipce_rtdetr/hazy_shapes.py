@@ -26,11 +26,11 @@ from clipce_rtdetr.paths import home
 from clipce_rtdetr.physics import apply_haze
 
 # Bump whenever a change here alters the images: cached copies of an older recipe are regenerated.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 NAME = "hazy-shapes"
 CLASSES = ("circle", "square", "triangle", "star", "cross")
 # beta bins used to report results per haze level (upper bounds, inclusive of the lower one).
-HAZE_LEVELS = (("light", 0.0, 0.06), ("medium", 0.06, 0.11), ("heavy", 0.11, float("inf")))
+HAZE_LEVELS = (("light", 0.0, 0.08), ("medium", 0.08, 0.16), ("heavy", 0.16, float("inf")))
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,10 @@ class Recipe:
     n_train: int = 192
     n_val: int = 64
     size: int = 256
-    max_objects: int = 5
-    beta: tuple[float, float] = (0.02, 0.16)
+    max_objects: int = 4
+    max_depth: float = 8.0  # farthest object (ground-plane depth units; the camera-nearest row is 1)
+    object_scale: float = 0.22  # object radius at depth 1, as a fraction of the image size
+    beta: tuple[float, float] = (0.02, 0.30)
     airlight: tuple[float, float] = (0.7, 1.0)
     version: int = RECIPE_VERSION
     classes: tuple[str, ...] = field(default=CLASSES)
@@ -113,7 +115,8 @@ def _shape_polygon(cls: int, cx: float, cy: float, r: float, rng: np.random.Gene
     return np.stack([cx + radii * np.cos(ang), cy + radii * np.sin(ang)], 1).astype(np.float32)
 
 
-def render_scene(rng: np.random.Generator, size: int, max_objects: int, n_classes: int = len(CLASSES)):
+def render_scene(rng: np.random.Generator, size: int, max_objects: int, n_classes: int = len(CLASSES),
+                 max_depth: float = 8.0, object_scale: float = 0.22):
     """Render one clean scene.
 
     Returns (clean float32 HxWx3 in [0,1], depth float32 HxW, labels list of (cls, x1, y1, x2, y2)).
@@ -132,11 +135,12 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int, n_classe
 
     # Farther objects first so nearer ones occlude them (painter's algorithm).
     n = int(rng.integers(1, max_objects + 1))
-    base_rows = np.sort(rng.uniform(horizon + 0.06 * (h - horizon), h - 1, n))
+    # Row where the ground is max_depth away: depth = (h - horizon) / (row - horizon).
+    base_rows = np.sort(rng.uniform(horizon + (h - horizon) / max_depth, h - 1, n))
     labels, boxes = [], []
     for base in base_rows:
         d = float(row_depth[int(base)])
-        r = float(np.clip(0.16 * size / d, 3.0, 0.22 * size))  # apparent size falls as 1/depth
+        r = float(np.clip(object_scale * size / d, 4.0, 0.22 * size))  # apparent size falls as 1/depth
         cls = int(rng.integers(n_classes))
         cx = float(rng.uniform(r, w - r))
         cy = base - r
@@ -175,7 +179,8 @@ def make_sample(recipe: Recipe, split: str, index: int):
     """Deterministic (clean, hazy, depth, labels, beta, airlight) for one image of a split."""
     split_id = {"train": 0, "val": 1}[split]
     rng = np.random.default_rng([recipe.seed, recipe.version, split_id, index])
-    clean, depth, labels = render_scene(rng, recipe.size, recipe.max_objects, len(recipe.classes))
+    clean, depth, labels = render_scene(rng, recipe.size, recipe.max_objects, len(recipe.classes), recipe.max_depth,
+                                        recipe.object_scale)
     beta = float(rng.uniform(*recipe.beta))
     airlight = float(rng.uniform(*recipe.airlight))
     hazy = apply_haze(clean, depth, beta, airlight)
