@@ -38,6 +38,8 @@ DEFAULT_GRID = [
     ("rtdetr-l", 320, 1), ("rtdetr-l", 640, 1), ("rtdetr-l", 640, 2),
 ]  # fmt: skip
 QUICK_GRID = [("tiny", 320, 1), ("tiny", 640, 1)]
+# Cells that also time PyTorch with one thread, as `clipce-rtdetr predict` runs it on CPU (see OneThread).
+ONE_THREAD_CELLS = {("rtdetr-l", 640, 1), ("tiny", 640, 1)}
 
 
 def setup_env(work: Path) -> None:
@@ -110,9 +112,29 @@ def export(pt: Path, fmt: str, imgsz: int, batch: int, **kw) -> str:
     return str(dst)
 
 
-def backends_for(pt: Path, imgsz: int, batch: int, gpu: bool):
+class OneThread:
+    """Run a backend with one PyTorch thread: what `clipce-rtdetr predict` gets on CPU, because Ultralytics sets
+    OMP_NUM_THREADS=1 at import when it is unset."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __call__(self, x):
+        import torch
+
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.backend(x)
+        finally:
+            torch.set_num_threads(n)
+
+
+def backends_for(pt: Path, imgsz: int, batch: int, gpu: bool, one_thread: bool = False):
     """(name, device, weights path) for each backend of one grid cell."""
     out = [("pytorch", "cpu", str(pt)), ("onnxruntime", "cpu", export(pt, "onnx", imgsz, batch))]
+    if one_thread:
+        out.insert(1, ("pytorch-1thread", "cpu", str(pt)))
     if gpu:
         out.insert(1, ("pytorch", "cuda", str(pt)))
         try:
@@ -133,11 +155,12 @@ def run_grid(grid, work: Path, iters: int, budget_s: float, gpu: bool) -> list[d
         if name not in ckpts:
             ckpts[name] = work / f"{name}.pt"
             ClipCERTDETR(MODELS[name]).save(ckpts[name])
-        cells = backends_for(ckpts[name], imgsz, batch, gpu)
+        cells = backends_for(ckpts[name], imgsz, batch, gpu, one_thread=(name, imgsz, batch) in ONE_THREAD_CELLS)
         for device in dict.fromkeys(d for _, d, _ in cells):  # CPU backends together, then GPU backends
             group = [(b, w) for b, d, w in cells if d == device]
             dev = torch.device("cuda:0" if device == "cuda" else "cpu")
             bes = [AutoBackend(w, device=dev, fuse=True, verbose=False) for _, w in group]
+            bes = [OneThread(be) if b == "pytorch-1thread" else be for (b, _), be in zip(group, bes)]
             x = torch.rand(batch, 3, imgsz, imgsz, device=dev)
             for (backend, _), r in zip(group, time_interleaved(bes, x, iters, budget_s)):
                 rows.append({"model": name, "imgsz": imgsz, "batch": batch, "backend": backend, "device": device, **r})
@@ -208,6 +231,9 @@ def markdown(res: dict) -> str:
         "| model | imgsz | batch | backend | device | median ms | p95 ms | img/s | speed-up vs PyTorch (same device) |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
+    lines.insert(5, f"PyTorch rows use {m['torch_threads']} threads; `pytorch-1thread` is PyTorch as `clipce-rtdetr predict` runs it "
+                 "on CPU (Ultralytics sets OMP_NUM_THREADS=1 at import when it is unset). ONNX Runtime uses all cores.")
+    lines.insert(6, "")
     base = {(r["model"], r["imgsz"], r["batch"], r["device"]): r["median_ms"] for r in res["rows"] if r["backend"] == "pytorch"}
     for r in res["rows"]:
         ref = base.get((r["model"], r["imgsz"], r["batch"], r["device"])) or base.get((r["model"], r["imgsz"], r["batch"], "cpu"))

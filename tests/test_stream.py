@@ -62,7 +62,7 @@ def test_predict_video_pt(media):
     from clipce_rtdetr.stream import run_predict
 
     model = ClipCERTDETR(media["pt"])
-    summary = run_predict(model, "predict", {"source": str(media["video"]), "imgsz": 64, "verbose": False})
+    summary = run_predict(model, "predict", {"source": str(media["video"]), "imgsz": 64, "verbose": False, "stream": True})
     assert summary["frames"] == 12 and summary["fps"] > 0 and summary["latency_ms_median"] > 0
     assert count_frames(saved_video(model.predictor)) == 12
     assert model.predictor.live_fps > 0
