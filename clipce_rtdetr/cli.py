@@ -142,10 +142,9 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
         LOGGER.warning("'format' argument is missing. Using default 'format=onnx'.")
     model = ClipCERTDETR(model_arg)
     if mode in ("predict", "track"):
-        # The CLI consumes the generator so that stream=True does not hold every frame's results in memory.
-        results = getattr(model, mode)(**{**overrides, "stream": True})
-        for _ in results:
-            pass
+        from clipce_rtdetr.stream import run_predict
+
+        run_predict(model, mode, overrides)  # streams, live FPS, saves video, reconnects; StreamLostError -> exit 2
         return None
     return getattr(model, mode)(**overrides)
 

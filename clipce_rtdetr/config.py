@@ -24,7 +24,7 @@ CHOICES = {
     "kind": ("haze", "lowlight", "underwater"),
     "level": ("light", "medium", "heavy", "custom"),
 }
-NON_NEGATIVE = ("ame_alpha", "fame_gamma", "ame_context", "prior_a", "export_tol", "processes")
+NON_NEGATIVE = ("ame_alpha", "fame_gamma", "ame_context", "prior_a", "export_tol", "processes", "stream_retries", "stream_backoff")
 POSITIVE = ("ame_temperature", "ame_batch")
 FRACTION = ("val_fraction",)
 # Keys whose value is a list or None (no scalar type to check).
