@@ -37,7 +37,7 @@ def resolve_model(model: str | Path | None) -> str:
         return str(p)
     from ultralytics.utils import SETTINGS
 
-    candidates = [d / p.name for d in weights_dirs()] + [Path(SETTINGS["weights_dir"]) / p.name]
+    candidates = [d.resolve() / p.name for d in weights_dirs()] + [Path(SETTINGS["weights_dir"]).resolve() / p.name]
     for cand in candidates:
         if cand.exists():
             return str(cand)
@@ -88,7 +88,7 @@ class ClipCERTDETR(RTDETR):
 
         ultra, proj = check_overrides(kwargs)
         data = ultra.get("data") or self.overrides.get("data")
-        ultra["data"] = resolve_data(data, allow_download=proj["allow_download"])
+        ultra["data"] = resolve_data(data, allow_download=proj["allow_download"], splits=(ultra.get("split") or "val",))
         if proj["coco"]:
             from clipce_rtdetr.coco_eval import val_with_coco  # issue: COCO-standard evaluation
 
