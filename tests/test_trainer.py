@@ -220,3 +220,19 @@ def test_ame_inspection_outputs(tiny_hazy_shapes, tiny_clip, tmp_root):
     text = json.dumps(info)
     assert "a photo of a circle." in text and "a photo of fog." in text
     assert (out / "weights_per_class.png").exists() and (out / "crops_most_least_weakened.png").exists()
+
+
+def test_weights_carry_no_gradient_into_clip(tiny_clip):
+    """Online (batch-mode) scoring: weights are detached and CLIP's parameters never require or receive gradients."""
+    from clipce_rtdetr.ame import AMEScorer
+    from clipce_rtdetr.clip_loader import load_clip
+
+    bundle = load_clip(tiny_clip)
+    scorer = AMEScorer(bundle, ["circle", "square"], "haze")
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    boxes = torch.tensor([[4.0, 4.0, 40.0, 40.0], [10.0, 12.0, 60.0, 50.0], [1.0, 1.0, 2.0, 2.0]])
+    q, d, w = scorer.score_boxes(images, boxes, torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
+    assert not w.requires_grad and w.grad_fn is None
+    assert w[2] == 1.0  # a 1-px box is not scored
+    assert all(not p.requires_grad and p.grad is None for p in bundle.model.parameters())
+    assert not bundle.model.training
