@@ -16,13 +16,21 @@ measures how far a degraded crop has drifted from what a clean object of its cla
 - both towers are trained when the model starts from random weights; when it starts from pretrained
   weights only the image tower is (keeping CLIP's text space), unless `clip_text=True`.
 
-The weights are saved as a safetensors state_dict (optionally fp16, `half=True`), which
+The weights are saved as a safetensors state_dict (optionally fp16, `clip_fp16=True`), which
 `clip=MODEL:/path/file.safetensors` loads, and a report (JSON, markdown, PNG) gives the zero-shot
 accuracy (argmax over the class prompts) on clean and on degraded crops of the val split, and the mean
 AME d per haze level (the dataset's `degradation:` CSV), before and after training.
 
     clipce-rtdetr clip-train data=hazy-shapes clip=clipce-tiny epochs=40 out=weights/my-clip.safetensors
     clipce-rtdetr clip-train data=rtts-clean.yaml clip=ViT-B-32:openai epochs=5 out=rtts-clip.safetensors images=clean
+
+Keys: data, clip (MODEL alone or MODEL:random = from scratch), out (required), epochs (20), batch (64), lr0
+(1e-3 from scratch, 1e-5 fine-tuning), weight_decay (0.05), seed, device, exist_ok, fliplr (0.5), the AME
+keys (ame_profile, ame_templates, ame_context, ame_temperature, ame_alpha, ame_form), and this mode's own:
+images (auto | clean | images | FOLDER: where the clean copies are; auto = the YAML's `clean:` folder if
+any), report (stem of the report files; default beside out), clip_text (True/False: train the text tower;
+default True from scratch, False for pretrained), clip_jitter (0.1: box jitter of training crops),
+clip_rgb_shuffle (0.5: probability of permuting a crop's colour channels), clip_fp16 (False: save fp16).
 """
 
 from __future__ import annotations
@@ -373,6 +381,7 @@ def clip_train(
     train_text: bool | None = None,
     fliplr: float = 0.5,
     jitter: float = 0.1,
+    rgb_shuffle: float = 0.5,
     half: bool = False,
     device: str | torch.device = "cpu",
     exist_ok: bool = False,
@@ -406,6 +415,8 @@ def clip_train(
         raise ClipCEError(f"clip-train: epochs={epochs} and batch={batch} must be >= 1.")
     if not 0 <= float(fliplr) <= 1:
         raise ClipCEError(f"clip-train: fliplr={fliplr} must be in [0, 1].")
+    if not 0 <= float(rgb_shuffle) <= 1:
+        raise ClipCEError(f"clip-train: clip_rgb_shuffle={rgb_shuffle} must be in [0, 1].")
     if not 0 <= float(jitter) < 0.5:
         raise ClipCEError(f"clip-train: clip_jitter={jitter} must be in [0, 0.5).")
     check_params(context, temperature, alpha, form)
@@ -504,6 +515,10 @@ def clip_train(
             if fliplr > 0:
                 flip = torch.rand(len(idx), generator=gen) < fliplr
                 x[flip.to(device)] = x[flip.to(device)].flip(-1)
+            if rgb_shuffle > 0:  # colours are not what a class is: permute a crop's RGB channels (never haze-like)
+                sh = (torch.rand(len(idx), generator=gen) < rgb_shuffle).to(device)
+                perm3 = torch.stack([torch.randperm(3, generator=gen) for _ in range(len(idx))]).to(device)
+                x = torch.where(sh.view(-1, 1, 1, 1), x.gather(1, perm3.view(-1, 3, 1, 1).expand_as(x)), x)
             x = (x - mean_t) / std_t  # = ame.normalise(x, mean, std)
             y = cls[idx].to(device)
             img = F.normalize(model.encode_image(x).float(), dim=-1)
@@ -530,7 +545,7 @@ def clip_train(
     from safetensors.torch import save_file
 
     recipe = {"clip": clip, "model": model_name, "data": Path(data_yaml).name, "epochs": int(epochs), "batch": int(batch),
-              "lr": lr, "seed": int(seed), "fliplr": float(fliplr), "jitter": float(jitter), "images": str(images or "auto"), "profile": prompts.profile, "templates": prompts.templates,
+              "lr": lr, "seed": int(seed), "fliplr": float(fliplr), "jitter": float(jitter), "rgb_shuffle": float(rgb_shuffle), "images": str(images or "auto"), "profile": prompts.profile, "templates": prompts.templates,
               "scene_negatives": prompts.scene_negatives, "context": float(context), "train_text": bool(train_text),
               "image_size": size, "mean": list(mean), "std": list(std)}
     dtype = torch.float16 if half else torch.float32
@@ -555,7 +570,7 @@ def clip_train(
         "trained": "image + text towers" if train_text else "image tower", "params": sum(p.numel() for p in model.parameters()),
         "image_size": size, "mean": [round(m, 6) for m in mean], "std": [round(s, 6) for s in std],
         "epochs": int(epochs), "batch": int(batch), "lr": lr, "weight_decay": float(weight_decay), "fliplr": float(fliplr),
-        "jitter": float(jitter), "seed": int(seed),
+        "jitter": float(jitter), "rgb_shuffle": float(rgb_shuffle), "seed": int(seed),
         "device": str(device), "train_time_s": round(train_time, 1),
         "train_images": str(root) if root is not None else "the dataset images", "eval_split": eval_split,
         "n_train_objects": int(len(keep)), "n_val_objects": int(ev_valid.sum()),
@@ -578,7 +593,7 @@ def clip_train(
     return rep
 
 
-CLI_KEYS = ("images", "report", "clip_text", "clip_jitter")
+CLI_KEYS = ("images", "report", "clip_text", "clip_jitter", "clip_rgb_shuffle", "clip_fp16")
 
 
 def run_clip_train(overrides: dict[str, Any]) -> Path:
@@ -608,7 +623,8 @@ def run_clip_train(overrides: dict[str, Any]) -> Path:
         lr=ultra.get("lr0"), weight_decay=float(ultra.get("weight_decay", DEFAULT_WEIGHT_DECAY)), seed=int(ultra.get("seed", 0)),
         images=str(images), profile=a["ame_profile"], templates=a["ame_templates"], context=a["ame_context"],
         temperature=a["ame_temperature"], alpha=a["ame_alpha"], form=a["ame_form"], train_text=clip_text,
-        fliplr=float(ultra.get("fliplr", 0.5)), jitter=float(overrides.get("clip_jitter", a.get("clip_jitter", 0.1)) or 0.0), half=bool(ultra.get("half", False)), device=device,
+        fliplr=float(ultra.get("fliplr", 0.5)), jitter=float(overrides.get("clip_jitter", a.get("clip_jitter", 0.1)) or 0.0),
+        rgb_shuffle=float(overrides.get("clip_rgb_shuffle", a.get("clip_rgb_shuffle", 0.5)) or 0.0), half=bool(overrides.get("clip_fp16", a.get("clip_fp16", False))), device=device,
         exist_ok=bool(ultra.get("exist_ok", False)), report=overrides.get("report", a.get("report")),
         command="clipce-rtdetr " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name.startswith("clipce") else None,
     )
