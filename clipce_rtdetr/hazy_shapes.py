@@ -286,7 +286,7 @@ def run_generate(overrides: dict) -> Path:
 
 # Committed demo CLIP trained on clean hazy-shapes crops (evidence issue); until it exists a tiny random CLIP.
 DEMO_CLIP_FILE = "demo-clip-hazy-shapes.safetensors"
-DEMO_CLIP_MODEL = "clipce-tiny"
+DEMO_CLIP_MODEL = "clipce-demo"
 
 
 def demo_clip_spec() -> str:
