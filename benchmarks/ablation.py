@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="hazy-shapes")
-    ap.add_argument("--model", default="rtdetr-tiny.yaml")
+    ap.add_argument("--model", default="rtdetr-tiny-shapes.pt", help="default: the clean-pretrained tiny RT-DETR (weights/)")
     ap.add_argument("--methods", default="none,prior,ame,fame")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--lr0", type=float, default=0.0005)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
@@ -33,7 +34,7 @@ def main(argv=None):
     from clipce_rtdetr.ablation import run_ablation_grid
 
     train_kwargs = dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device=args.device, workers=0,
-                        plots=False, warmup_epochs=0, optimizer="AdamW", lr0=0.001, verbose=False)
+                        plots=False, warmup_epochs=0, optimizer="AdamW", lr0=args.lr0, verbose=False)
     if args.clip:
         train_kwargs["clip"] = args.clip
     project = Path(args.project or tempfile.mkdtemp(prefix="clipce-ablation-"))
