@@ -37,11 +37,9 @@ def run_ame_inspection(overrides: dict[str, Any]) -> Path:
     from ultralytics.utils import LOGGER
     from ultralytics.utils.torch_utils import select_device
 
-    from clipce_rtdetr.ame import AMEScorer
-    from clipce_rtdetr.clip_loader import load_clip
     from clipce_rtdetr.config import check_overrides
     from clipce_rtdetr.data import is_builtin, resolve_data
-    from clipce_rtdetr.embedding_cache import dataset_embeddings, source_boxes_xyxy
+    from clipce_rtdetr.embedding_cache import object_classes, score_dataset, source_boxes_xyxy
 
     ultra, a = check_overrides(overrides)
     split = ultra.get("split") or "val"
@@ -54,12 +52,10 @@ def run_ame_inspection(overrides: dict[str, Any]) -> Path:
     names = list(data["names"].values())
     device = select_device(ultra.get("device", "cpu" if not torch.cuda.is_available() else "0"), verbose=False)
 
-    bundle = load_clip(a["clip"], device=device)
-    scorer = AMEScorer(bundle, names, a["ame_profile"], a["ame_templates"], a["ame_context"],
-                       a["ame_temperature"], a["ame_alpha"], a["ame_form"])
-    cache = dataset_embeddings(labels, label_files, bundle, a["ame_context"], a["ame_batch"], device)
-    cls = torch.cat([torch.as_tensor(lb["cls"]).view(-1) for lb in labels]).long() if labels else torch.zeros(0, dtype=torch.long)
-    q, d, w = (t.float().cpu().numpy() for t in scorer.score_embeddings(cache["embeddings"], cls, cache["valid"]))
+    q, d, w, scorer = score_dataset(labels, label_files, names, a, device)
+    bundle = scorer.bundle
+    cls = object_classes(labels)
+    q, d, w = (t.float().cpu().numpy() for t in (q, d, w))
 
     save_dir = get_save_dir(SimpleNamespace(project=ultra.get("project"), name=ultra.get("name"), task="detect",
                                             mode="ame", exist_ok=bool(ultra.get("exist_ok")), save_dir=None))

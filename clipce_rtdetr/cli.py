@@ -194,7 +194,7 @@ def entrypoint(argv: list[str] | None = None) -> int:
                 f"No mode given. Valid modes are {', '.join(MODEL_MODES + tuple(TOOL_MODES))}; see 'clipce-rtdetr help'."
             )
         run_mode(mode, overrides, had_args=len(args) > 1)
-    except (ClipCEError, FileNotFoundError) as e:
+    except (ClipCEError, FileNotFoundError, AssertionError) as e:  # Ultralytics asserts on e.g. resuming a finished run
         print(f"clipce-rtdetr {args[0]}: error: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:

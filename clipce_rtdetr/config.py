@@ -6,6 +6,7 @@ split off before arguments reach Ultralytics, and validated here with the same s
 
 from __future__ import annotations
 
+import math
 from difflib import get_close_matches
 from functools import lru_cache
 from pathlib import Path
@@ -103,10 +104,10 @@ def check_project_values(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a string, i.e. '{k}={d}'.")
         if k in CHOICES and v not in CHOICES[k]:
             raise ConfigError(f"'{k}={v}' is not valid. Valid values are {', '.join(CHOICES[k])}.")
-        if k in NON_NEGATIVE and v < 0:
-            raise ConfigError(f"'{k}={v}' must be >= 0.")
-        if k in POSITIVE and v <= 0:
-            raise ConfigError(f"'{k}={v}' must be > 0.")
+        if k in NON_NEGATIVE and not (math.isfinite(v) and v >= 0):
+            raise ConfigError(f"'{k}={v}' must be a finite number >= 0.")
+        if k in POSITIVE and not (math.isfinite(v) and v > 0):
+            raise ConfigError(f"'{k}={v}' must be a finite number > 0.")
         if k in FRACTION and not 0 <= v <= 1:
             raise ConfigError(f"'{k}={v}' must be in [0, 1].")
     return cfg

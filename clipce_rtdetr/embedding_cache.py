@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,8 +23,11 @@ CACHE_VERSION = 1
 
 
 def labels_hash(labels: list[dict]) -> str:
-    """Hash of what defines the objects: image files, their sizes, classes and boxes, in dataset order."""
-    h = hashlib.sha256()
+    """Hash of what defines the objects: image files (names, sizes, mtimes, as Ultralytics' label cache does),
+    their shapes, classes and boxes, in dataset order."""
+    from ultralytics.data.utils import get_hash
+
+    h = hashlib.sha256(get_hash([str(lb["im_file"]) for lb in labels]).encode())
     for lb in labels:
         h.update(str(lb["im_file"]).encode())
         h.update(np.asarray(lb["shape"], dtype=np.int64).tobytes())
@@ -50,17 +54,16 @@ def read_rgb(path: str) -> np.ndarray:
 def iter_source_crops(labels: list[dict], size: int, context: float, device="cpu") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (first object id, crops (n,3,S,S) float in [0,1], valid (n,)) image by image, in dataset order."""
     from clipce_rtdetr.ame import crop_boxes
+    from clipce_rtdetr.object_ids import object_offsets
 
-    offset = 0
-    for lb in labels:
+    for lb, offset in zip(labels, object_offsets(labels)):
         n = len(lb["cls"])
         if n:
             im = read_rgb(lb["im_file"])
             t = torch.from_numpy(im).to(device).permute(2, 0, 1)[None].float().div_(255)
             boxes = torch.from_numpy(source_boxes_xyxy(lb, im.shape[:2])).to(device)
             crops, valid = crop_boxes(t, boxes, torch.zeros(n, dtype=torch.long, device=device), size, context)
-            yield offset, crops, valid
-        offset += n
+            yield int(offset), crops, valid
 
 
 def compute_embeddings(labels: list[dict], bundle, context: float, batch_size: int = 64, device="cpu", progress: bool = True):
@@ -129,7 +132,7 @@ def load_or_build(path: Path | None, key: str, build: Callable[[], dict]) -> dic
             LOGGER.warning(f"CLIP-CE: embedding cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it.")
     data = {**build(), "key": key}
     if path is not None:
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several writers (DDP nodes) never share one
         try:
             torch.save(data, tmp)
             tmp.replace(path)
@@ -171,3 +174,32 @@ def dataset_prior_weights(labels: list[dict], label_files: list[str] | None, a: 
         return {"weights": torch.cat(out).float() if out else torch.zeros(0)}
 
     return load_or_build(path, key, build)["weights"]
+
+
+def object_classes(labels: list[dict]) -> torch.Tensor:
+    """Class id of every object, in the global object order of `object_ids.object_offsets`."""
+    if not labels:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat([torch.as_tensor(lb["cls"]).reshape(-1) for lb in labels]).long()
+
+
+def make_scorer(a: dict, names: list[str], device, batch_size: int | None = None):
+    """Load CLIP (`a["clip"]`) and build the AMEScorer from the CLIP-CE settings `a`."""
+    from clipce_rtdetr.ame import AMEScorer
+    from clipce_rtdetr.clip_loader import load_clip
+
+    bundle = load_clip(a["clip"], device=device)
+    return AMEScorer(bundle, names, a["ame_profile"], a["ame_templates"], a["ame_context"], a["ame_temperature"],
+                     a["ame_alpha"], a["ame_form"], batch_size=batch_size or a["ame_batch"])
+
+
+def score_dataset(labels: list[dict], label_files: list[str] | None, names: list[str], a: dict, device,
+                  progress: bool = True):
+    """AME (q, d, w) of every object of a dataset from its source-image crops (embeddings cached on disk).
+
+    Returns (q, d, w, scorer); all (N,) in the global object order.
+    """
+    scorer = make_scorer(a, names, device)
+    cache = dataset_embeddings(labels, label_files, scorer.bundle, a["ame_context"], a["ame_batch"], device, progress)
+    q, d, w = scorer.score_embeddings(cache["embeddings"], object_classes(labels), cache["valid"])
+    return q, d, w, scorer

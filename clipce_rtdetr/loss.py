@@ -63,8 +63,8 @@ class ClipCEDetectionLoss(RTDETRDetectionLoss):
         (b, q), gt_idx = self._get_index(self._match)
         if not len(gt_idx):
             return out
-        b, q = b.to(pred_scores.device), q.to(pred_scores.device)
-        w = self.object_weights.to(pred_scores.device)[gt_idx.to(pred_scores.device)].float()
+        b, q, gt_idx = torch.stack([b, q, gt_idx]).to(pred_scores.device, non_blocking=True)  # one copy per term
+        w = self.object_weights.to(pred_scores.device)[gt_idx].float()
         nq = pred_scores.shape[1]
         with autocast(enabled=False, device=pred_scores.device.type):
             logit = pred_scores[b, q, targets[b, q]].float()

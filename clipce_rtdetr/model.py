@@ -74,6 +74,9 @@ class ClipCERTDETR(RTDETR):
         from clipce_rtdetr.data import is_builtin, resolve_data
 
         check_overrides(kwargs)
+        if isinstance(kwargs.get("data"), (list, tuple)):
+            raise ClipCEError("data= must be one dataset for CLIP-CE training (Ultralytics' multi-dataset fine-tuning "
+                              "is not supported); train on each dataset in turn.")
         if not kwargs.get("resume"):
             builtin = is_builtin(kwargs.get("data"))
             kwargs["data"] = resolve_data(kwargs.get("data"), allow_download=bool(kwargs.get("allow_download")))

@@ -34,12 +34,14 @@ class ObjectIdDataset(RTDETRDataset):
 
     def enable_object_ids(self, hyp) -> None:
         self.obj_offsets = object_offsets(self.labels)
+        if self.obj_offsets[-1] >= 2**24:  # ids travel as float32 in `cls` (exact below 2^24; MPS has no float64)
+            raise ValueError(f"{self.obj_offsets[-1]} objects: more than CLIP-CE's object ids can carry (2^24).")
         self.transforms = self.build_transforms(hyp=hyp)
 
     def get_image_and_label(self, index: int) -> dict:
         label = super().get_image_and_label(index)
-        cls = np.asarray(label["cls"], dtype=np.float64).reshape(-1, 1)
-        ids = self.obj_offsets[index] + np.arange(len(cls), dtype=np.float64)
+        cls = np.asarray(label["cls"], dtype=np.float32).reshape(-1, 1)
+        ids = (self.obj_offsets[index] + np.arange(len(cls))).astype(np.float32)
         label["cls"] = np.concatenate([cls, ids[:, None]], 1)
         return label
 

@@ -27,6 +27,9 @@ from clipce_rtdetr.object_ids import as_object_id_dataset, split_object_ids
 # Attribute on the detector carrying the CLIP-CE keys into checkpoints (a plain dict, which unpickles
 # anywhere), so `resume=True` restores them.
 CKPT_ATTR = "clipce_args"
+# Project keys that shape training (saved in checkpoints, restored on resume); the others belong to other modes.
+TRAIN_KEYS = ("clipce", "clip", "ame_profile", "ame_templates", "ame_context", "ame_temperature", "ame_alpha",
+              "ame_form", "fame_gamma", "clipce_terms", "ame_crops", "prior_a", "ame_batch", "allow_download")
 WEIGHT_KEYS = ("clipce/ame_w", "clipce/fame_w", "clipce/frac_w>1.5")
 
 
@@ -35,9 +38,13 @@ class ClipCETrainer(RTDETRTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks=None):
         overrides = dict(overrides or {})
-        proj_keys = project_defaults()
-        given = {k: overrides.pop(k) for k in list(overrides) if k in proj_keys}
-        self.clipce_args = check_project_values({**proj_keys, **given})
+        defaults = {k: v for k, v in project_defaults().items() if k in TRAIN_KEYS}
+        given = {k: overrides.pop(k) for k in list(overrides) if k in project_defaults()}
+        ignored = [k for k in given if k not in TRAIN_KEYS]
+        if ignored:
+            LOGGER.warning(f"train ignores {ignored}: they belong to other modes (see 'clipce-rtdetr cfg').")
+        given = {k: v for k, v in given.items() if k in TRAIN_KEYS}
+        self.clipce_args = check_project_values({**defaults, **given})
         self.weight_table = None  # (N,) per-object AME/prior weight, ame_crops=source or prior
         self.scorer = None  # AMEScorer, ame_crops=batch
         self._reset_weight_stats()
@@ -73,10 +80,12 @@ class ClipCETrainer(RTDETRTrainer):
         if saved is None:
             LOGGER.warning(f"{self.args.resume} has no CLIP-CE settings; resuming with the ones given now.")
             return self.clipce_args
-        changed = [k for k, v in given.items() if saved.get(k) != v]
+        saved = check_project_values({k: v for k, v in {**project_defaults(), **saved}.items() if k in TRAIN_KEYS})
+        asked = check_project_values({**saved, **given})  # normalised the same way (e.g. clipce=none parses as None)
+        changed = [k for k in given if asked[k] != saved[k]]
         if changed:
             LOGGER.warning(f"Resume ignores {changed}, using checkpoint values. Start a new run to change them.")
-        return check_project_values({**project_defaults(), **saved})
+        return saved
 
     # ------------------------------------------------------------------------------ model and data
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
@@ -89,9 +98,27 @@ class ClipCETrainer(RTDETRTrainer):
             )
         return model
 
+    @property
+    def needs_object_ids(self) -> bool:
+        """Weights looked up per source object (cache or prior), not scored on the augmented batch."""
+        return self.mode == "prior" or (self.mode in ("ame", "fame") and self.clipce_args["ame_crops"] == "source")
+
+    def get_dataset(self):
+        # Ultralytics would run a YAML's `download:` script (Python, via exec) for missing data; only with allow_download.
+        if not self.clipce_args["allow_download"] and str(self.args.data).endswith((".yaml", ".yml")):
+            from clipce_rtdetr.data import resolve_data
+
+            resolve_data(self.args.data, allow_download=False, check_labels=False)
+        return super().get_dataset()
+
     def build_dataset(self, img_path, mode: str = "train", batch=None):
         dataset = super().build_dataset(img_path, mode=mode, batch=batch)
-        if mode == "train" and self.mode != "none":
+        if mode == "train" and self.needs_object_ids:
+            if getattr(self.args, "augmentations", None):
+                from clipce_rtdetr.errors import ClipCEError
+
+                raise ClipCEError("Custom augmentations= cannot carry CLIP-CE's object ids (Albumentations reshapes the "
+                                  "labels); use ame_crops=batch (scores augmented crops online) or drop augmentations=.")
             as_object_id_dataset(dataset, self.args)
         return dataset
 
@@ -119,29 +146,19 @@ class ClipCETrainer(RTDETRTrainer):
             with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves, the others load
                 self.weight_table = dataset_prior_weights(labels, label_files, a["prior_a"]).to(self.device)
             return
-        from clipce_rtdetr.ame import AMEScorer
-        from clipce_rtdetr.clip_loader import load_clip
+        from clipce_rtdetr.embedding_cache import make_scorer, score_dataset
 
-        bundle = load_clip(a["clip"], device=self.device)
-        scorer = AMEScorer(
-            bundle, list(self.data["names"].values()), a["ame_profile"], a["ame_templates"], a["ame_context"],
-            a["ame_temperature"], a["ame_alpha"], a["ame_form"],
-        )
+        names = list(self.data["names"].values())
         if a["ame_crops"] == "batch":
-            self.scorer = scorer
+            self.scorer = make_scorer(a, names, self.device, batch_size=1 << 30)  # one CLIP forward per batch
             return
-        from clipce_rtdetr.embedding_cache import dataset_embeddings
-
-        with torch_distributed_zero_first(LOCAL_RANK):
-            cache = dataset_embeddings(labels, label_files, bundle, a["ame_context"], a["ame_batch"], self.device,
-                                       progress=RANK in {-1, 0})
-        cls = torch.cat([torch.as_tensor(lb["cls"]).view(-1) for lb in labels]).long() if labels else torch.zeros(0)
-        _, d, w = scorer.score_embeddings(cache["embeddings"], cls, cache["valid"])
+        with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves the cache, the others load it
+            _, d, w, scorer = score_dataset(labels, label_files, names, a, self.device, progress=RANK in {-1, 0})
         self.weight_table = w.to(self.device, torch.float32)
         if RANK in {-1, 0} and len(w):
             LOGGER.info(f"CLIP-CE: {len(w)} objects scored; mean d={d.mean():.3f}, mean w={w.mean():.3f}, "
                         f"w>1.5: {(w > 1.5).float().mean():.1%}")
-        del scorer, bundle  # CLIP is not needed again in this mode: free its memory
+        del scorer  # CLIP is not needed again in this mode: free its memory
 
     # ----------------------------------------------------------------------------- per batch
     def preprocess_batch(self, batch: dict) -> dict:
@@ -156,8 +173,9 @@ class ClipCETrainer(RTDETRTrainer):
             b = batch["bboxes"]
             xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1) * b.new_tensor([w_, h, w_, h])
             _, _, w = self.scorer.score_boxes(img, xyxy, batch["batch_idx"].long(), batch["cls"].view(-1).long())
-        else:
-            w = self.weight_table[ids.to(self.weight_table.device)]
+        else:  # an object without an id (-1) keeps weight 1
+            ids = ids.to(self.weight_table.device)
+            w = torch.where(ids >= 0, self.weight_table[ids.clamp(min=0)], torch.ones_like(self.weight_table[:1]))
         w = w.detach().float()
         criterion.object_weights = w
         s = self._wstats

@@ -236,3 +236,16 @@ def test_weights_carry_no_gradient_into_clip(tiny_clip):
     assert w[2] == 1.0  # a 1-px box is not scored
     assert all(not p.requires_grad and p.grad is None for p in bundle.model.parameters())
     assert not bundle.model.training
+
+
+@pytest.mark.parametrize("bad", [{"fame_gamma": float("nan")}, {"ame_alpha": float("inf")}, {"ame_temperature": 0.0}])
+def test_non_finite_settings_rejected(bad):
+    from clipce_rtdetr.config import check_project_values, project_defaults
+
+    with pytest.raises(ConfigError):
+        check_project_values({**project_defaults(), **bad})
+
+
+def test_train_rejects_a_list_of_datasets(tiny_hazy_shapes):
+    with pytest.raises(ClipCEError, match="one dataset"):
+        ClipCERTDETR(TINY_MODEL).train(data=[str(tiny_hazy_shapes), str(tiny_hazy_shapes)], **FAST)
