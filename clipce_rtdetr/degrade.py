@@ -141,8 +141,36 @@ def load_depth(depth: str, depth_path: Path | None, h: int, w: int, scale: float
     return d if d.shape == (h, w) else cv2.resize(d, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def degrade_array(img: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool = True) -> np.ndarray:
-    """Apply the degradation with parameters p to an 8/16-bit image (gray, BGR or BGRA); same dtype back."""
+@lru_cache(maxsize=8)
+def _prior_max(source: str, h: int, w: int) -> float:
+    return float(prior_depth(source, h, w).max())
+
+
+def _fast_u8(colour: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool,
+             depth_max: float | None) -> np.ndarray | None:
+    """The uint8 fast path (physics.*_u8, within one grey level of the float path); None where it does not apply."""
+    if kind == "lowlight":
+        return physics.lowlight_u8(colour, p["gamma"], p["shot"], p["read"], p["noise_seed"])
+    if kind == "haze":
+        return physics.apply_haze_u8(colour, depth, p["beta"], p["airlight"])
+    if colour.ndim != 3:
+        return None  # the float path raises its message
+    att, veil = [p[f"atten_{c}"] for c in "rgb"], [p[f"veil_{c}"] for c in "rgb"]
+    if bgr:
+        att, veil = att[::-1], veil[::-1]
+    m = float(np.max(depth)) if depth_max is None else depth_max
+    if not m > 0:
+        return colour.copy()  # a flat depth map: distance 0 everywhere
+    return physics.apply_underwater_u8(colour, depth, att, veil, scale=float(np.float32(p["distance"]) / np.float32(m)))
+
+
+def degrade_array(img: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool = True,
+                  fast: bool = True, depth_max: float | None = None) -> np.ndarray:
+    """Apply the degradation with parameters p to an 8/16-bit image (gray, BGR or BGRA); same dtype back.
+
+    8-bit images take the uint8 fast path (within one grey level of the float reference, fast=False);
+    depth_max, when given, is depth.max() (cached for the depth priors).
+    """
     if img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{img.dtype} images are not supported; use 8- or 16-bit images")
     scale = 255.0 if img.dtype == np.uint8 else 65535.0
@@ -150,6 +178,13 @@ def degrade_array(img: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarr
     colour = img[..., :3] if alpha is not None else img
     if colour.ndim == 3 and colour.shape[2] == 1:
         colour = colour[..., 0]
+    res = _fast_u8(colour, kind, p, depth, bgr, depth_max) if fast and colour.dtype == np.uint8 else None
+    if res is not None:
+        if alpha is not None:
+            res = np.concatenate([res, alpha], axis=2)
+        elif img.ndim == 3 and img.shape[2] == 1:
+            res = res[..., None]
+        return res
     if kind == "lowlight" and colour.dtype == np.uint8:
         out = physics.apply_lowlight_u8(colour, p["gamma"], p["shot"], p["read"], p["noise_seed"])
         j = None
@@ -192,7 +227,8 @@ def process(job: tuple) -> tuple[str, str | None]:
         img = read_image(src)
         h, w = img.shape[:2]
         d = load_depth(depth, depth_path, h, w, depth_scale) if kind != "lowlight" else None
-        out = degrade_array(img, kind, p, d)
+        dmax = _prior_max(depth, h, w) if kind == "underwater" and depth in ("centre", "horizon") else None
+        out = degrade_array(img, kind, p, d, depth_max=dmax)
         dst.parent.mkdir(parents=True, exist_ok=True)
         if lsrc is not None and lsrc.exists():
             ldst.parent.mkdir(parents=True, exist_ok=True)
@@ -207,6 +243,26 @@ def process(job: tuple) -> tuple[str, str | None]:
 def _inside(a: Path, b: Path) -> bool:
     a, b = a.resolve(), b.resolve()
     return a == b or b in a.parents
+
+
+class _Under:
+    """_inside(im, root) for many images: each image folder is resolved once (the file itself only when it is a link)."""
+
+    def __init__(self, root: Path):
+        self.root = os.path.realpath(root)
+        self.prefix = self.root.rstrip(os.sep) + os.sep
+        self.dirs: dict[str, str] = {}
+
+    def __call__(self, im: Path) -> bool:
+        s = os.path.abspath(im)
+        if os.path.islink(s):
+            real = os.path.realpath(s)
+        else:
+            d, name = os.path.split(s)
+            if d not in self.dirs:
+                self.dirs[d] = os.path.realpath(d)
+            real = os.path.join(self.dirs[d], name)
+        return real == self.root or real.startswith(self.prefix)
 
 
 def depth_index(folder: Path) -> dict[str, Path]:
@@ -265,6 +321,7 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
     # Jobs: every image of every split, its relative path kept.
     didx = depth_index(dfolder) if dfolder is not None else {}
     jobs, rows, seen, done = [], [], set(), 0
+    under_root = _Under(root)
     new_cfg = {k: v for k, v in cfg.items() if k not in ("download", "clean", "depth", "depth_scale", "degradation", "path")}
     for split in ("train", "val", "test"):
         entries = split_paths(cfg, yaml_path, split)
@@ -276,7 +333,7 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
                 lines = ["./" + Path(os.path.relpath(out / im.resolve().relative_to(root), lst.parent)).as_posix() for im in imgs if _inside(im, root)]
                 lst.write_text("\n".join(lines) + "\n", encoding="utf-8")
             for im in imgs:
-                if not _inside(im, root):
+                if not under_root(im):
                     raise ClipCEError(f"{im} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it.")
                 rel = Path(os.path.relpath(im, root))
                 if rel in seen:

@@ -122,3 +122,69 @@ def normalised_depth(depth: np.ndarray) -> np.ndarray:
     d = np.asarray(depth, dtype=np.float32)
     m = float(d.max()) if d.size else 0.0
     return d / m if m > 0 else np.zeros_like(d)
+
+
+# ------------------------------------------------------------------------------------ 8-bit fast paths
+# The functions below take and return uint8 images (gray (H, W) or colour (H, W, C)) and agree with
+# round(255 * f(img / 255, ...)) of their float counterparts above to within one grey level (float32
+# evaluation order, round-half-to-even). They exist for throughput (`degrade`): the transmission is computed
+# once on the H x W depth map with cv2.exp, and each channel is blended by OpenCV (multiply, then add with
+# rounding and saturation straight to uint8), with no float copy of the whole image.
+# The float functions above stay the reference (hazy-shapes' generator uses apply_haze).
+def _blend_u8(channels, depth: np.ndarray, ks, veils) -> list[np.ndarray]:
+    """For each uint8 channel c with its k and veil v: round(c * t + 255 * v * (1 - t)), t = exp(k * depth).
+
+    Channels sharing k (haze) share one transmission map."""
+    import cv2
+
+    out, ts, bs = [], {}, {}
+    for c, k, v in zip(channels, ks, veils):
+        if k not in ts:
+            ts[k] = t = np.multiply(depth, np.float32(k), dtype=np.float32)
+            cv2.exp(t, t)
+        t = ts[k]
+        if (k, v) not in bs:
+            bs[k, v] = b = np.subtract(np.float32(1.0), t, dtype=np.float32)
+            b *= np.float32(255.0 * float(v))
+        b = bs[k, v]
+        out.append(cv2.add(cv2.multiply(np.ascontiguousarray(c), t, dtype=cv2.CV_32F), b, dtype=cv2.CV_8U))
+    return out
+
+
+def apply_haze_u8(img: np.ndarray, depth: np.ndarray, beta: float, airlight) -> np.ndarray:
+    """apply_haze for a uint8 image, returned as uint8 (airlight scalar or one value per channel)."""
+    import cv2
+
+    d = np.asarray(depth, dtype=np.float32)
+    if img.ndim == 2:
+        return _blend_u8([img], d, [-float(beta)], [float(np.asarray(airlight).reshape(-1)[0])])[0]
+    a = np.broadcast_to(np.asarray(airlight, dtype=np.float64).reshape(-1), (img.shape[2],))
+    return cv2.merge(_blend_u8(cv2.split(np.ascontiguousarray(img)), d, [-float(beta)] * img.shape[2], list(a)))
+
+
+def apply_underwater_u8(img: np.ndarray, depth: np.ndarray, attenuation, veil, scale: float = 1.0) -> np.ndarray:
+    """apply_underwater(img / 255, depth * scale, attenuation, veil) for a uint8 colour image, as uint8;
+    one H x W exp and blend per channel."""
+    import cv2
+
+    if img.ndim != 3 or img.shape[2] != len(attenuation) or len(veil) != len(attenuation):
+        raise ValueError(f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, got {img.shape}")
+    d = np.asarray(depth, dtype=np.float32)
+    return cv2.merge(_blend_u8(cv2.split(np.ascontiguousarray(img)), d, [-float(scale) * float(b) for b in attenuation], list(veil)))
+
+
+def lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0,
+                noise_seed: int | None = None) -> np.ndarray:
+    """apply_lowlight_u8 returned as uint8 (the same noise draws, look-ups by cv2.LUT, one rounding pass)."""
+    import cv2
+
+    levels = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)
+    lut = np.power(levels, np.float32(gamma))
+    src = np.ascontiguousarray(img)
+    if not (shot > 0 or read > 0):
+        return cv2.LUT(src, (np.clip(lut, 0.0, 1.0) * np.float32(255) + np.float32(0.5)).astype(np.uint8))
+    std = np.sqrt(np.float32(shot) * np.maximum(lut, 0) + np.float32(read) ** 2) * np.float32(255)
+    noise = np.random.default_rng(noise_seed).standard_normal(img.shape, dtype=np.float32)
+    noise *= cv2.LUT(src, std.astype(np.float32)).reshape(noise.shape)
+    noise += cv2.LUT(src, (lut * np.float32(255)).astype(np.float32)).reshape(noise.shape)
+    return cv2.add(noise, 0, dtype=cv2.CV_8U)  # rounds and saturates to [0, 255]

@@ -152,3 +152,27 @@ def test_refusals_and_depth_folder(tiny_hazy_shapes, tmp_path):
     assert np.abs(got - want).max() <= 1.01 / 255 + 1e-6
     assert json.loads((tmp_path / "d" / "degrade.json").read_text())["depth_scale"] == 0.001
     assert y.exists() and read_image(tmp_path / "d" / r["im_file"]).dtype == np.uint8
+
+
+@pytest.mark.parametrize("shape", [(48, 64, 3), (48, 64), (48, 64, 1), (48, 64, 4)])
+@pytest.mark.parametrize("kind", ["haze", "lowlight", "underwater"])
+@pytest.mark.parametrize("source", ["horizon", "centre"])
+def test_uint8_fast_path_matches_float_path(shape, kind, source):
+    """degrade's uint8 fast path (physics.*_u8) stays within one grey level of the float reference."""
+    if kind == "underwater" and (len(shape) == 2 or shape[-1] == 1):
+        return
+    rng = np.random.default_rng(3)
+    img = (rng.random(shape) * 256).astype(np.uint8)
+    d = prior_depth(source, *shape[:2])
+    for level in ("light", "heavy"):
+        for s in range(3):
+            p = sample_params(kind, level, ranges_for(kind, level, {}), s, f"img{s}.png")
+            fast, ref = degrade_array(img, kind, p, d), degrade_array(img, kind, p, d, fast=False)
+            assert fast.dtype == np.uint8 and fast.shape == ref.shape == img.shape
+            assert np.abs(fast.astype(int) - ref.astype(int)).max() <= 1
+    # apply_haze_u8 against apply_haze itself (the function hazy-shapes uses), per-channel airlight too.
+    if kind == "haze" and len(shape) == 3 and shape[2] == 3:
+        for a in (0.8, (0.7, 0.9, 1.0)):
+            want = physics.apply_haze(img.astype(np.float32) / 255, d, 0.1, a)
+            got = physics.apply_haze_u8(img, d, 0.1, a).astype(np.float32) / 255
+            assert np.abs(got - want).max() <= 1 / 255 + 1e-6
