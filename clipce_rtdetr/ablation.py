@@ -69,37 +69,30 @@ def plot_summary(summary: dict[str, Any], out_dir: Path, weights: dict[str, np.n
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     methods = list(summary)
-    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(methods), 3.4))
-    x = np.arange(len(methods))
-    for k, m in enumerate(METRICS):
-        ax.bar(x + (k - 0.5) * 0.38, [summary[me][m][0] for me in methods], 0.38,
-               yerr=[summary[me][m][1] for me in methods], capsize=3, label=m)
-    ax.set_xticks(x, methods)
-    ax.set_ylabel("mAP (mean ± std over seeds)")
-    ax.set_title("mAP per method")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "ablation_map.png")
-    fig.savefig(paths[-1], dpi=130)
-    plt.close(fig)
 
-    levels = list(dict.fromkeys(lv for e in summary.values() for lv in e["per_level"]))
-    if levels:
-        fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(levels), 3.4))
-        x = np.arange(len(levels))
-        wbar = 0.8 / max(len(methods), 1)
-        for k, me in enumerate(methods):
-            pl = summary[me]["per_level"]
-            ax.bar(x + (k - (len(methods) - 1) / 2) * wbar, [pl.get(lv, {"mAP50": (0, 0)})["mAP50"][0] for lv in levels], wbar,
-                   yerr=[pl.get(lv, {"mAP50": (0, 0)})["mAP50"][1] for lv in levels], capsize=2, label=me)
-        ax.set_xticks(x, levels)
-        ax.set_ylabel("mAP50 (mean ± std)")
-        ax.set_title("mAP50 per haze level")
+    def grouped_bars(groups, series, ylabel, title, name):
+        """One group of bars per x tick; series: {label: [(mean, std) per group]}."""
+        fig, ax = plt.subplots(figsize=(1.5 + 1.5 * len(groups), 3.4))
+        x, wbar = np.arange(len(groups)), 0.8 / max(len(series), 1)
+        for k, (label, ms) in enumerate(series.items()):
+            ax.bar(x + (k - (len(series) - 1) / 2) * wbar, [m for m, _ in ms], wbar, yerr=[s_ for _, s_ in ms],
+                   capsize=2, label=label)
+        ax.set_xticks(x, groups)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        paths.append(out_dir / "ablation_per_level.png")
+        paths.append(out_dir / name)
         fig.savefig(paths[-1], dpi=130)
         plt.close(fig)
+
+    grouped_bars(methods, {m: [summary[me][m] for me in methods] for m in METRICS},
+                 "mAP (mean ± std over seeds)", "mAP per method", "ablation_map.png")
+    levels = list(dict.fromkeys(lv for e in summary.values() for lv in e["per_level"]))
+    if levels:
+        missing = {"mAP50": (0.0, 0.0)}
+        grouped_bars(levels, {me: [summary[me]["per_level"].get(lv, missing)["mAP50"] for lv in levels] for me in methods},
+                     "mAP50 (mean ± std)", "mAP50 per haze level", "ablation_per_level.png")
 
     if weights:
         fig, ax = plt.subplots(figsize=(5, 3.2))
