@@ -230,10 +230,12 @@ class AMEScorer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From L2-normalised image embeddings (N,D) (e.g. the embedding cache) -> (q, d, w), each (N,).
         Rows with valid=False get q = 1, d = 0, w = 1 exactly."""
-        cls = cls.reshape(-1).long().to(self.device)
+        cls = cls.reshape(-1).long()
         n = cls.numel()
-        if n and (int(cls.min()) < 0 or int(cls.max()) >= self.bank.nc):
+        # Checked where it costs no device sync (dataset scoring on CPU); batches were validated when loaded.
+        if n and cls.device.type == "cpu" and (int(cls.min()) < 0 or int(cls.max()) >= self.bank.nc):
             raise ClipCEError(f"class id out of range 0..{self.bank.nc - 1} in AME scoring (got {int(cls.min())}..{int(cls.max())}).")
+        cls = cls.to(self.device)
         q = ame_q(img_emb, cls, self.bank.text, self.bank.pos_index, self.bank.neg_mask, self.logit_scale, self.temperature)
         if valid is not None:
             q = torch.where(valid.to(self.device).reshape(-1), q, torch.ones_like(q))
@@ -244,14 +246,17 @@ class AMEScorer:
         return q, d, w
 
     def embed_crops(self, crops_normalised: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """(N,3,S,S) normalised crops -> (N,D) embeddings; rows with valid=False are zeros and not encoded."""
+        """(N,3,S,S) normalised crops -> (N,D) embeddings; rows with valid=False are zeros (on CPU not even encoded)."""
         n = crops_normalised.shape[0]
         if valid is None:
             return self.bundle.encode_images(crops_normalised, self.batch_size)
-        valid = valid.reshape(-1).to(crops_normalised.device)
+        valid = valid.reshape(-1).to(self.device)
+        if crops_normalised.device.type != "cpu":  # on an accelerator: encode all, mask after (no host sync)
+            emb = self.bundle.encode_images(crops_normalised, self.batch_size)
+            return torch.where(valid[:, None], emb, torch.zeros_like(emb))
         out = torch.zeros(n, self.bank.text.shape[1], device=self.device)
         if bool(valid.any()):
-            out[valid.to(self.device)] = self.bundle.encode_images(crops_normalised[valid], self.batch_size)
+            out[valid] = self.bundle.encode_images(crops_normalised[valid.to(crops_normalised.device)], self.batch_size)
         return out
 
     def embed_boxes(
