@@ -67,7 +67,8 @@ def apply_lowlight(clean: np.ndarray, gamma: float, shot: float = 0.0, read: flo
     """IA-YOLO's low light, I = J ** gamma, plus Poisson-Gaussian sensor noise (METHOD.md §7).
 
     Noise is Gaussian with variance `shot * I + read ** 2` (the usual heteroscedastic approximation of
-    photon shot noise plus read noise), drawn from `noise_seed` so a recorded seed reproduces the image.
+    photon shot noise plus read noise), drawn by `standard_noise` (OpenCV's Gaussian generator) from `noise_seed`
+    so a recorded seed reproduces the image.
     gamma = 1 with shot = read = 0 returns the input.
     """
     i = np.power(np.asarray(clean, dtype=np.float32), np.float32(gamma))
@@ -76,11 +77,30 @@ def apply_lowlight(clean: np.ndarray, gamma: float, shot: float = 0.0, read: flo
     return np.clip(i, 0.0, 1.0, out=i)
 
 
+def standard_noise(shape, seed: int | None) -> np.ndarray:
+    """Standard normal float32 samples of `shape`, drawn by OpenCV (cv2.randn, a ziggurat Gaussian, several times
+    faster than numpy's) from cv2.setRNGSeed(seed), so a recorded seed reproduces them (same OpenCV version).
+
+    Filled as one single-channel 2-D matrix, one thread, row by row: the same values in any process. seed None draws
+    a fresh seed. The calling thread's OpenCV RNG is reseeded.
+    """
+    import cv2
+
+    shape = tuple(int(x) for x in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
+    rows = shape[0] if len(shape) > 1 else 1
+    z = np.empty((rows, int(np.prod(shape)) // max(rows, 1)), dtype=np.float32)
+    if z.size:
+        cv2.setRNGSeed(int(seed))
+        cv2.randn(z, 0.0, 1.0)
+    return z.reshape(shape)
+
+
 def sensor_noise(signal: np.ndarray, shot: float, read: float, seed: int | None) -> np.ndarray:
-    """Zero-mean noise with standard deviation sqrt(shot * signal + read^2), same shape as signal."""
-    rng = np.random.default_rng(seed)
+    """Zero-mean Gaussian noise with standard deviation sqrt(shot * signal + read^2), same shape as signal."""
     std = np.sqrt(np.float32(shot) * np.maximum(signal, 0) + np.float32(read) ** 2)
-    return rng.standard_normal(signal.shape, dtype=np.float32) * std
+    return standard_noise(signal.shape, seed) * std
 
 
 def apply_lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0,
@@ -92,7 +112,7 @@ def apply_lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: fl
     i = lut[img]
     if shot > 0 or read > 0:
         std = np.sqrt(np.float32(shot) * np.maximum(lut, 0) + np.float32(read) ** 2)[img]
-        i += np.random.default_rng(noise_seed).standard_normal(img.shape, dtype=np.float32) * std
+        i += standard_noise(img.shape, noise_seed) * std
     return np.clip(i, 0.0, 1.0, out=i)
 
 
@@ -184,7 +204,6 @@ def lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 
     if not (shot > 0 or read > 0):
         return cv2.LUT(src, (np.clip(lut, 0.0, 1.0) * np.float32(255) + np.float32(0.5)).astype(np.uint8))
     std = np.sqrt(np.float32(shot) * np.maximum(lut, 0) + np.float32(read) ** 2) * np.float32(255)
-    noise = np.random.default_rng(noise_seed).standard_normal(img.shape, dtype=np.float32)
+    noise = standard_noise(src.shape, noise_seed)
     noise *= cv2.LUT(src, std.astype(np.float32)).reshape(noise.shape)
-    noise += cv2.LUT(src, (lut * np.float32(255)).astype(np.float32)).reshape(noise.shape)
-    return cv2.add(noise, 0, dtype=cv2.CV_8U)  # rounds and saturates to [0, 255]
+    return cv2.add(noise, cv2.LUT(src, (lut * np.float32(255)).astype(np.float32)).reshape(noise.shape), dtype=cv2.CV_8U)  # rounds, saturates

@@ -176,3 +176,22 @@ def test_uint8_fast_path_matches_float_path(shape, kind, source):
             want = physics.apply_haze(img.astype(np.float32) / 255, d, 0.1, a)
             got = physics.apply_haze_u8(img, d, 0.1, a).astype(np.float32) / 255
             assert np.abs(got - want).max() <= 1 / 255 + 1e-6
+
+
+def _noise_in_worker(args):
+    import cv2
+
+    cv2.setNumThreads(1)
+    return physics.standard_noise(*args)
+
+
+def test_lowlight_noise_same_in_any_process():
+    """The low-light noise (cv2.randn from cv2.setRNGSeed(noise_seed)) is Gaussian and the same in every process."""
+    import multiprocessing as mp
+
+    want = physics.standard_noise((120, 160, 3), 12345)
+    assert want.dtype == np.float32 and abs(float(want.mean())) < 0.02 and abs(float(want.std()) - 1) < 0.02
+    assert not np.array_equal(want, physics.standard_noise((120, 160, 3), 12346))
+    with mp.get_context("spawn").Pool(2) as pool:
+        for got in pool.map(_noise_in_worker, [((120, 160, 3), 12345)] * 3):
+            assert np.array_equal(got, want)
