@@ -229,11 +229,18 @@ def process(job: tuple) -> tuple[str, str | None]:
         d = load_depth(depth, depth_path, h, w, depth_scale) if kind != "lowlight" else None
         dmax = _prior_max(depth, h, w) if kind == "underwater" and depth in ("centre", "horizon") else None
         out = degrade_array(img, kind, p, d, depth_max=dmax)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if lsrc is not None and lsrc.exists():
-            ldst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(lsrc, ldst)
-        write_image(out, dst)  # last: its existence marks the image as done
+        if lsrc is not None:  # output folders were made up front by degrade()
+            try:
+                shutil.copyfile(lsrc, ldst)
+            except FileNotFoundError:
+                if os.path.exists(lsrc):  # its folder is missing (process() called on its own)
+                    ldst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(lsrc, ldst)
+        try:
+            write_image(out, dst)  # last: its existence marks the image as done
+        except FileNotFoundError:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            write_image(out, dst)
         return rel, None
     except Exception as e:  # one bad image must not stop a long run; all are listed at the end
         return rel, f"{src}: {e}"
@@ -320,7 +327,7 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
 
     # Jobs: every image of every split, its relative path kept.
     didx = depth_index(dfolder) if dfolder is not None else {}
-    jobs, rows, seen, done = [], [], set(), 0
+    jobs, rows, seen, done, folders = [], [], set(), 0, set()
     under_root = _Under(root)
     new_cfg = {k: v for k, v in cfg.items() if k not in ("download", "clean", "depth", "depth_scale", "degradation", "path")}
     for split in ("train", "val", "test"):
@@ -348,9 +355,13 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
                     continue
                 lsrc = label_file(im)
                 dpath = find_depth(dfolder, didx, rel) if dfolder is not None else None
-                jobs.append((rel.as_posix(), im, dst, lsrc, label_file(dst), kind, p, depth, dpath, depth_scale))
+                ldst = label_file(dst)
+                jobs.append((rel.as_posix(), im, dst, lsrc, ldst, kind, p, depth, dpath, depth_scale))
+                folders.update((dst.parent, ldst.parent))
     if not rows:
         raise ClipCEError(f"No images found in the splits of {yaml_path}.")
+    for folder in folders:  # once here, not per image in the workers
+        folder.mkdir(parents=True, exist_ok=True)
     for key in ("coco_annotations",):  # COCO ground truth of a converted dataset: copied unchanged
         for rel in (cfg.get(key) or {}).values():
             if (root / rel).is_file():
