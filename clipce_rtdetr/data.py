@@ -62,8 +62,41 @@ def resolve_data(
             msg += "\nFix `path:`/`train:`/`val:` in the YAML, or convert the data with 'clipce-rtdetr convert'."
         raise ClipCEError(msg)
     if check_labels:
-        report_label_problems(scan_labels(cfg, p, splits))
+        checked_scan(cfg, p, splits)
     return str(p)
+
+
+def checked_scan(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...]) -> None:
+    """Scan labels and images and report problems. The result is kept under $CLIPCE_HOME/label-scans keyed by the
+    files' sizes and mtimes (the hash Ultralytics' label cache uses), so a big dataset is read once, not every run."""
+    import hashlib
+    import json
+
+    from ultralytics.data.utils import get_hash
+
+    from clipce_rtdetr.paths import home
+
+    files = [str(f) for s in splits for src in split_paths(cfg, yaml_path, s) for f in image_files(src)]
+    files += [str(label_file(Path(f))) for f in files]
+    key = hashlib.sha256(f"{yaml_path.resolve()}|{splits}|{class_count(cfg)}|{get_hash(files)}".encode()).hexdigest()
+    marker = home() / "label-scans" / f"{key[:32]}.json"
+    try:
+        report = json.loads(marker.read_text())["report"]  # unchanged files: the problems found last time
+    except (OSError, ValueError, KeyError):
+        report = scan_labels(cfg, yaml_path, splits)
+    n_img = len(files) // 2
+    if n_img and len(report["missing"]) == n_img:
+        raise ClipCEError(
+            f"No label files found for any of the {n_img} images of {yaml_path}. Labels are looked up by replacing "
+            f"/images/ with /labels/ in each image path, e.g. {report['missing'][0]}. Fix the layout or convert the "
+            "data with 'clipce-rtdetr convert'."
+        )
+    report_label_problems(report)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"yaml": str(yaml_path), "splits": list(splits), "report": report}))
+    except OSError:
+        pass
 
 
 def load_data_yaml(path: Path) -> dict[str, Any]:
