@@ -138,12 +138,11 @@ def run_one(method: str, seed: int, data: str, model: str, train_kwargs: dict[st
 def run_ablation_grid(methods: list[str], seeds: list[int], data: str, model: str, train_kwargs: dict[str, Any],
                       out_dir: Path, project: Path) -> dict[str, Any]:
     """Every (method, seed); writes ablation.json, ablation.md and plots to out_dir; returns the summary."""
-    from clipce_rtdetr.data import is_builtin, resolve_data
+    from clipce_rtdetr.data import resolve_data
+    from clipce_rtdetr.hazy_shapes import demo_clip_for
 
-    if is_builtin(data) and "clip" not in train_kwargs and ({"ame", "fame"} & set(methods)):
-        from clipce_rtdetr.hazy_shapes import demo_clip_spec
-
-        train_kwargs = {**train_kwargs, "clip": demo_clip_spec()}
+    if {"ame", "fame"} & set(methods) and (spec := demo_clip_for(data, train_kwargs)):
+        train_kwargs = {**train_kwargs, "clip": spec}
     data = resolve_data(data)
     runs, weights = [], {}
     for seed in seeds:

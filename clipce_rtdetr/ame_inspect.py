@@ -38,15 +38,14 @@ def run_ame_inspection(overrides: dict[str, Any]) -> Path:
     from ultralytics.utils.torch_utils import select_device
 
     from clipce_rtdetr.config import check_overrides
-    from clipce_rtdetr.data import is_builtin, resolve_data
+    from clipce_rtdetr.data import resolve_data
     from clipce_rtdetr.embedding_cache import object_classes, score_dataset, source_boxes_xyxy
 
     ultra, a = check_overrides(overrides)
     split = ultra.get("split") or "val"
-    if "clip" not in overrides and is_builtin(ultra.get("data")):
-        from clipce_rtdetr.hazy_shapes import demo_clip_spec
+    from clipce_rtdetr.hazy_shapes import demo_clip_for
 
-        a["clip"] = demo_clip_spec()
+    a["clip"] = demo_clip_for(ultra.get("data"), overrides) or a["clip"]
     data_yaml = resolve_data(ultra.get("data"), allow_download=a["allow_download"])
     data, labels, label_files = load_split_labels(data_yaml, split)
     names = list(data["names"].values())

@@ -38,10 +38,10 @@ def labels_hash(labels: list[dict]) -> str:
 
 def source_boxes_xyxy(label: dict, hw: tuple[int, int]) -> np.ndarray:
     """Ultralytics' normalised xywh label boxes -> pixel xyxy in an image of size hw."""
+    from ultralytics.utils.ops import xywh2xyxy
+
     h, w = hw
-    b = np.asarray(label["bboxes"], dtype=np.float32).reshape(-1, 4)
-    xy, wh = b[:, :2], b[:, 2:] / 2
-    return np.concatenate([xy - wh, xy + wh], 1) * np.array([w, h, w, h], dtype=np.float32)
+    return xywh2xyxy(np.asarray(label["bboxes"], dtype=np.float32).reshape(-1, 4)) * np.array([w, h, w, h], np.float32)
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -113,14 +113,18 @@ def cache_path_for(label_files: list[str], key: str) -> Path:
     return parent.with_name(f"{parent.name}.clipce-{key[:12]}.pt")
 
 
+def spec_key(spec: dict) -> str:
+    return hashlib.sha256(json.dumps({"v": CACHE_VERSION, **spec}, sort_keys=True).encode()).hexdigest()
+
+
 def cache_key(bundle_fingerprint: str, context: float, image_size: int, mean, std, lhash: str) -> str:
-    spec = {"v": CACHE_VERSION, "clip": bundle_fingerprint, "context": round(float(context), 6), "size": int(image_size),
-            "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std], "labels": lhash}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return spec_key({"clip": bundle_fingerprint, "context": round(float(context), 6), "size": int(image_size),
+                     "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std], "labels": lhash})
 
 
-def load_or_build(path: Path | None, key: str, build: Callable[[], dict]) -> dict:
-    """Load a cache dict whose 'key' matches, else build it and try to save it (atomically)."""
+def load_or_build(label_files: list[str] | None, key: str, build: Callable[[], dict]) -> dict:
+    """Load the cache dict for `key` beside the labels if valid, else build it and try to save it (atomically)."""
+    path = cache_path_for(label_files, key) if label_files else None
     if path is not None and path.exists():
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -146,13 +150,12 @@ def dataset_embeddings(labels: list[dict], label_files: list[str] | None, bundle
                        batch_size: int = 64, device="cpu", progress: bool = True) -> dict:
     """Embeddings of every ground-truth object of a dataset, from the disk cache when it is valid."""
     key = cache_key(bundle.fingerprint, context, bundle.image_size, bundle.mean, bundle.std, labels_hash(labels))
-    path = cache_path_for(label_files, key) if label_files else None
 
     def build():
         emb, valid = compute_embeddings(labels, bundle, context, batch_size, device, progress)
         return {"embeddings": emb, "valid": valid}
 
-    return load_or_build(path, key, build)
+    return load_or_build(label_files, key, build)
 
 
 def dataset_prior_weights(labels: list[dict], label_files: list[str] | None, a: float, progress: bool = True) -> torch.Tensor:
@@ -161,9 +164,7 @@ def dataset_prior_weights(labels: list[dict], label_files: list[str] | None, a: 
 
     from clipce_rtdetr import prior
 
-    spec = {"v": CACHE_VERSION, "prior": [a, prior.PATCH, prior.OMEGA, prior.TOP, prior.T0], "labels": labels_hash(labels)}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    path = cache_path_for(label_files, key) if label_files else None
+    key = spec_key({"prior": [a, prior.PATCH, prior.OMEGA, prior.TOP, prior.T0], "labels": labels_hash(labels)})
 
     def build():
         out = []
@@ -173,7 +174,7 @@ def dataset_prior_weights(labels: list[dict], label_files: list[str] | None, a: 
                 out.append(torch.from_numpy(prior.prior_weights(im, source_boxes_xyxy(lb, im.shape[:2]), a)))
         return {"weights": torch.cat(out).float() if out else torch.zeros(0)}
 
-    return load_or_build(path, key, build)["weights"]
+    return load_or_build(label_files, key, build)["weights"]
 
 
 def object_classes(labels: list[dict]) -> torch.Tensor:

@@ -289,6 +289,16 @@ DEMO_CLIP_FILE = "demo-clip-hazy-shapes.safetensors"
 DEMO_CLIP_MODEL = "clipce-demo"
 
 
+def demo_clip_for(data, given: dict) -> str | None:
+    """The demo CLIP's spec when `data` is the built-in dataset and `given` has no clip= (else None).
+
+    Why: the default clip=ViT-B-32:openai has no weights on an offline machine; hazy-shapes has its own CLIP.
+    """
+    from clipce_rtdetr.data import is_builtin
+
+    return demo_clip_spec() if "clip" not in given and is_builtin(data) else None
+
+
 def demo_clip_spec() -> str:
     """The CLIP used when training on hazy-shapes without `clip=`: the committed demo CLIP if present,
     else a tiny randomly initialised CLIP (made once under $CLIPCE_HOME/weights), loudly flagged."""

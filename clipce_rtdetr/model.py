@@ -71,19 +71,18 @@ class ClipCERTDETR(RTDETR):
         return task_map
 
     def train(self, trainer=None, **kwargs: Any):
-        from clipce_rtdetr.data import is_builtin, resolve_data
+        from clipce_rtdetr.data import resolve_data
 
         check_overrides(kwargs)
         if isinstance(kwargs.get("data"), (list, tuple)):
             raise ClipCEError("data= must be one dataset for CLIP-CE training (Ultralytics' multi-dataset fine-tuning "
                               "is not supported); train on each dataset in turn.")
         if not kwargs.get("resume"):
-            builtin = is_builtin(kwargs.get("data"))
-            kwargs["data"] = resolve_data(kwargs.get("data"), allow_download=bool(kwargs.get("allow_download")))
-            if builtin and "clip" not in kwargs and kwargs.get("clipce", "fame") in ("ame", "fame"):
-                from clipce_rtdetr.hazy_shapes import demo_clip_spec
+            from clipce_rtdetr.hazy_shapes import demo_clip_for
 
-                kwargs["clip"] = demo_clip_spec()  # ViT-B-32 weights are not on an offline machine
+            if kwargs.get("clipce", "fame") in ("ame", "fame") and (spec := demo_clip_for(kwargs.get("data"), kwargs)):
+                kwargs["clip"] = spec
+            kwargs["data"] = resolve_data(kwargs.get("data"), allow_download=bool(kwargs.get("allow_download")))
         return super().train(trainer=trainer, **kwargs)
 
     def val(self, validator=None, **kwargs: Any):

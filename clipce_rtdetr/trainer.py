@@ -18,6 +18,7 @@ import torch
 import yaml
 from ultralytics.models.rtdetr.train import RTDETRTrainer
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils.ops import xywh2xyxy
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from clipce_rtdetr.config import check_project_values, project_defaults
@@ -144,7 +145,7 @@ class ClipCETrainer(RTDETRTrainer):
             from clipce_rtdetr.embedding_cache import dataset_prior_weights
 
             with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves, the others load
-                self.weight_table = dataset_prior_weights(labels, label_files, a["prior_a"]).to(self.device)
+                self._set_weight_table(dataset_prior_weights(labels, label_files, a["prior_a"]))
             return
         from clipce_rtdetr.embedding_cache import make_scorer, score_dataset
 
@@ -154,11 +155,15 @@ class ClipCETrainer(RTDETRTrainer):
             return
         with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves the cache, the others load it
             _, d, w, scorer = score_dataset(labels, label_files, names, a, self.device, progress=RANK in {-1, 0})
-        self.weight_table = w.to(self.device, torch.float32)
+        self._set_weight_table(w)
         if RANK in {-1, 0} and len(w):
             LOGGER.info(f"CLIP-CE: {len(w)} objects scored; mean d={d.mean():.3f}, mean w={w.mean():.3f}, "
                         f"w>1.5: {(w > 1.5).float().mean():.1%}")
         del scorer  # CLIP is not needed again in this mode: free its memory
+
+    def _set_weight_table(self, w: torch.Tensor) -> None:
+        """Per-object weights plus one trailing 1: an object without an id (-1) indexes it and keeps weight 1."""
+        self.weight_table = torch.cat([w.float(), w.new_ones(1, dtype=torch.float32)]).to(self.device)
 
     # ----------------------------------------------------------------------------- per batch
     def preprocess_batch(self, batch: dict) -> dict:
@@ -170,12 +175,10 @@ class ClipCETrainer(RTDETRTrainer):
         if self.scorer is not None:  # ame_crops=batch: score the augmented crops online
             img = batch["img"]
             h, w_ = img.shape[2:]
-            b = batch["bboxes"]
-            xyxy = torch.cat([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1) * b.new_tensor([w_, h, w_, h])
+            xyxy = xywh2xyxy(batch["bboxes"]) * batch["bboxes"].new_tensor([w_, h, w_, h])
             _, _, w = self.scorer.score_boxes(img, xyxy, batch["batch_idx"].long(), batch["cls"].view(-1).long())
-        else:  # an object without an id (-1) keeps weight 1
-            ids = ids.to(self.weight_table.device)
-            w = torch.where(ids >= 0, self.weight_table[ids.clamp(min=0)], torch.ones_like(self.weight_table[:1]))
+        else:
+            w = self.weight_table[ids.to(self.weight_table.device)]
         w = w.detach().float()
         criterion.object_weights = w
         s = self._wstats

@@ -249,3 +249,12 @@ def test_non_finite_settings_rejected(bad):
 def test_train_rejects_a_list_of_datasets(tiny_hazy_shapes):
     with pytest.raises(ClipCEError, match="one dataset"):
         ClipCERTDETR(TINY_MODEL).train(data=[str(tiny_hazy_shapes), str(tiny_hazy_shapes)], **FAST)
+
+
+def test_object_without_id_keeps_weight_one():
+    from clipce_rtdetr.trainer import ClipCETrainer
+
+    trainer = object.__new__(ClipCETrainer)  # only the weight table is exercised
+    trainer.device = torch.device("cpu")
+    trainer._set_weight_table(torch.tensor([2.0, 3.0]))
+    assert trainer.weight_table[torch.tensor([1, -1, 0])].tolist() == [3.0, 1.0, 2.0]
