@@ -49,7 +49,9 @@ def _bare(job):
 
 
 def _init():
-    cv2.setNumThreads(1)
+    from clipce_rtdetr.degrade import _init_worker
+
+    _init_worker()  # the same process set-up as degrade's workers (threads, malloc), so only the work differs
 
 
 def bare_loop(files: list[Path], out: Path, processes: int) -> float:

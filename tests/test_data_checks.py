@@ -94,7 +94,7 @@ def bad_dataset(tmp_path) -> Path:
     (lb / "2.txt").write_text("1 0.5 0.5 0 0.3\n1 0.5 0.5 -0.1 0.3\n")  # zero and negative size
     (lb / "3.txt").write_text("")  # empty: background image
     (lb / "4.txt").unlink()  # missing: background image
-    (tmp_path / "bad" / "images" / "train" / "broken.jpg").write_bytes(os.urandom(512))  # corrupt image
+    (tmp_path / "bad" / "images" / "train" / "broken.jpg").write_bytes(b"not an image " * 40)  # corrupt image
     (lb / "broken.txt").write_text("0 0.5 0.5 0.3 0.3\n")
     return y
 

@@ -178,6 +178,26 @@ def test_uint8_fast_path_matches_float_path(shape, kind, source):
             assert np.abs(got - want).max() <= 1 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("airlight", [0.0, 0.8, 1.0, 1.4, (0.7, 0.9, 1.0)])
+def test_row_depth_path_matches_full_map(airlight):
+    """A horizon depth (one value per row, a broadcast view) takes the per-row path; a full copy of the same map
+    takes the per-pixel path: both stay within one grey level of each other and of the float physics, also
+    for an airlight outside [0, 1] (saturation)."""
+    rng = np.random.default_rng(5)
+    img = (rng.random((40, 56, 3)) * 256).astype(np.uint8)
+    rows = physics.horizon_depth(40, 56)
+    assert physics.row_profile(rows) is not None and physics.row_profile(np.ascontiguousarray(rows)) is None
+    for beta in (0.0, 0.05, 0.3):
+        a = physics.apply_haze_u8(img, rows, beta, airlight).astype(int)
+        b = physics.apply_haze_u8(img, np.ascontiguousarray(rows), beta, airlight).astype(int)
+        want = np.round(255 * physics.apply_haze(img.astype(np.float32) / 255, rows, beta, airlight))
+        assert np.abs(a - b).max() <= 1 and np.abs(a - want).max() <= 1
+    att, veil = (0.04, 0.07, 0.4), (0.6, 0.5, 0.1)
+    a = physics.apply_underwater_u8(img, rows, att, veil, scale=0.2).astype(int)
+    b = physics.apply_underwater_u8(img, np.ascontiguousarray(rows), att, veil, scale=0.2).astype(int)
+    assert np.abs(a - b).max() <= 1 and a.std() < img.std()
+
+
 def _noise_in_worker(args):
     import cv2
 

@@ -74,12 +74,20 @@ print('OK', len(r), r[0].boxes.data.shape[1])
     assert "OK 1 6" in out.stdout
 
 
-def test_embedding_cache_reused_and_keyed(fame_run, tiny_hazy_shapes):
-    labels_dir = Path(tiny_hazy_shapes).parent / "labels"
-    caches = list(labels_dir.glob("train.clipce-*.pt"))
-    assert len(caches) == 1
-    data = torch.load(caches[0], weights_only=True)
-    assert data["embeddings"].shape[0] == data["valid"].shape[0] > 0
+def test_embedding_cache_reused_and_keyed(fame_run, tiny_hazy_shapes, tiny_clip):
+    from clipce_rtdetr import embedding_cache as ec
+    from clipce_rtdetr.clip_loader import load_clip
+
+    # The file the fame run wrote, found by its key (other tests add caches for other settings beside it).
+    labels, files = _labels(tiny_hazy_shapes)
+    b = load_clip(tiny_clip)
+    key = ec.cache_key(b.fingerprint, 0.10, b.image_size, b.mean, b.std, ec.labels_hash(labels))
+    path = ec.cache_path_for(files, key)
+    assert path.exists()
+    data = ec.load_or_build(files, key, lambda: pytest.fail("a valid cache was rebuilt"))
+    assert data["embeddings"].shape[0] == data["valid"].shape[0] == sum(len(lb["cls"]) for lb in labels) > 0
+    other = ec.cache_key(b.fingerprint, 0.25, b.image_size, b.mean, b.std, ec.labels_hash(labels))
+    assert ec.cache_path_for(files, other) != path  # another context, another file
 
 
 class _FakeBundle:
