@@ -64,12 +64,47 @@ def bare_loop(files: list[Path], out: Path, processes: int) -> float:
     return time.perf_counter() - t
 
 
+def stage_breakdown(root: Path, files: list[Path], out: Path, rounds: int = 2) -> dict[str, dict[str, float]]:
+    """Milliseconds per image of each stage of degrade's worker, in this one process, alternating with the bare
+    loop image by image (so slow drifts of the machine hit both alike)."""
+    import shutil as sh
+
+    from clipce_rtdetr import degrade as D
+
+    out.mkdir(parents=True)
+    D._init_worker()
+    h, w = D.read_image(files[0]).shape[:2]
+    table = {}
+    for kind in ("haze", "lowlight", "underwater"):
+        p = D.sample_params(kind, "medium", D.ranges_for(kind, "medium", {}), 0, "x")
+        ms = dict.fromkeys(("bare", "read", "physics", "label", "write"), 0.0)
+        for r in range(rounds):
+            for i, f in enumerate(files):
+                t0 = time.perf_counter()
+                _bare((str(f), str(out / f"bare{r}_{i}.jpg")))
+                t1 = time.perf_counter()
+                img = D.read_image(f)
+                t2 = time.perf_counter()
+                d = D.load_depth("horizon", None, h, w, 1.0) if kind != "lowlight" else None
+                res = D.degrade_array(img, kind, p, d, depth_max=D._prior_max("horizon", h, w) if kind == "underwater" else None)
+                t3 = time.perf_counter()
+                sh.copyfile(root / "labels" / "val" / f"{f.stem}.txt", out / f"{kind}{r}_{i}.txt")
+                t4 = time.perf_counter()
+                D.write_image(res, out / f"{kind}{r}_{i}.jpg")
+                t5 = time.perf_counter()
+                for k, a, b in (("bare", t0, t1), ("read", t1, t2), ("physics", t2, t3), ("label", t3, t4), ("write", t4, t5)):
+                    ms[k] += (b - a) * 1e3 / (rounds * len(files))
+        table[kind] = ms
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=240)
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--breakdown", type=int, default=60, help="images for the per-stage timing in one process (0: skip)")
     a = ap.parse_args()
     w, h = map(int, a.size.split("x"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -82,8 +117,10 @@ def main() -> None:
         results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "images": a.n, "size": a.size,
                    "processes": a.processes, "bare_s": [], "degrade_s": {}}
         for r in range(a.repeats):
+            os.sync()  # each timed run starts without the previous run's files still being written back
             results["bare_s"].append(bare_loop(files, tmp / f"bare{r}", a.processes))
             for kind in ("haze", "lowlight", "underwater"):
+                os.sync()
                 t = time.perf_counter()
                 degrade(y, tmp / f"{kind}{r}", kind=kind, processes=a.processes, progress=False)
                 results["degrade_s"].setdefault(kind, []).append(time.perf_counter() - t)
@@ -94,11 +131,19 @@ def main() -> None:
         results["max_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out = Path(__file__).parent / "results"
         out.mkdir(exist_ok=True)
+        if a.breakdown:
+            results["stages_ms"] = stage_breakdown(tmp / "src", files[: a.breakdown], tmp / "stages")
         (out / "degrade_throughput.json").write_text(json.dumps(results, indent=2))
         lines = [f"# degrade throughput ({results['machine']}, {a.n} JPEG images {a.size}, {a.processes} processes, best of {a.repeats})",
                  "", "| loop | images/s | vs bare decode+encode |", "|---|---|---|",
                  f"| bare decode+encode | {results['bare_img_s']:.1f} | 100% |"]
         lines += [f"| degrade kind={k} (whole command: listing, records, labels) | {results['degrade_img_s'][k]:.1f} | {100 * results['ratio'][k]:.0f}% |" for k in results["ratio"]]
+        if a.breakdown:
+            st = results["stages_ms"]
+            lines += ["", f"Per image, one process, {a.breakdown} images alternating with the bare loop (ms):", "",
+                      "| kind | bare decode+encode | read | physics | label copy | encode+write | degrade total |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| {k} | {v['bare']:.2f} | {v['read']:.2f} | {v['physics']:.2f} | {v['label']:.2f} | {v['write']:.2f} | "
+                      f"{v['read'] + v['physics'] + v['label'] + v['write']:.2f} |" for k, v in st.items()]
         (out / "degrade_throughput.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     finally:

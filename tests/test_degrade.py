@@ -198,6 +198,19 @@ def test_row_depth_path_matches_full_map(airlight):
     assert np.abs(a - b).max() <= 1 and a.std() < img.std()
 
 
+@pytest.mark.parametrize("band", [1000, 4096, 1 << 16])
+@pytest.mark.parametrize("shape", [(37, 53, 3), (64, 96), (120, 160, 3)])
+def test_lowlight_bands_draw_the_recorded_noise(monkeypatch, band, shape):
+    """lowlight_u8 draws its noise band by band; whatever the band size, the image equals the one-draw
+    reference (apply_lowlight_u8 with standard_noise) to within one grey level of rounding."""
+    monkeypatch.setattr(physics, "BAND_FLOATS", band)
+    img = (np.random.default_rng(1).random(shape) * 256).astype(np.uint8)
+    got = physics.lowlight_u8(img, 2.0, 0.02, 0.03, noise_seed=11).astype(int)
+    want = np.round(255 * physics.apply_lowlight_u8(img, 2.0, 0.02, 0.03, noise_seed=11)).astype(int)
+    assert got.shape == img.shape and np.abs(got - want).max() <= 1
+    assert np.abs(got - physics.lowlight_u8(img, 2.0, 0.02, 0.03, noise_seed=12).astype(int)).max() > 1  # seed matters
+
+
 def _noise_in_worker(args):
     import cv2
 
