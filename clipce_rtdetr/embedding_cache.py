@@ -3,7 +3,8 @@
 The cache sits beside Ultralytics' label cache (`labels/train.cache` -> `labels/train.clipce-<key>.pt`)
 and is keyed by the CLIP fingerprint (model + weights checksum), the crop settings and a hash of the
 labels themselves, so a second run reuses it and a changed dataset or CLIP rebuilds it. A corrupt or
-truncated file is rebuilt with a warning.
+truncated file is rebuilt with a warning. The few most recently used caches per label folder are kept
+(KEEP_CACHES); older ones are deleted when a new one is written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from ultralytics.utils import LOGGER
 
 CACHE_VERSION = 1
+KEEP_CACHES = 4  # per label folder: a sweep over a few settings keeps hitting its caches; older ones are removed
 
 
 def labels_hash(labels: list[dict]) -> str:
@@ -122,6 +124,32 @@ def cache_key(bundle_fingerprint: str, context: float, image_size: int, mean, st
                      "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std], "labels": lhash})
 
 
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)  # "last used", for prune_caches
+    except OSError:
+        pass
+
+
+def prune_caches(path: Path, keep: int | None = None) -> list[Path]:
+    """Delete all but the `keep` most recently used `<split>.clipce-*.pt` caches beside `path` (they are derived
+    data, rebuilt on demand), so sweeping settings does not fill the dataset's disk. Returns what was deleted."""
+    keep = KEEP_CACHES if keep is None else keep
+    siblings = sorted(path.parent.glob(f"{path.name.split('.clipce-')[0]}.clipce-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    gone = []
+    for old in siblings[max(keep, 1):]:
+        if old == path:
+            continue
+        try:
+            old.unlink()
+            gone.append(old)
+        except OSError:  # in use on another node, read-only: harmless
+            pass
+    if gone:
+        LOGGER.info(f"CLIP-CE: removed {len(gone)} older embedding cache(s) beside {path.name} (keeping the {keep} last used).")
+    return gone
+
+
 def load_or_build(label_files: list[str] | None, key: str, build: Callable[[], dict]) -> dict:
     """Load the cache dict for `key` beside the labels if valid, else build it and try to save it (atomically)."""
     path = cache_path_for(label_files, key) if label_files else None
@@ -130,6 +158,7 @@ def load_or_build(label_files: list[str] | None, key: str, build: Callable[[], d
             data = torch.load(path, map_location="cpu", weights_only=True)
             if data.get("key") == key:
                 LOGGER.info(f"CLIP-CE: reusing embedding cache {path}")
+                _touch(path)
                 return data
             LOGGER.info(f"CLIP-CE: embedding cache {path} is for other settings; rebuilding.")
         except Exception as e:  # truncated/corrupt file
@@ -141,6 +170,7 @@ def load_or_build(label_files: list[str] | None, key: str, build: Callable[[], d
             torch.save(data, tmp)
             tmp.replace(path)
             LOGGER.info(f"CLIP-CE: embedding cache saved to {path}")
+            prune_caches(path)
         except OSError as e:
             LOGGER.warning(f"CLIP-CE: cannot write embedding cache {path} ({e}); it stays in memory for this run.")
     return data

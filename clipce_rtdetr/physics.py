@@ -97,7 +97,7 @@ def standard_noise(shape, seed: int | None) -> np.ndarray:
     return z.reshape(shape)
 
 
-BAND_FLOATS = 1 << 16  # float32 values per band of rows in lowlight_u8 (256 KiB: stays in a core's L2 cache)
+BAND_FLOATS = 1 << 16  # float32 values per band of rows in the 8-bit paths (256 KiB: stays in a core's L2 cache)
 
 
 def _seed_noise(seed: int | None) -> None:
@@ -169,14 +169,21 @@ def row_profile(depth: np.ndarray) -> np.ndarray | None:
 def _blend_rows_u8(rows: np.ndarray, column: np.ndarray, k: float, v: float) -> np.ndarray:
     """round(c * t + 255 * v * (1 - t)) for a uint8 (H, N) array whose depth is one value per row (column (H, 1)).
 
-    Numpy broadcasts the per-row t along each row: no H x W map is built."""
+    Numpy broadcasts the per-row t along each row: no H x W map is built; bands of rows keep the float
+    temporary in cache."""
     t = np.exp(column * np.float32(k), dtype=np.float32)
-    b = (np.float32(1.0) - t) * np.float32(255.0 * v) + np.float32(0.5)  # + 0.5: astype truncates
-    out = np.multiply(rows, t, dtype=np.float32)
-    out += b
-    if not 0.0 <= v <= 1.0:  # otherwise c * t + 255 v (1 - t) stays within [0, 255]
-        np.clip(out, 0.0, 255.0, out=out)
-    return out.astype(np.uint8)
+    b = (np.float32(1.0) - t) * np.float32(255.0 * v) + np.float32(0.5)  # + 0.5: the cast below truncates
+    out = np.empty(rows.shape, np.uint8)
+    n = max(1, BAND_FLOATS // max(rows.shape[1], 1))
+    buf = np.empty((min(n, rows.shape[0]), rows.shape[1]), np.float32)
+    for r in range(0, rows.shape[0], n):
+        f = buf[: min(n, rows.shape[0] - r)]
+        np.multiply(rows[r:r + n], t[r:r + n], out=f)
+        f += b[r:r + n]
+        if not 0.0 <= v <= 1.0:  # otherwise c * t + 255 v (1 - t) stays within [0, 255]
+            np.clip(f, 0.0, 255.0, out=f)
+        out[r:r + n] = f
+    return out
 
 
 def _blend_u8(channels, depth: np.ndarray, ks, veils) -> list[np.ndarray]:

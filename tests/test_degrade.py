@@ -178,11 +178,13 @@ def test_uint8_fast_path_matches_float_path(shape, kind, source):
             assert np.abs(got - want).max() <= 1 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("band", [600, 1 << 16])
 @pytest.mark.parametrize("airlight", [0.0, 0.8, 1.0, 1.4, (0.7, 0.9, 1.0)])
-def test_row_depth_path_matches_full_map(airlight):
+def test_row_depth_path_matches_full_map(airlight, band, monkeypatch):
     """A horizon depth (one value per row, a broadcast view) takes the per-row path; a full copy of the same map
     takes the per-pixel path: both stay within one grey level of each other and of the float physics, also
     for an airlight outside [0, 1] (saturation)."""
+    monkeypatch.setattr(physics, "BAND_FLOATS", band)  # 600: bands of 3 rows, the last one shorter
     rng = np.random.default_rng(5)
     img = (rng.random((40, 56, 3)) * 256).astype(np.uint8)
     rows = physics.horizon_depth(40, 56)

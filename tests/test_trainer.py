@@ -139,6 +139,26 @@ def test_cache_rebuilds_on_change_and_corruption(tiny_hazy_shapes, tmp_path, cap
     assert b.calls > calls and torch.equal(rebuilt["embeddings"], first["embeddings"])
 
 
+def test_old_caches_are_pruned(tiny_hazy_shapes, tmp_path, monkeypatch):
+    from clipce_rtdetr import embedding_cache as ec
+
+    monkeypatch.setattr(ec, "KEEP_CACHES", 2)
+    labels, _ = _labels(tiny_hazy_shapes)
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    files = [str(tmp_path / "labels" / "train" / "a.txt")]
+    unrelated = tmp_path / "labels" / "val.clipce-000000000000.pt"  # another split's cache: never touched
+    unrelated.write_bytes(b"x")
+    b = _FakeBundle()
+    paths = []
+    for i, context in enumerate((0.1, 0.2, 0.3)):
+        ec.dataset_embeddings(labels, files, b, context, progress=False)
+        paths.append(ec.cache_path_for(files, ec.cache_key(b.fingerprint, context, b.image_size, b.mean, b.std, ec.labels_hash(labels))))
+        os.utime(paths[-1], (1000 + i, 1000 + i))  # distinct, ordered "last used" times
+        if i == 1:
+            ec.dataset_embeddings(labels, files, b, 0.1, progress=False)  # reusing 0.1 makes it the most recent
+    assert paths[0].exists() and paths[2].exists() and not paths[1].exists() and unrelated.exists()
+
+
 def test_resume_restores_every_clipce_key(tiny_hazy_shapes, tiny_clip, tmp_root):
     from clipce_rtdetr.trainer import ClipCETrainer
 
