@@ -135,19 +135,51 @@ def run_one(method: str, seed: int, data: str, model: str, train_kwargs: dict[st
     }
 
 
+def _run_file(project: Path, method: str, seed: int) -> Path:
+    return Path(project) / f"{method}-s{seed}.json"
+
+
+def finished_run(project: Path, method: str, seed: int, settings: str) -> dict[str, Any] | None:
+    """The record of a (method, seed) run finished earlier with the same settings (an interrupted grid resumes)."""
+    f = _run_file(project, method, seed)
+    try:
+        rec = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("settings") != settings:
+        return None
+    return {**rec["run"], "weights": np.asarray(rec["run"]["weights"], dtype=np.float32)}
+
+
+def save_run(project: Path, method: str, seed: int, settings: str, run: dict[str, Any]) -> None:
+    f = _run_file(project, method, seed)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"settings": settings, "run": {**run, "weights": np.asarray(run["weights"]).tolist()}}, default=str))
+    tmp.replace(f)
+
+
 def run_ablation_grid(methods: list[str], seeds: list[int], data: str, model: str, train_kwargs: dict[str, Any],
                       out_dir: Path, project: Path) -> dict[str, Any]:
-    """Every (method, seed); writes ablation.json, ablation.md and plots to out_dir; returns the summary."""
+    """Every (method, seed); writes ablation.json, ablation.md and plots to out_dir; returns the summary.
+
+    Each finished run is recorded in `project/<method>-s<seed>.json`; rerunning the same grid reuses those."""
     from clipce_rtdetr.data import resolve_data
     from clipce_rtdetr.hazy_shapes import demo_clip_for
 
     if {"ame", "fame"} & set(methods) and (spec := demo_clip_for(data, train_kwargs)):
         train_kwargs = {**train_kwargs, "clip": spec}
     data = resolve_data(data)
+    settings = json.dumps({"data": str(data), "model": str(model), "train_kwargs": train_kwargs}, sort_keys=True, default=str)
     runs, weights = [], {}
     for seed in seeds:
         for method in methods:
-            r = run_one(method, seed, data, model, train_kwargs, project)
+            r = finished_run(project, method, seed, settings)
+            if r is None:
+                r = run_one(method, seed, data, model, train_kwargs, project)
+                save_run(project, method, seed, settings, r)
+            else:
+                print(f"[ablation] {method} seed={seed}: finished earlier with the same settings, reused.", flush=True)
             w = r.pop("weights")
             if len(w) and method not in weights:
                 weights[method] = w

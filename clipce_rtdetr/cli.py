@@ -198,9 +198,19 @@ def entrypoint(argv: list[str] | None = None) -> int:
         print(f"clipce-rtdetr {args[0]}: error: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        print("Interrupted. A training run can be continued with 'clipce-rtdetr train resume=path/to/last.pt'.", file=sys.stderr)
+        print(f"Interrupted. {INTERRUPT_HINTS.get(args[0], '')}".rstrip(), file=sys.stderr)
         return 130
     return 0
+
+
+INTERRUPT_HINTS = {  # what survives an interrupted run, per mode
+    "train": "Continue the run with 'clipce-rtdetr train resume=path/to/last.pt' (its weights/last.pt).",
+    "degrade": "Finished images are kept: rerun the same command to resume.",
+    "clip-train": "Nothing was saved; rerun the command to start again.",
+    "ablation": "Finished runs are kept: rerun the same command to resume the grid.",
+    "predict": "Results saved so far are kept in the run folder.",
+    "track": "Results saved so far are kept in the run folder.",
+}
 
 
 def main() -> None:  # pragma: no cover - python -m clipce_rtdetr

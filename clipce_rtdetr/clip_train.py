@@ -140,18 +140,20 @@ def gather_crops(labels: list[dict], size: int, context: float, device="cpu", de
 
 def object_levels(data: dict, labels: list[dict]) -> list[str | None] | None:
     """Degradation level of each object's image from the dataset's `degradation:` CSV (None when absent)."""
-    from clipce_rtdetr.hazy_shapes import haze_level, read_degradation
+    from clipce_rtdetr.data import read_degradation, relative_to_root
+    from clipce_rtdetr.hazy_shapes import haze_level
 
     if not data.get("degradation"):
         return None
     p = Path(str(data["degradation"]))
-    p = p if p.is_absolute() else Path(data.get("path") or ".") / p
+    root = Path(data.get("path") or ".")
+    p = p if p.is_absolute() else root / p
     if not p.is_file():
         return None
     rows = read_degradation(p)
     out: list[str | None] = []
     for lb in labels:
-        r = rows.get(Path(lb["im_file"]).stem) or {}
+        r = rows.get(relative_to_root(lb["im_file"], root) or "") or {}
         lvl = r.get("level") or (haze_level(float(r["beta"])) if r.get("beta") else None)
         out += [lvl] * len(lb["cls"])
     return out
@@ -393,7 +395,7 @@ def clip_train(
     from tqdm import tqdm
     from ultralytics.utils import LOGGER
 
-    from clipce_rtdetr.ame import AMEScorer, check_params, normalise
+    from clipce_rtdetr.ame import AMEScorer, check_params
     from clipce_rtdetr.ame_inspect import load_split_labels
     from clipce_rtdetr.clip_loader import file_sha256, load_clip, parse_clip_spec
     from clipce_rtdetr.data import resolve_data

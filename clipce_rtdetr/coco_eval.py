@@ -12,7 +12,6 @@ a table, `coco_per_level.json` and `coco_per_level.png`.
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 from pathlib import Path
@@ -113,13 +112,19 @@ def evaluate(gt: dict | str | Path, preds: list[dict] | str | Path, img_ids: lis
     return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
 
 
-def read_levels(csv_path: Path) -> dict[str, str]:
-    """Degradation record -> {image file name: level}."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and "level" not in rows[0]:
+def read_levels(csv_path: Path, images: list[Path], root: Path) -> dict[str, str]:
+    """{file name: level} for `images` (one split) from the degradation record of the dataset in `root`."""
+    from clipce_rtdetr.data import read_degradation, relative_to_root
+
+    rows = read_degradation(csv_path)
+    if rows and "level" not in next(iter(rows.values())):
         raise ClipCEError(f"{csv_path}: no 'level' column; per-level evaluation needs im_file and level columns.")
-    return {Path(r["im_file"]).name: r["level"] for r in rows}
+    levels = {}
+    for im in images:
+        r = rows.get(relative_to_root(im, root) or "")
+        if r is not None:
+            levels[im.name] = r["level"]
+    return levels
 
 
 def per_level(gt: dict[str, Any], preds: list[dict], levels: dict[str, str]) -> list[dict[str, Any]]:
@@ -198,7 +203,8 @@ def dataset_gt(data_yaml: str | Path, split: str) -> tuple[dict[str, Any], dict[
         gt.setdefault("licenses", [])
     else:
         gt = yolo_to_coco(images, cfg["names"])
-    levels = read_levels(root / cfg["degradation"]) if cfg.get("degradation") and (root / cfg["degradation"]).is_file() else None
+    record = root / cfg["degradation"] if cfg.get("degradation") else None
+    levels = read_levels(record, images, root) if record is not None and record.is_file() else None
     return gt, levels
 
 

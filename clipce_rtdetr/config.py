@@ -87,7 +87,7 @@ def check_project_values(cfg: dict[str, Any]) -> dict[str, Any]:
             if isinstance(v, str) and k != "names":
                 v = cfg[k] = [v]
             if not isinstance(v, (list, tuple, dict)):
-                raise ConfigError(f"'{k}={v}' must be a list, e.g. {k}=[...].")
+                raise ConfigError(f"'{k}={v}' must be a list, e.g. {k}=[...]; quote text items: {k}=\"['a','b']\".")
             if k.endswith("_range") and (len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]):
                 raise ConfigError(f"'{k}={v}' must be [min, max] with min <= max, e.g. {k}=[0.05,0.14].")
         elif isinstance(d, bool):

@@ -17,7 +17,9 @@ annotations are treated the same way.
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 import os
 import random
 import re
@@ -42,6 +44,7 @@ SPLITS = ("train", "val", "test")
 EXDARK_SPLIT_CODES = {"1": "train", "2": "val", "3": "test"}
 MARKER = ".clipce-convert.json"
 MAX_SHOWN = 10
+HEIF_SUFFIXES = (".heic", ".heif")  # PIL reads these only with the pi_heif plugin
 
 
 @dataclass
@@ -96,7 +99,15 @@ def find_image(name: str, idx: dict[str, list[Path]], *candidates: Path) -> Path
 def _num(text: str | None) -> float:
     if text is None:
         raise ValueError("missing")
-    return float(text.strip())
+    value = float(text.strip())
+    if not math.isfinite(value):  # float() accepts 'nan' and 'inf'; as a box corner they poison labels and the COCO JSON
+        raise ValueError(f"not a finite number: '{text.strip()}'")
+    return value
+
+
+def is_finite_number(v: Any) -> bool:
+    """A JSON number usable as a coordinate (json.loads turns NaN/Infinity into floats; true/false are not numbers)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ----------------------------------------------------------------------------------------- readers
@@ -164,7 +175,7 @@ def read_exdark(source: Path, report: Report) -> list[Record]:
             try:
                 if len(parts) < 5:
                     raise ValueError(f"expected 'class l t w h', got {len(parts)} fields")
-                left, top, w, h = (float(v) for v in parts[1:5])
+                left, top, w, h = (_num(v) for v in parts[1:5])
             except ValueError as e:
                 report.add("malformed annotation line", f"{t}:{n}", f"{e}: '{line.strip()}'")
                 continue
@@ -238,7 +249,7 @@ def read_coco(source: Path, report: Report) -> list[Record]:
                 report.add("annotation of an unknown category_id", where, f"category_id={a.get('category_id')!r}")
                 continue
             b = a.get("bbox")
-            if not (isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
+            if not (isinstance(b, (list, tuple)) and len(b) == 4 and all(is_finite_number(v) for v in b)):
                 report.add("annotation without a numeric bbox [x, y, w, h]", where, repr(b)[:60])
                 continue
             box = (float(b[0]), float(b[1]), float(b[0] + b[2]), float(b[1] + b[3]))
@@ -256,19 +267,17 @@ def class_mapping(fmt: str, names: Any, records: list[Record], categories: list[
     """Resolve `names=` into (target class names, {source name: target index or None to drop}).
 
     names=None: the format's classes (RTTS's 5 for voc, ExDark's 12) or, for coco, the files' categories.
-    names=[a, b]: the target classes, in order. names={src: dst}: rename (dst None drops the class);
-    the key '*' applies to every source class not listed. Unknown source classes are an error listing them.
+    names=[a, b]: the target classes, in order. names={src: dst}: rename (dst None drops the class) and keep
+    the other default classes; with the key '*' (applies to every source class not listed) the mapping's
+    values are the whole class list. Unknown source classes are an error listing them.
     """
     seen = Counter(o.name for r in records for o in r.objects)
-    if names is None and fmt == "coco":
-        names = list(categories) or list(dict.fromkeys(o.name for r in records for o in r.objects))
-    elif names is None:
-        names = list(DEFAULT_NAMES[fmt])
+    defaults = default_classes(fmt, records, categories)
     if isinstance(names, dict):
         mapping = {str(k): (None if v in (None, "") else str(v)) for k, v in names.items()}
-        targets = list(dict.fromkeys(v for v in mapping.values() if v is not None))
+        targets = mapped_targets(mapping, defaults)
     else:
-        targets, mapping = [str(n) for n in names], {}
+        targets, mapping = [str(n) for n in (defaults if names is None else names)], {}
     lower = {t.lower(): i for i, t in enumerate(targets)}
     result, unknown = {}, {}
     for src, count in seen.items():
@@ -281,13 +290,44 @@ def class_mapping(fmt: str, names: Any, records: list[Record], categories: list[
             unknown[src] = count
     if unknown:
         listed = ", ".join(f"'{k}' ({v} objects)" for k, v in sorted(unknown.items(), key=lambda kv: -kv[1]))
-        example = ", ".join(f"'{k}': '{targets[0] if targets else k}'" for k in list(unknown)[:2])
-        raise ClipCEError(
-            f"Class names not in the target classes {targets}: {listed}.\n"
-            f"Map or drop them with names=, e.g. names=\"{{{example}, '*': None}}\" ('*': None drops every class not "
-            "listed), or give the full class list, e.g. names=[...]."
-        )
+        raise ClipCEError(f"Class names not in the target classes {targets}: {listed}.\n" + unknown_class_hint(list(unknown), targets, names))
     return targets, result
+
+
+def default_classes(fmt: str, records: list[Record], categories: list[str]) -> list[str]:
+    """The classes names=None gives: the format's own, or for coco the files' categories (else the names used)."""
+    if fmt == "coco":
+        return list(categories) or list(dict.fromkeys(o.name for r in records for o in r.objects))
+    return list(DEFAULT_NAMES[fmt])
+
+
+def mapped_targets(mapping: dict[str, str | None], defaults: list[str]) -> list[str]:
+    """Target classes of names={src: dst}. Without '*' the mapping edits the default list (a renamed class keeps its
+    place, a dropped one leaves it, a new name is appended), so {'Truck': None} drops only Truck."""
+    if "*" in mapping:
+        values = mapping.values()
+    else:
+        values = [mapping.get(d, d) for d in defaults] + list(mapping.values())
+    firsts: dict[str, str] = {}  # lower-cased -> first spelling: 'car' and 'Car' are one class (matched case-insensitively)
+    for v in values:
+        if v is not None:
+            firsts.setdefault(v.lower(), v)
+    return list(firsts.values())
+
+
+def unknown_class_hint(unknown: list[str], targets: list[str], names: Any) -> str:
+    """How to fix unknown classes without losing the others: drop or map just those (or, for a list, keep only it)."""
+    if isinstance(names, (list, tuple)):
+        keep = {t: t for t in targets} | {"*": None}
+        return f"Add them to names=[...], or keep only the listed classes and drop the rest with names=\"{keep}\"."
+    given = names if isinstance(names, dict) else {}  # the user's own renames stay in the suggestion
+    shown = unknown[:2]
+    hint = f"Drop them with names=\"{given | dict.fromkeys(shown)}\""
+    if targets:
+        lower = {t.lower(): t for t in targets}
+        closest = [lower[m[0]] if (m := difflib.get_close_matches(k.lower(), list(lower), n=1)) else targets[0] for k in shown]
+        hint += f" or count them as one of the target classes, e.g. names=\"{given | dict(zip(shown, closest))}\""
+    return hint + "; the other classes stay as they are. Or give the full class list, e.g. names=[...]."
 
 
 # ----------------------------------------------------------------------------------------- splits
@@ -316,9 +356,9 @@ def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str
             if files["train"].is_file() and files["val"].is_file():
                 out = {}
                 for s, f in files.items():
-                    if f.is_file():
-                        for line in f.read_text(encoding="utf-8-sig").split():
-                            out.setdefault(Path(line).stem, s)
+                    if f.is_file():  # one name per line: names may contain spaces
+                        for name in filter(None, (line.strip() for line in f.read_text(encoding="utf-8-sig").splitlines())):
+                            out.setdefault(Path(name).stem, s)
                 return out
     if cand is not None:
         raise ClipCEError(f"split={split}: expected train.txt and val.txt (or trainval.txt and test.txt) in {folder}.")
@@ -326,38 +366,70 @@ def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str
 
 
 def seeded_split(keys: list[str], val_fraction: float, seed: int) -> dict[str, str]:
-    """Deterministic train/val split: sorted keys shuffled with `seed`, the first val_fraction to val."""
+    """Deterministic train/val split: sorted keys shuffled with `seed`, the first val_fraction to val.
+
+    val_fraction is in [0, 1]. The ends make a one-split set and are warned about when the YAML is written:
+    0 sends every image to train (val: then points at train too), 1 every image to val, for a set used for
+    evaluation only, such as RTTS as a test set (train: then points at val, since Ultralytics needs the key).
+    A fraction strictly between keeps at least one image on each side, so rounding on a small set does not
+    silently leave val or train empty.
+    """
+    if not 0 <= val_fraction <= 1:
+        raise ClipCEError(
+            f"val_fraction={val_fraction}: must be between 0 and 1 (the share of images held out for validation, "
+            "e.g. 0.2; 1 puts every image in images/val for an evaluation-only set)."
+        )
     order = sorted(set(keys))
     random.Random(seed).shuffle(order)
     n_val = round(len(order) * val_fraction)
+    if 0 < val_fraction < 1 and len(order) > 1:
+        n_val = min(max(n_val, 1), len(order) - 1)
     return {k: ("val" if i < n_val else "train") for i, k in enumerate(order)}
 
 
 # ----------------------------------------------------------------------------------------- images
 def image_size(path: Path) -> tuple[int, int] | str:
-    """(w, h) of a readable image (EXIF orientation applied, as Ultralytics does), or why it is unusable."""
-    from PIL import Image
+    """(w, h) of a readable image (EXIF orientation applied, as Ultralytics does), or why it is unusable.
+
+    Not data.check_image_file: the size comes from the same open, and the reason here is short (the report names
+    the file). Like it, this opens with PIL's own Image.open: Ultralytics' patched one retries every unreadable
+    file with the pi_heif plugin (installing it), which turns "not an image" into "No module named 'pi_heif'".
+    HEIF files do need that plugin, so they alone go through the patched open.
+    """
+    from PIL import Image, UnidentifiedImageError
 
     from ultralytics.data.utils import exif_size
 
     try:
-        with Image.open(path) as im:
+        from ultralytics.utils.patches import _image_open as plain_open
+    except ImportError:  # pragma: no cover - other Ultralytics releases
+        plain_open = Image.open
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with (Image.open if path.suffix.lower() in HEIF_SUFFIXES else plain_open)(path) as im:
             im.verify()
             size = exif_size(im)
-        if min(size) < 1:
-            return "image has zero size"
-        return size
+    except UnidentifiedImageError:
+        return "not an image (PIL does not recognise the format)"
     except Exception as e:  # PIL raises many types for damaged files
-        return f"{type(e).__name__}: {e}"
+        return f"damaged image ({type(e).__name__}: {e})"
+    if min(size) < 1:
+        return "image has zero size"
+    return size
+
+
+def order_box(box) -> tuple[tuple[float, float, float, float], bool]:
+    """(x1, y1, x2, y2) with x1 <= x2 and y1 <= y2, and whether corners had to be swapped (a negative COCO w/h,
+    VOC xmin > xmax): kept and reported, like a clipped box, since the swapped box is the one the numbers span."""
+    x1, y1, x2, y2 = box
+    ordered = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+    return ordered, ordered != (x1, y1, x2, y2)
 
 
 def clip_box(box, w: int, h: int) -> tuple[tuple[float, float, float, float] | None, bool]:
-    """Clip (x1, y1, x2, y2) to the image; returns (box or None if nothing is left, whether it was clipped)."""
+    """Clip an ordered (x1, y1, x2, y2) to the image; returns (box or None if nothing is left, whether it was clipped)."""
     x1, y1, x2, y2 = box
-    if x2 < x1:
-        x1, x2 = x2, x1
-    if y2 < y1:
-        y1, y2 = y2, y1
     c = (min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h))
     clipped = c != (x1, y1, x2, y2)
     if c[2] - c[0] < 1e-3 or c[3] - c[1] < 1e-3:
@@ -377,26 +449,37 @@ def place_image(src: Path, dst: Path, link: bool) -> None:
 
 
 def check_out(source: Path, out: Path) -> None:
-    """Refuse an output inside the source (or the reverse) and a non-empty folder we did not make."""
+    """Refuse an output inside the source (or the reverse), a file, and a non-empty folder we did not make.
+
+    Only checks: an earlier conversion in out= is removed by clear_out, once the new one has been validated.
+    """
     s, o = source.resolve(), out.resolve()
     if o == s or s in o.parents or o in s.parents:
         raise ClipCEError(f"out={out} overlaps source={source}; the source folder is never written. Choose an out= folder outside it.")
-    if o.exists() and any(o.iterdir()):
-        if not (o / MARKER).exists():
-            raise ClipCEError(f"out={out} exists and is not empty; choose a new folder (a folder made by 'convert' is replaced).")
-        for sub in ("images", "labels", "annotations"):
-            shutil.rmtree(o / sub, ignore_errors=True)
+    blocker = next((p for p in (o, *o.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ClipCEError(f"out={out}: {blocker} is a file, not a folder. Choose a new folder for out= (it is created).")
+    if o.exists() and any(o.iterdir()) and not (o / MARKER).exists():
+        raise ClipCEError(f"out={out} exists and is not empty; choose a new folder (a folder made by 'convert' is replaced).")
+
+
+def clear_out(out: Path) -> None:
+    """Remove the images, labels and JSONs of an earlier conversion (check_out made sure out= is ours)."""
+    for sub in ("images", "labels", "annotations"):
+        shutil.rmtree(out / sub, ignore_errors=True)
 
 
 def unique_name(src: Path, used: set[str]) -> str:
-    name = src.name
-    if name in used:
-        name = f"{src.parent.name}_{src.name}"
-        stem, n = Path(name).stem, 1
-        while name in used:
-            name, n = f"{stem}_{n}{src.suffix}", n + 1
-    used.add(name)
-    return name
+    """src's file name, or one with another stem if an earlier image of this split has its stem (`used`, lower-cased).
+
+    Why stems: Ultralytics finds an image's labels by its stem (images/train/a.jpg -> labels/train/a.txt), so
+    a.jpg and a.png would share one label file. Lower-cased: on macOS and Windows A.txt and a.txt are one file.
+    """
+    stem, n = src.stem, 1
+    while stem.lower() in used:
+        stem, n = f"{src.stem}_{n}", n + 1
+    used.add(stem.lower())
+    return stem + src.suffix
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -411,7 +494,7 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
     source, out = Path(source), Path(out)
     if not source.exists():
         raise ClipCEError(f"source={source} does not exist.")
-    check_out(source, out)
+    check_out(source, out)  # everything up to clear_out only reads: a failed rerun leaves the last conversion intact
     report = Report()
     records = READERS[fmt](source, report)
     targets, cmap = class_mapping(fmt, names, records, report.categories)
@@ -446,7 +529,10 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
         else:
             r.size = s
             good.append(r)
+    if not good:
+        raise ClipCEError(f"No usable images were found in {source}; see the reasons below.\n" + "\n".join(report.details[:MAX_SHOWN]))
 
+    clear_out(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"format": fmt, "source": str(source.resolve())}))
     coco = {s: {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(targets)]} for s in SPLITS}
@@ -461,6 +547,9 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
         seen_src.add(r.src.resolve())
         w, h = r.size
         name = unique_name(r.src, used[r.split])
+        if name != r.src.name:
+            reason = "image renamed (an earlier image in the split has its stem, so its label file)"
+            report.add(reason, str(r.src), f"images/{r.split}/{name}")
         place_image(r.src, out / "images" / r.split / name, link)
         img_id = len(coco[r.split]["images"]) + 1
         coco[r.split]["images"].append({"id": img_id, "file_name": name, "width": w, "height": h})
@@ -470,10 +559,13 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
             if c is None:
                 report.add("class dropped by names=", o.where, o.name)
                 continue
-            box, clipped = clip_box(o.box, w, h)
+            ordered, flipped = order_box(o.box)
+            box, clipped = clip_box(ordered, w, h)
             if box is None:
                 report.add("box outside the image or empty (dropped)", o.where, f"{o.box} in {w}x{h}")
                 continue
+            if flipped:
+                report.add("box corners in the wrong order (swapped and kept)", o.where, f"{o.box} -> {ordered}")
             if clipped:
                 report.add("box partly outside the image (clipped)", o.where, f"{o.box} in {w}x{h}")
             x1, y1, x2, y2 = box
@@ -493,33 +585,45 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
         n_images[r.split] += 1
         n_empty[r.split] += not lines
 
-    splits = [s for s in SPLITS if n_images[s]]
-    if not splits:
-        raise ClipCEError(f"No usable images were found in {source}; see the reasons below.\n" + "\n".join(report.details[:MAX_SHOWN]))
+    splits = [s for s in SPLITS if n_images[s]]  # not empty: every usable image was written once
     (out / "annotations").mkdir(exist_ok=True)
     for s in splits:
         (out / "annotations" / f"instances_{s}.json").write_text(json.dumps(coco[s], ensure_ascii=False), encoding="utf-8")
     val = "val" if n_images["val"] else "test" if n_images["test"] else "train"  # RUOD/DUO ship train + test only
-    data = {"path": str(out.resolve()), "train": "images/train", "val": f"images/{val}"}
+    data = {"path": str(out.resolve()), "train": "images/train" if n_images["train"] else f"images/{val}", "val": f"images/{val}"}
     if n_images["test"]:
         data["test"] = "images/test"
     data["names"] = dict(enumerate(targets))
     data["coco_annotations"] = {s: f"annotations/instances_{s}.json" for s in splits} | {"val": f"annotations/instances_{val}.json"}
     data["converted_from"] = {"format": fmt, "source": str(source.resolve()), "split": split_note}
-    yaml_path = out / f"{out.name}.yaml"
+    yaml_path = out / f"{out.resolve().name}.yaml"  # resolved: out=. would give '.yaml', a hidden file
     yaml_path.write_text(f"# made by 'clipce-rtdetr convert format={fmt}'\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    summary = format_summary(splits, targets, n_images, n_empty, per_class, report, split_note)
+    warnings = split_warnings(n_images, val)
+    summary = format_summary(splits, targets, n_images, n_empty, per_class, report, split_note, warnings)
     (out / "convert_report.txt").write_text(summary + "\n\nDetails:\n" + "\n".join(report.details) + "\n", encoding="utf-8")
     (out / "convert_summary.json").write_text(json.dumps({
         "images": dict(n_images), "images_without_objects": dict(n_empty),
-        "objects": {s: dict(per_class[s]) for s in splits}, "skipped": dict(report.skipped), "split": split_note}, indent=2))
+        "objects": {s: dict(per_class[s]) for s in splits}, "skipped": dict(report.skipped), "split": split_note,
+        "warnings": warnings}, indent=2))
     from ultralytics.utils import LOGGER
 
     LOGGER.info(summary + f"\nDataset YAML: {yaml_path}\nEvery skipped or changed item: {out / 'convert_report.txt'}")
     return yaml_path
 
 
-def format_summary(splits, targets, n_images, n_empty, per_class, report: Report, split_note: str) -> str:
+def split_warnings(n_images: Counter, val: str) -> list[str]:
+    """What the YAML does with a missing train or val split: it still loads, but the user should know."""
+    warnings = []
+    if not n_images["train"]:
+        warnings.append(f"No training images: the YAML's train: points at images/{val}, so the dataset is for evaluation "
+                        "(training on it would train on the val images). Check the split files, or use val_fraction < 1.")
+    if val == "train":
+        warnings.append("No val or test images: the YAML's val: points at images/train, so validation metrics would be "
+                        "measured on the training images. Use val_fraction=0.2 (or split files) for a held-out set.")
+    return warnings
+
+
+def format_summary(splits, targets, n_images, n_empty, per_class, report: Report, split_note: str, warnings=()) -> str:
     w = max([len(t) for t in targets] + [24])
     rows = [f"{'':{w}} " + " ".join(f"{s:>8}" for s in splits), f"{'images':{w}} " + " ".join(f"{n_images[s]:>8}" for s in splits),
             f"{'  without objects':{w}} " + " ".join(f"{n_empty[s]:>8}" for s in splits)]
@@ -527,6 +631,8 @@ def format_summary(splits, targets, n_images, n_empty, per_class, report: Report
     text = f"Converted ({split_note}):\n" + "\n".join(rows)
     if report.skipped:
         text += "\nSkipped or changed:\n" + "\n".join(f"  {n:>7}  {reason}" for reason, n in report.skipped.most_common())
+    if warnings:
+        text += "\nWarnings:\n" + "\n".join(f"  {w}" for w in warnings)
     return text
 
 

@@ -7,6 +7,7 @@ training, and a missing dataset is an error unless `allow_download=True`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,34 @@ def image_files(src: Path) -> list[Path]:
         return sorted(p for p in src.rglob("*") if p.suffix.lower() in IMG_SUFFIXES)
     if src.suffix == ".txt":  # list file, paths relative to its parent
         lines = [x.strip() for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
-        return [(src.parent / x).resolve() if not Path(x).is_absolute() else Path(x) for x in lines]
+        # normpath, not resolve(): a linked image (convert links by default) keeps its place in the dataset tree
+        return [Path(os.path.normpath(src.parent / x)) if not Path(x).is_absolute() else Path(x) for x in lines]
     return [src]
+
+
+def relative_to_root(im: str | Path, root: str | Path) -> str | None:
+    """`im`'s path inside the dataset folder `root` (posix, as degradation records store it), or None when it is
+    not under it. Lexical first (a linked file keeps its place in the tree), then with both sides' links resolved."""
+    for a, b in ((os.path.abspath(im), os.path.abspath(root)), (os.path.realpath(im), os.path.realpath(root))):
+        rel = os.path.relpath(a, b)  # "." for the root itself
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep) and not os.path.isabs(rel):
+            return Path(rel).as_posix()
+    return None
+
+
+def read_degradation(csv_path: str | Path) -> dict[str, dict[str, str]]:
+    """A degradation record (degrade's degradation.csv, hazy-shapes' haze.csv) as {im_file: row}; im_file is the
+    image's path inside the dataset folder, so images of the same name in different splits stay apart."""
+    import csv
+
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ClipCEError(f"Degradation record {csv_path} cannot be read ({type(e).__name__}: {e}).") from None
+    if rows and "im_file" not in rows[0]:
+        raise ClipCEError(f"Degradation record {csv_path} has no 'im_file' column (columns: {', '.join(rows[0])}).")
+    return {Path(r["im_file"]).as_posix(): r for r in rows}
 
 
 def label_file(img: Path) -> Path:

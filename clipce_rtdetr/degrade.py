@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 
 from clipce_rtdetr import physics
-from clipce_rtdetr.data import IMG_SUFFIXES, dataset_root, image_files, label_file, load_data_yaml, split_paths
+from clipce_rtdetr.data import IMG_SUFFIXES, dataset_root, image_files, label_file, load_data_yaml, relative_to_root, split_paths
 from clipce_rtdetr.errors import ClipCEError
 
 KINDS = ("haze", "lowlight", "underwater")
@@ -73,10 +73,19 @@ def ranges_for(kind: str, level: str, cfg: dict[str, Any]) -> dict[str, tuple[fl
     r = {main: base, "airlight": AIRLIGHT} if kind == "haze" else {main: base}
     for k, v in explicit.items():
         if v is not None:
-            if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and 0 <= v[0] <= v[1]):
-                raise ClipCEError(f"'{k}_range={v}' must be [min, max] with 0 <= min <= max.")
+            lo, hi, why = RANGE_LIMITS[k]
+            if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+                    and lo <= v[0] <= v[1] <= hi):
+                raise ClipCEError(f"'{k}_range={v}' must be [min, max] with {lo:g} <= min <= max{f' <= {hi:g}' if hi < float('inf') else ''} ({why}).")
             r[k] = (float(v[0]), float(v[1]))
     return r
+
+
+# Physically meaningful bounds of the explicit ranges: (lowest, highest, why).
+RANGE_LIMITS = {"beta": (0.0, float("inf"), "scattering per depth unit; 0 is no haze"),
+                "airlight": (0.0, 1.0, "atmospheric light as a fraction of white"),
+                "gamma": (1.0, float("inf"), "I = J ** gamma darkens only for gamma >= 1; 1 with no noise is the input"),
+                "distance": (0.0, float("inf"), "metres of water at the farthest pixel")}
 
 
 def sample_params(kind: str, level: str, ranges: dict[str, tuple[float, float]], seed: int, rel: str) -> dict[str, Any]:
@@ -106,7 +115,9 @@ def read_image(path: Path) -> np.ndarray:
 
     buf = np.fromfile(str(path), dtype=np.uint8)  # works with non-ASCII paths
     flags = cv2.IMREAD_UNCHANGED if path.suffix.lower() in (".png", ".tif", ".tiff", ".webp") else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-    img = cv2.imdecode(buf, flags) if buf.size else None
+    if not buf.size:
+        raise ValueError("empty file (0 bytes)")
+    img = cv2.imdecode(buf, flags)
     if img is None:
         raise ValueError("cannot be decoded")
     return img
@@ -273,38 +284,26 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-class _Under:
-    """_inside(im, root) for many images: each image folder is resolved once (the file itself only when it is a link)."""
-
-    def __init__(self, root: Path):
-        self.root = os.path.realpath(root)
-        self.prefix = self.root.rstrip(os.sep) + os.sep
-        self.dirs: dict[str, str] = {}
-
-    def __call__(self, im: Path) -> bool:
-        s = os.path.abspath(im)
-        if os.path.islink(s):
-            real = os.path.realpath(s)
-        else:
-            d, name = os.path.split(s)
-            if d not in self.dirs:
-                self.dirs[d] = os.path.realpath(d)
-            real = os.path.join(self.dirs[d], name)
-        return real == self.root or real.startswith(self.prefix)
-
-
-def depth_index(folder: Path) -> dict[str, Path]:
+def depth_index(folder: Path) -> dict[str, list[Path]]:
     exts = IMG_SUFFIXES | {".npy"}
-    return {p.stem: p for p in sorted(folder.rglob("*")) if p.suffix.lower() in exts}
+    index: dict[str, list[Path]] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in exts:
+            index.setdefault(p.stem, []).append(p)
+    return index
 
 
-def find_depth(folder: Path, index: dict[str, Path], rel: Path) -> Path | None:
+def find_depth(folder: Path, index: dict[str, list[Path]], rel: Path, stem_unique: bool = True) -> Path | None:
+    """The depth map of image `rel`: the same relative path in `folder` (without a leading images/), else, for a
+    flat folder of maps, the one map of that file stem, but only when neither the stem's images nor its maps are
+    ambiguous (train/im0 and val/im0 must not share a map)."""
     parts = rel.parts[1:] if rel.parts and rel.parts[0] == "images" else rel.parts
     for ext in (rel.suffix, ".png", ".tif", ".tiff", ".npy", ".exr"):
         c = folder.joinpath(*parts).with_suffix(ext) if parts else None
         if c is not None and c.is_file():
             return c
-    return index.get(rel.stem)
+    maps = index.get(rel.stem, [])
+    return maps[0] if stem_unique and len(maps) == 1 else None
 
 
 def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = "medium", seed: int = 0,
@@ -320,7 +319,8 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
     yaml_path = Path(resolve_data(data, check_labels=False))
     cfg = load_data_yaml(yaml_path)
     root, out = dataset_root(cfg, yaml_path), Path(out)
-    if _inside(out, root) or _inside(root, out) or _inside(out, yaml_path.parent):
+    # The YAML's own folder may hold out= (a project folder beside its dataset YAMLs): only the images' root counts.
+    if _inside(out, root) or _inside(root, out):
         raise ClipCEError(f"out={out} overlaps the source dataset {root}; degrade never writes into its source. Choose another out= folder.")
     rng = ranges_for(kind, level, ranges or {})
     depth = str(depth or "horizon")
@@ -341,53 +341,66 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
         if old != settings:
             diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
             raise ClipCEError(f"out={out} holds a degrade run with other settings ({diff}). Use the same settings to resume, or another out= folder.")
-    elif out.exists() and any(out.iterdir()):
-        raise ClipCEError(f"out={out} exists, is not empty and is not a degrade run; choose a new folder.")
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ClipCEError(f"out={out} exists, is not an empty folder and is not a degrade run; choose a new folder.")
+
+    # Every image of every split, its path inside the dataset kept; nothing is written until all are listed.
+    new_cfg = {k: v for k, v in cfg.items() if k not in ("download", "clean", "depth", "depth_scale", "degradation", "path")}
+    images: list[tuple[str, Path, str]] = []  # (split, image, path inside root)
+    lists: dict[Path, list[str]] = {}  # list files to write: new file -> paths inside root
+    for split in ("train", "val", "test"):
+        raw = cfg.get(split)
+        if not raw:
+            continue
+        new_entries = []
+        for i, entry in enumerate(split_paths(cfg, yaml_path, split)):
+            rels = []
+            for im in image_files(entry):
+                rel = relative_to_root(im, root)
+                if rel is None:
+                    raise ClipCEError(f"{im} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it.")
+                images.append((split, im, rel))
+                rels.append(rel)
+            inside = relative_to_root(entry, root)
+            if entry.suffix == ".txt":  # a list file: the same list, pointing at the degraded copies
+                inside = inside or f"{split}{f'_{i}' if i else ''}.txt"  # a list kept outside the dataset folder
+                lists[out / inside] = rels
+            elif inside is None:
+                raise ClipCEError(f"{entry} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it.")
+            new_entries.append(inside)
+        new_cfg[split] = new_entries if isinstance(raw, list) else new_entries[0]
+    if not images:
+        raise ClipCEError(f"No images found in the splits of {yaml_path}.")
+
+    didx = depth_index(dfolder) if dfolder is not None else {}
+    stems: dict[str, int] = {}
+    for _, _, rel in images:
+        stems[Path(rel).stem] = stems.get(Path(rel).stem, 0) + 1
+    jobs, rows, seen, done, folders = [], [], set(), 0, set()
+    for split, im, rel_s in images:
+        rel = Path(rel_s)
+        if rel in seen:
+            continue
+        seen.add(rel)
+        p = sample_params(kind, level, rng, seed, rel.as_posix())
+        rows.append({"im_file": rel.as_posix(), "split": split, "kind": kind, "level": p["level"],
+                     **{f: (f"{p[f]:.6f}" if isinstance(p[f], float) else p[f]) for f in FIELDS[kind]}})
+        dst = out / rel
+        if dst.exists():
+            done += 1
+            continue
+        dpath = find_depth(dfolder, didx, rel, stems[rel.stem] == 1) if dfolder is not None else None
+        ldst = label_file(dst)
+        jobs.append((rel.as_posix(), im, dst, label_file(im), ldst, kind, p, depth, dpath, depth_scale))
+        folders.update((dst.parent, ldst.parent))
+
     out.mkdir(parents=True, exist_ok=True)
     sfile.write_text(json.dumps(settings, indent=2))
-
-    # Jobs: every image of every split, its relative path kept.
-    didx = depth_index(dfolder) if dfolder is not None else {}
-    jobs, rows, seen, done, folders = [], [], set(), 0, set()
-    under_root = _Under(root)
-    new_cfg = {k: v for k, v in cfg.items() if k not in ("download", "clean", "depth", "depth_scale", "degradation", "path")}
-    for split in ("train", "val", "test"):
-        entries = split_paths(cfg, yaml_path, split)
-        for entry, raw in zip(entries, (cfg.get(split) or []) if isinstance(cfg.get(split), list) else [cfg.get(split)]):
-            imgs = image_files(entry)
-            if entry.suffix == ".txt":  # a list file: write the same list, pointing at the degraded copies
-                lst = out / Path(raw)
-                lst.parent.mkdir(parents=True, exist_ok=True)
-                lines = ["./" + Path(os.path.relpath(out / im.resolve().relative_to(root), lst.parent)).as_posix() for im in imgs if _inside(im, root)]
-                lst.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            for im in imgs:
-                if not under_root(im):
-                    raise ClipCEError(f"{im} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it.")
-                rel = Path(os.path.relpath(im, root))
-                if rel in seen:
-                    continue
-                seen.add(rel)
-                p = sample_params(kind, level, rng, seed, rel.as_posix())
-                rows.append({"im_file": rel.as_posix(), "split": split, "kind": kind, "level": p["level"],
-                             **{f: (f"{p[f]:.6f}" if isinstance(p[f], float) else p[f]) for f in FIELDS[kind]}})
-                dst = out / rel
-                if dst.exists():
-                    done += 1
-                    continue
-                lsrc = label_file(im)
-                dpath = find_depth(dfolder, didx, rel) if dfolder is not None else None
-                ldst = label_file(dst)
-                jobs.append((rel.as_posix(), im, dst, lsrc, ldst, kind, p, depth, dpath, depth_scale))
-                folders.update((dst.parent, ldst.parent))
-    if not rows:
-        raise ClipCEError(f"No images found in the splits of {yaml_path}.")
+    for lst, rels in lists.items():
+        lst.parent.mkdir(parents=True, exist_ok=True)
+        lst.write_text("".join("./" + Path(os.path.relpath(out / r, lst.parent)).as_posix() + "\n" for r in rels), encoding="utf-8")
     for folder in folders:  # once here, not per image in the workers
         folder.mkdir(parents=True, exist_ok=True)
-    for key in ("coco_annotations",):  # COCO ground truth of a converted dataset: copied unchanged
-        for rel in (cfg.get(key) or {}).values():
-            if (root / rel).is_file():
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(root / rel, out / rel)
 
     from ultralytics.utils import LOGGER
 
@@ -407,23 +420,46 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
             it = pool.imap_unordered(process, jobs, chunksize=max(1, min(16, len(jobs) // (n_proc * 8))))
             errors = [e for _, e in tqdm(it, total=len(jobs), desc=desc, disable=not progress, unit="img") if e]
 
-    failed = {Path(e.split(": ", 1)[0]) for e in errors}
     rows = [r for r in rows if (out / r["im_file"]).exists()]
+    present: dict[str, set[str]] = {}  # per split (an image listed in two splits is recorded once in rows)
+    for split, _, rel in images:
+        if (out / rel).exists():
+            present.setdefault(split, set()).add(Path(rel).name)
+    copy_coco_annotations(cfg, root, out, present)
     with open(out / CSV_FILE, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["im_file"])
         writer.writeheader()
         writer.writerows(rows)
     new_cfg = {"path": str(out.resolve()), **new_cfg, "degradation": CSV_FILE,
                "degraded": {k: v for k, v in settings.items() if k != "source"} | {"from": settings["source"]}}
-    new_yaml = out / f"{out.name}.yaml"
+    new_yaml = out / f"{out.resolve().name}.yaml"
     new_yaml.write_text(f"# made by 'clipce-rtdetr degrade kind={kind} level={level}'\n" + yaml.safe_dump(new_cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
     levels = {}
     for r in rows:
         levels[r["level"]] = levels.get(r["level"], 0) + 1
     LOGGER.info(f"Degraded {len(rows)} images ({', '.join(f'{k}: {v}' for k, v in levels.items())}); parameters in {out / CSV_FILE}.\nDataset YAML: {new_yaml}")
-    if errors:
-        LOGGER.warning(f"{len(failed)} images could not be degraded and are missing from {out}:\n  " + "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""))
+    if errors:  # the rest is kept; a rerun of the same command retries only these
+        raise ClipCEError(f"{len(errors)} of {len(seen)} images could not be degraded and are missing from {out} (and from its "
+                          "COCO ground truth):\n  " + "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
+                          + "\nFix or remove them and rerun the same command: finished images are kept and skipped.")
     return new_yaml
+
+
+def copy_coco_annotations(cfg: dict[str, Any], root: Path, out: Path, present: dict[str, set[str]]) -> None:
+    """Copy a converted dataset's COCO ground truth per split, keeping only images that are in `out` (by file name,
+    as the COCO files name them), so a failed image does not count as a miss in COCO evaluation."""
+    for split, rel in (cfg.get("coco_annotations") or {}).items():
+        src = root / rel
+        if not src.is_file():
+            continue
+        gt = json.loads(src.read_text(encoding="utf-8"))
+        if isinstance(gt, dict) and isinstance(gt.get("images"), list):
+            names = present.get(split, set())
+            keep = {im.get("id") for im in gt["images"] if Path(str(im.get("file_name", ""))).name in names}
+            gt["images"] = [im for im in gt["images"] if im.get("id") in keep]
+            gt["annotations"] = [a for a in gt.get("annotations", []) if a.get("image_id") in keep]
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(json.dumps(gt, ensure_ascii=False), encoding="utf-8")
 
 
 def run_degrade(overrides: dict[str, Any]) -> Path:

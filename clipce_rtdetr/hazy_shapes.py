@@ -259,12 +259,6 @@ def generate(root: str | Path | None = None, recipe: Recipe | None = None, progr
     return yaml_path
 
 
-def read_degradation(csv_path: str | Path) -> dict[str, dict]:
-    """Map image file name (stem) -> recorded degradation row."""
-    with open(csv_path, newline="") as f:
-        return {Path(r["im_file"]).stem: r for r in csv.DictReader(f)}
-
-
 def run_generate(overrides: dict) -> Path:
     """`clipce-rtdetr generate [out=DIR] [seed=N]`: write hazy-shapes; prints the dataset YAML path."""
     from ultralytics.utils import LOGGER

@@ -27,7 +27,6 @@ import time
 import types
 from collections import deque
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Iterator
 
 import cv2

@@ -57,3 +57,30 @@ def test_table_and_plots(tmp_path):
     assert [p.name for p in paths] == ["ablation_map.png", "ablation_per_level.png", "ablation_weights.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
     json.dumps(summary)  # serialisable as written to ablation.json
+
+
+def test_interrupted_grid_resumes(tmp_path, monkeypatch, tiny_hazy_shapes):
+    """Runs finished before an interruption are reused when the same grid is run again; other settings retrain."""
+    from clipce_rtdetr import ablation
+
+    calls = []
+
+    def fake_run_one(method, seed, data, model, train_kwargs, project):
+        calls.append((method, seed))
+        if len(calls) == 3 and not getattr(fake_run_one, "resumed", False):
+            raise KeyboardInterrupt
+        return {"method": method, "seed": seed, "train_seconds": 1.0, "mAP50": 0.5 + seed / 10, "mAP50-95": 0.3,
+                "per_level": {}, "weights": np.array([1.0, 2.0], np.float32)}
+
+    monkeypatch.setattr(ablation, "run_one", fake_run_one)
+    args = (["none", "fame"], [0, 1], str(tiny_hazy_shapes), "m.pt")
+    with pytest.raises(KeyboardInterrupt):
+        ablation.run_ablation_grid(*args, {"epochs": 1}, tmp_path / "out", tmp_path / "runs")
+    fake_run_one.resumed = True
+    calls.clear()
+    summary = ablation.run_ablation_grid(*args, {"epochs": 1}, tmp_path / "out", tmp_path / "runs")
+    assert calls == [("none", 1), ("fame", 1)]  # seed 0 of both methods came from the first, interrupted run
+    assert summary["none"]["mAP50"][0] == pytest.approx(0.55) and (tmp_path / "out" / "ablation.json").exists()
+    calls.clear()
+    ablation.run_ablation_grid(*args, {"epochs": 2}, tmp_path / "out", tmp_path / "runs")
+    assert len(calls) == 4  # other training settings: nothing reused

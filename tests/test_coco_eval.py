@@ -54,6 +54,26 @@ def test_perfect_and_shifted(tiny_hazy_shapes, tmp_path):
     assert [ours[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")] == pytest.approx(list(ev.stats[:9]))
 
 
+def test_levels_come_from_the_evaluated_split(tmp_path):
+    """train/ and val/ hold images of the same names with different levels: val's levels are val's rows."""
+    import cv2
+    import numpy as np
+    import yaml
+
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        for n in ("a", "b"):
+            cv2.imwrite(str(tmp_path / "images" / split / f"{n}.png"), np.zeros((16, 16, 3), np.uint8))
+            (tmp_path / "labels" / split / f"{n}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "rec.csv").write_text("im_file,split,level\nimages/train/a.png,train,heavy\nimages/train/b.png,train,heavy\n"
+                                      "images/val/a.png,val,light\nimages/val/b.png,val,medium\n")
+    y = tmp_path / "d.yaml"
+    y.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "val": "images/val", "names": {0: "x"}, "degradation": "rec.csv"}))
+    assert dataset_gt(y, "val")[1] == {"a.png": "light", "b.png": "medium"}
+    assert dataset_gt(y, "train")[1] == {"a.png": "heavy", "b.png": "heavy"}
+
+
 def test_converted_gt_with_crowd(tmp_path):
     """A converted VOC set: difficult objects are iscrowd (ignored), so missing them costs nothing."""
     from clipce_rtdetr.convert import convert

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -138,7 +137,7 @@ def test_refusals_and_depth_folder(tiny_hazy_shapes, tmp_path):
         degrade(tiny_hazy_shapes, root / "degraded", progress=False)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
-    with pytest.raises(ClipCEError, match="not empty"):
+    with pytest.raises(ClipCEError, match="not an empty folder"):
         degrade(tiny_hazy_shapes, tmp_path / "busy", progress=False)
     with pytest.raises(ClipCEError, match="needs out="):
         run_degrade({"data": str(tiny_hazy_shapes)})
@@ -230,3 +229,108 @@ def test_lowlight_noise_same_in_any_process():
     with mp.get_context("spawn").Pool(2) as pool:
         for got in pool.map(_noise_in_worker, [((120, 160, 3), 12345)] * 3):
             assert np.array_equal(got, want)
+
+
+def _small_dataset(root: Path, names=("a", "b", "c"), splits=("train", "val")) -> None:
+    rng = np.random.default_rng(2)
+    for split in splits:
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for n in names:
+            cv2.imwrite(str(root / "images" / split / f"{n}.png"), (rng.random((24, 32, 3)) * 255).astype(np.uint8))
+            (root / "labels" / split / f"{n}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+
+
+def test_absolute_splits_and_list_files_point_at_the_copy(tmp_path):
+    """Absolute split entries and list files: the source list is never rewritten, and the new YAML and lists
+    point at the degraded copies (training on them must not silently use the clean images)."""
+    src = tmp_path / "src"
+    _small_dataset(src)
+    (src / "train.txt").write_text("".join(f"{src}/images/train/{n}.png\n" for n in "ab"))  # absolute lines
+    before = (src / "train.txt").read_bytes()
+    y = tmp_path / "elsewhere" / "data.yaml"  # the YAML outside the dataset folder, out= beside the YAML
+    y.parent.mkdir()
+    y.write_text(yaml.safe_dump({"path": str(src), "train": str(src / "train.txt"), "val": str(src / "images" / "val"), "names": {0: "x"}}))
+    new = degrade(y, y.parent / "hazy", progress=False)
+    assert (src / "train.txt").read_bytes() == before
+    cfg = yaml.safe_load(new.read_text())
+    out = y.parent / "hazy"
+    assert cfg["path"] == str(out.resolve()) and cfg["train"] == "train.txt" and cfg["val"] == "images/val"
+    listed = [(out / line).resolve() for line in (out / "train.txt").read_text().split()]
+    assert listed == [(out / "images" / "train" / f"{n}.png").resolve() for n in "ab"] and all(p.is_file() for p in listed)
+
+
+def test_linked_images_from_convert_are_degraded(tmp_path):
+    """convert links images by default: degrade keeps each link's place in the dataset tree (not its target's)
+    and writes real files."""
+    real = tmp_path / "real"
+    _small_dataset(real, splits=("train",))
+    conv = tmp_path / "conv"
+    (conv / "images" / "train").mkdir(parents=True)
+    (conv / "labels").mkdir()
+    for n in "abc":
+        (conv / "images" / "train" / f"{n}.png").symlink_to(real / "images" / "train" / f"{n}.png")
+    (conv / "labels" / "train").symlink_to(real / "labels" / "train", target_is_directory=True)
+    y = conv / "conv.yaml"
+    y.write_text(yaml.safe_dump({"path": str(conv), "train": "images/train", "val": "images/train", "names": {0: "x"}}))
+    degrade(y, tmp_path / "hazy", progress=False)
+    for n in "abc":
+        dst = tmp_path / "hazy" / "images" / "train" / f"{n}.png"
+        assert dst.is_file() and not dst.is_symlink() and (tmp_path / "hazy" / "labels" / "train" / f"{n}.txt").is_file()
+
+
+def test_failed_images_are_reported_and_retried(tmp_path):
+    """A broken image: the run finishes the others, then stops with an error naming it (exit code != 0); its COCO
+    ground truth leaves it out; after a fix, rerunning the same command finishes only it."""
+    src = tmp_path / "src"
+    _small_dataset(src, splits=("val",))
+    (src / "images" / "val" / "b.png").write_bytes(b"")  # broken
+    gt = {"images": [{"id": i, "file_name": f"{n}.png", "width": 32, "height": 24} for i, n in enumerate("abc")],
+          "annotations": [{"id": i, "image_id": i, "category_id": 0, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0} for i in range(3)],
+          "categories": [{"id": 0, "name": "x"}]}
+    (src / "annotations").mkdir()
+    (src / "annotations" / "val.json").write_text(json.dumps(gt))
+    y = src / "d.yaml"
+    y.write_text(yaml.safe_dump({"path": str(src), "train": "images/val", "val": "images/val", "names": {0: "x"},
+                                 "coco_annotations": {"val": "annotations/val.json"}}))
+    out = tmp_path / "hazy"
+    with pytest.raises(ClipCEError, match=r"(?s)1 of 3 images could not be degraded.*b\.png: empty file.*rerun the same command"):
+        degrade(y, out, progress=False)
+    assert sorted(p.name for p in (out / "images" / "val").iterdir()) == ["a.png", "c.png"]
+    copied = json.loads((out / "annotations" / "val.json").read_text())
+    assert [im["file_name"] for im in copied["images"]] == ["a.png", "c.png"] and len(copied["annotations"]) == 2
+    assert len(read_rows(out)) == 2
+    cv2.imwrite(str(src / "images" / "val" / "b.png"), np.zeros((24, 32, 3), np.uint8))
+    degrade(y, out, progress=False)
+    assert len(read_rows(out)) == 3 and len(json.loads((out / "annotations" / "val.json").read_text())["images"]) == 3
+
+
+def test_refused_run_leaves_no_settings_and_depth_by_stem_only_when_unambiguous(tmp_path):
+    from clipce_rtdetr.degrade import depth_index, find_depth
+
+    src = tmp_path / "src"
+    _small_dataset(src)
+    y = src / "d.yaml"
+    y.write_text(yaml.safe_dump({"path": str(src), "train": str(tmp_path / "outside"), "val": "images/val", "names": {0: "x"}}))
+    (tmp_path / "outside").mkdir()
+    cv2.imwrite(str(tmp_path / "outside" / "z.png"), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ClipCEError, match="outside the dataset folder"):
+        degrade(y, tmp_path / "hazy", progress=False)
+    assert not (tmp_path / "hazy").exists()  # nothing written: a rerun with other settings is not refused
+    flat = tmp_path / "depth"
+    flat.mkdir()
+    for n in ("a", "c"):
+        cv2.imwrite(str(flat / f"{n}.png"), np.ones((24, 32), np.uint8))
+    idx = depth_index(flat)
+    assert find_depth(flat, idx, Path("images/train/a.png"), stem_unique=True) == flat / "a.png"
+    assert find_depth(flat, idx, Path("images/train/a.png"), stem_unique=False) is None  # train/a and val/a: ambiguous
+    assert find_depth(flat, idx, Path("images/val/b.png")) is None
+
+
+@pytest.mark.parametrize("kind,key,value", [("lowlight", "gamma_range", [0, 0]), ("lowlight", "gamma_range", [0.5, 2]),
+                                            ("haze", "airlight_range", [0.5, 3]), ("haze", "beta_range", [-0.1, 0.2]),
+                                            ("underwater", "distance_range", [3, 1])])
+def test_explicit_ranges_outside_physics_are_refused(kind, key, value):
+    with pytest.raises(ClipCEError, match=rf"'{key}=.*must be \[min, max\] with"):
+        ranges_for(kind, "medium", {key: value})
+    assert ranges_for("lowlight", "custom", {"gamma_range": [1, 3]})["gamma"] == (1.0, 3.0)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from clipce_rtdetr import hazy_shapes as hs
+from clipce_rtdetr.data import read_degradation
 from clipce_rtdetr.hazy_shapes import CLASSES, Recipe, generate, haze_level, make_sample, render_scene
 from clipce_rtdetr.physics import apply_haze, rms_contrast, transmission
 
@@ -135,14 +136,14 @@ def test_haze_csv_records_beta_and_airlight_per_image(tiny_hazy_shapes):
 def test_hazed_file_is_clean_file_hazed_with_recorded_beta_and_depth(tiny_hazy_shapes):
     root = tiny_hazy_shapes.parent
     data = yaml.safe_load(tiny_hazy_shapes.read_text())
-    rows = hs.read_degradation(root / "haze.csv")
+    rows = read_degradation(root / "haze.csv")
     for stem in ("train_00000", "train_00005", "val_00003"):
         split = stem.split("_")[0]
         clean = load_rgb(root / "clean" / split / f"{stem}.png")
         hazy = load_rgb(root / "images" / split / f"{stem}.png")
         depth = cv2.imread(str(root / "depth" / split / f"{stem}.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) * data["depth_scale"]
         assert depth.min() >= 1.0 - 1e-3 and depth.max() <= 40 + 1e-3
-        expect = apply_haze(clean, depth, float(rows[stem]["beta"]), float(rows[stem]["airlight"]))
+        expect = apply_haze(clean, depth, float(rows[f"images/{split}/{stem}.png"]["beta"]), float(rows[f"images/{split}/{stem}.png"]["airlight"]))
         assert np.abs(expect - hazy).max() <= 2.5 / 255
         assert np.abs(clean - hazy).mean() > 0.01  # and it is really hazed
 
