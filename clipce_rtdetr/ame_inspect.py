@@ -79,8 +79,6 @@ def run_ame_inspection(overrides: dict[str, Any]) -> Path:
 
     plot_weights_per_class(save_dir / "weights_per_class.png", w, cls.numpy(), names)
     plot_crop_grid(save_dir / "crops_most_least_weakened.png", rows, q, d, a["ame_context"])
-    if getattr(bundle, "random_weights", False):
-        LOGGER.warning("CLIP-CE: this CLIP has random weights; its scores are uninformative (a demo only).")
     if len(w):
         LOGGER.info(f"AME on {len(w)} objects of {split}: mean d={d.mean():.3f}, mean w={w.mean():.3f}, w>1.5: {(w > 1.5).mean():.1%}")
     LOGGER.info(f"Results saved to {save_dir} (ame.csv, prompts.json, plots)")

@@ -7,6 +7,7 @@ every `yolo` key works unchanged; project keys come from cfg/default.yaml.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from importlib import import_module
 from typing import Any, Callable
 
@@ -82,6 +83,8 @@ def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
             overrides[k] = v
         elif mode is None and (a in MODEL_MODES or a in TOOL_MODES):
             mode = a
+        elif a in MODEL_MODES or a in TOOL_MODES:
+            raise ClipCEError(f"Two modes given ('{mode}' and '{a}'); run one at a time, e.g. 'clipce-rtdetr {mode} ...'.")
         elif a in defaults and isinstance(defaults[a], bool):
             overrides[a] = True  # 'clipce-rtdetr val coco' sets coco=True, as in Ultralytics
         elif a in defaults:
@@ -129,6 +132,7 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
             f"Equivalent to: clipce-rtdetr train {' '.join(f'{k}={v}' for k, v in overrides.items())}"
         )
     check_overrides(overrides)
+    check_device(overrides.get("device"))
     model_arg = overrides.pop("model", None)
     if model_arg is None and not overrides.get("resume"):
         from clipce_rtdetr.model import DEFAULT_MODEL
@@ -138,11 +142,13 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
     if mode == "train" and overrides.get("resume") and model_arg is None:
         model_arg = overrides["resume"] if isinstance(overrides["resume"], str) else None
         if model_arg is None:
-            from ultralytics.utils.files import get_latest_run
-
-            model_arg = get_latest_run()
+            model_arg, finished = latest_unfinished_run()
             if not model_arg:
-                raise ClipCEError("resume=True but no last.pt found under the runs folder; pass resume=path/to/last.pt.")
+                raise ClipCEError("resume=True but no unfinished run (a weights/last.pt of a run that did not end) was found "
+                                  f"under {Path.cwd()}" + (f"; the newest finished one is {finished[0]}" if finished else "")
+                                  + ". Pass resume=path/to/last.pt, or start a new run.")
+            LOGGER.info(f"resume=True: resuming the newest unfinished run, {model_arg}")
+            overrides["resume"] = model_arg
     if mode == "train" and not overrides.get("data") and not overrides.get("resume"):
         overrides["data"] = DEFAULT_DATA
         LOGGER.warning(f"'data' argument is missing. Using default 'data={DEFAULT_DATA}' (the built-in demo dataset).")
@@ -203,8 +209,40 @@ def entrypoint(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_device(device) -> None:
+    """device=0 (as in the README's GPU examples) on a machine without CUDA: one line, not Ultralytics' traceback."""
+    if device is None or str(device).strip().lower() in ("", "cpu", "mps", "none"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ClipCEError(f"device={device} asks for a CUDA GPU, but none is usable here (torch.cuda.is_available() is "
+                          "False: no GPU, no driver, or a CPU-only torch). Use device=cpu.")
+
+
+def latest_unfinished_run(search_dir: str = ".") -> tuple[str, list[str]]:
+    """(newest last*.pt of a run that did not finish, or "", the finished ones met first). Ultralytics' own
+    get_latest_run takes the newest file even when its run finished, and then starts a new run on its defaults."""
+    import glob
+    import os
+
+    import torch
+
+    finished = []
+    for f in sorted(glob.glob(f"{search_dir}/**/last*.pt", recursive=True), key=os.path.getctime, reverse=True):
+        try:
+            ckpt = torch.load(f, map_location="cpu", weights_only=False)
+        except Exception:  # unreadable: not a candidate
+            continue
+        if isinstance(ckpt, dict) and ckpt.get("epoch", -1) != -1 and ckpt.get("optimizer") is not None:
+            return f, finished
+        finished.append(f)
+    return "", finished
+
+
 INTERRUPT_HINTS = {  # what survives an interrupted run, per mode
-    "train": "Continue the run with 'clipce-rtdetr train resume=path/to/last.pt' (its weights/last.pt).",
+    "train": "Continue with 'clipce-rtdetr train resume=RUN/weights/last.pt' (RUN: the run folder above), or resume=True "
+             "for the newest unfinished run; before the first epoch ends there is no last.pt: start again.",
     "degrade": "Finished images are kept: rerun the same command to resume.",
     "clip-train": "Nothing was saved; rerun the command to start again.",
     "ablation": "Finished runs are kept: rerun the same command to resume the grid.",

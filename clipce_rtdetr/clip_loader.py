@@ -149,6 +149,18 @@ def file_sha256(path: str | Path) -> str:
     return digest
 
 
+def require_weights(spec: str) -> None:
+    """CLIP-CE needs a trained CLIP: refuse a spec that names no weights (open_clip would initialise the model
+    randomly and every AME score would be noise). The project's tiny test/demo config is exempt."""
+    model, pretrained = parse_clip_spec(spec)
+    if pretrained is None and model != TINY_CLIP and not model.startswith(("local-dir:", "hf-hub:")):
+        raise ClipCEError(
+            f"clip={spec} names no weights, so open_clip would initialise {model} randomly and CLIP-CE's weights would be "
+            f"noise. Name them: clip={model}:openai (an open_clip tag; open_clip.list_pretrained() lists them) or "
+            f"clip={model}:/path/to/weights.safetensors. See {README_HINT}."
+        )
+
+
 def is_random_weights_file(path: str | Path) -> bool:
     """True for a file written by `make_random_clip` (checked only for small files: real CLIPs are >50 MB)."""
     path = Path(path)
@@ -552,4 +564,4 @@ def make_random_clip(path: str | Path, model_name: str = TINY_CLIP, seed: int = 
     return f"{model_name}:{path.resolve()}"
 
 
-__all__ = ["ClipBundle", "load_clip", "make_random_clip", "parse_clip_spec", "register_project_configs", "file_sha256", "is_random_weights_file", "TINY_CLIP"]
+__all__ = ["ClipBundle", "load_clip", "make_random_clip", "parse_clip_spec", "require_weights", "register_project_configs", "file_sha256", "is_random_weights_file", "TINY_CLIP"]

@@ -24,34 +24,61 @@ LEVEL_ORDER = ("light", "medium", "heavy")
 
 
 # ----------------------------------------------------------------------------------------- ground truth
-def yolo_to_coco(images: list[Path], names: dict[int, str] | list[str]) -> dict[str, Any]:
-    """COCO ground truth from YOLO label files (normalised cx cy w h -> pixel x y w h); ids 1..N, categories 1..nc."""
-    from PIL import Image
+def verified_labels(images: list[Path], nc: int) -> list[dict[str, Any]]:
+    """Ultralytics' own check of each image and label file (verify_image_label), in the form its datasets hold
+    labels: a corrupt image or label file is left out, as Ultralytics' validation leaves it out."""
+    from ultralytics.data.utils import verify_image_label
 
     from clipce_rtdetr.data import label_file
-    from ultralytics.data.utils import exif_size
 
+    out = []
+    for im in sorted(images, key=str):
+        im_file, lb, shape, *_ = verify_image_label((str(im), str(label_file(im)), "", False, nc, 0, 0, False))
+        if im_file is not None:
+            out.append({"im_file": im_file, "shape": shape, "cls": lb[:, :1], "bboxes": lb[:, 1:]})
+    return out
+
+
+def labels_to_coco(labels: list[dict[str, Any]], names: dict[int, str] | list[str]) -> dict[str, Any]:
+    """COCO ground truth from Ultralytics-format labels (normalised cx cy w h -> pixel x y w h); ids 1..N,
+    categories 1..nc named after the classes."""
     names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else {int(k): v for k, v in names.items()}
     gt = {"info": {}, "licenses": [], "images": [], "annotations": [],
           "categories": [{"id": k + 1, "name": v} for k, v in sorted(names.items())]}
-    for i, im in enumerate(sorted(images, key=str), 1):
-        with Image.open(im) as pil:
-            w, h = exif_size(pil)
-        gt["images"].append({"id": i, "file_name": im.name, "width": w, "height": h})
-        lb = label_file(im)
-        for line in (lb.read_text(encoding="utf-8").splitlines() if lb.exists() else []):
-            parts = line.split()
-            if len(parts) < 5:
-                continue
-            c, cx, cy, bw, bh = int(float(parts[0])), *(float(v) for v in parts[1:5])
-            box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": c + 1,
+    for i, lb in enumerate(sorted(labels, key=lambda x: str(x["im_file"])), 1):
+        h, w = (int(v) for v in lb["shape"])
+        gt["images"].append({"id": i, "file_name": Path(lb["im_file"]).name, "width": w, "height": h})
+        for c, (cx, cy, bw, bh) in zip(lb["cls"].reshape(-1), lb["bboxes"].reshape(-1, 4)):
+            box = [float((cx - bw / 2) * w), float((cy - bh / 2) * h), float(bw * w), float(bh * h)]
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": int(c) + 1,
                                       "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
     return gt
 
 
-def map_predictions(preds: list[dict], gt: dict[str, Any]) -> list[dict]:
-    """Re-key Ultralytics predictions (image_id = stem, file_name = name) onto the ground truth's image ids."""
+def yolo_to_coco(images: list[Path], names: dict[int, str] | list[str]) -> dict[str, Any]:
+    """COCO ground truth from YOLO label files, read and checked as Ultralytics reads them."""
+    return labels_to_coco(verified_labels(images, len(names)), names)
+
+
+def category_map(gt: dict[str, Any], names: dict[int, str], class_map: list[int] | None) -> dict[int, int]:
+    """Prediction category id (Ultralytics writes class_map[class], class + 1 on custom data) -> ground-truth
+    category id, matched by class name: a ground truth numbered from 0, or in another order, still lines up."""
+    class_map = list(class_map) if class_map is not None else [k + 1 for k in sorted(names)]
+    by_name = {str(c.get("name")): int(c["id"]) for c in gt.get("categories", []) if "id" in c}
+    missing = [names[k] for k in sorted(names) if str(names[k]) not in by_name]
+    if not missing:
+        return {class_map[k]: by_name[str(names[k])] for k in sorted(names) if k < len(class_map)}
+    ids = {int(c["id"]) for c in gt.get("categories", []) if "id" in c}
+    if ids and ids <= set(class_map):  # no names to match, but the ids are the ones predictions use
+        return {i: i for i in class_map}
+    raise ClipCEError(f"The COCO ground truth has no categories named {missing[:5]} (it has {sorted(by_name)[:8]}) and its ids "
+                      f"{sorted(ids)[:8]} are not the model's {class_map[:8]}: predictions cannot be matched to categories. "
+                      "Give the dataset YAML the same class names as the COCO file.")
+
+
+def map_predictions(preds: list[dict], gt: dict[str, Any], categories: dict[int, int] | None = None) -> list[dict]:
+    """Re-key Ultralytics predictions (image_id = stem, file_name = name) onto the ground truth's image ids, and
+    their category ids onto the ground truth's (category_map)."""
     by_name, by_stem = {}, {}
     for im in gt["images"]:
         name = Path(im["file_name"]).name
@@ -66,8 +93,9 @@ def map_predictions(preds: list[dict], gt: dict[str, Any]) -> list[dict]:
         if img_id is None:
             unmatched.add(key or p["image_id"])
             continue
-        out.append({"image_id": img_id, "category_id": int(p["category_id"]), "bbox": [float(v) for v in p["bbox"]],
-                    "score": float(p["score"])})
+        cat = int(p["category_id"])
+        out.append({"image_id": img_id, "category_id": categories.get(cat, cat) if categories else cat,
+                    "bbox": [float(v) for v in p["bbox"]], "score": float(p["score"])})
     if unmatched:
         from ultralytics.utils import LOGGER
 
@@ -188,8 +216,13 @@ def coco_report(gt: dict[str, Any], preds: list[dict], save_dir: Path, levels: d
 
 
 # ----------------------------------------------------------------------------------------- val
-def dataset_gt(data_yaml: str | Path, split: str) -> tuple[dict[str, Any], dict[str, str] | None]:
-    """(COCO ground truth, {file name: level} or None) of a dataset split."""
+def dataset_gt(data_yaml: str | Path, split: str, labels: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """(COCO ground truth, {file name: level} or None) of a dataset split.
+
+    `labels`: the validator's own (Ultralytics-format) labels of the images it evaluated; the ground truth then
+    covers exactly those images (a corrupt image Ultralytics skipped is not counted as all misses)."""
+    from ultralytics.utils import LOGGER
+
     from clipce_rtdetr.data import dataset_root, image_files, load_data_yaml, split_paths
 
     yaml_path = Path(data_yaml)
@@ -197,12 +230,28 @@ def dataset_gt(data_yaml: str | Path, split: str) -> tuple[dict[str, Any], dict[
     root = dataset_root(cfg, yaml_path)
     images = [im for p in split_paths(cfg, yaml_path, split) for im in image_files(p)]
     ann = (cfg.get("coco_annotations") or {}).get(split)
-    if ann and (root / ann).is_file():
-        gt = json.loads((root / ann).read_text(encoding="utf-8"))
+    gt = None
+    if ann and not (root / ann).is_file():
+        LOGGER.warning(f"COCO ground truth {root / ann} (coco_annotations: {split}) does not exist; building it from the YOLO labels instead.")
+    elif ann:
+        try:
+            gt = json.loads((root / ann).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ClipCEError(f"COCO ground truth {root / ann} is not valid JSON ({e}); fix it or remove 'coco_annotations' from {yaml_path}.") from None
+        if not isinstance(gt, dict) or not isinstance(gt.get("images"), list) or not isinstance(gt.get("annotations"), list):
+            raise ClipCEError(f"COCO ground truth {root / ann} needs 'images' and 'annotations' lists.")
         gt.setdefault("info", {})
         gt.setdefault("licenses", [])
-    else:
-        gt = yolo_to_coco(images, cfg["names"])
+        if labels is not None:
+            seen = {Path(lb["im_file"]).name for lb in labels}
+            keep = {im["id"] for im in gt["images"] if Path(str(im.get("file_name"))).name in seen}
+            if len(keep) < len(gt["images"]):
+                LOGGER.warning(f"{len(gt['images']) - len(keep)} images of {root / ann} were not evaluated (missing, or skipped by "
+                               "Ultralytics as corrupt); COCO metrics leave them out.")
+                gt["images"] = [im for im in gt["images"] if im["id"] in keep]
+                gt["annotations"] = [a for a in gt["annotations"] if a.get("image_id") in keep]
+    if gt is None:
+        gt = labels_to_coco(labels, cfg["names"]) if labels is not None else yolo_to_coco(images, cfg["names"])
     record = root / cfg["degradation"] if cfg.get("degradation") else None
     levels = read_levels(record, images, root) if record is not None and record.is_file() else None
     return gt, levels
@@ -216,17 +265,23 @@ def val_with_coco(model, validator=None, **kwargs: Any):
     holder: dict[str, Any] = {}
     base = validator or model._smart_load("validator")
 
-    class _Recording(base):  # keeps the validator instance to find its save_dir
+    class _Recording(base):  # keeps the validator instance to find its save_dir, images and class map
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             holder["v"] = self
+
+        def eval_json(self, stats):  # pycocotools runs below; Ultralytics' faster-coco-eval attempt only warns
+            return stats
 
     metrics = RTDETR.val(model, validator=_Recording, **{**kwargs, "save_json": True})
     v = holder["v"]
     save_dir = Path(v.save_dir)
     pred_file = save_dir / "predictions.json"
     preds = json.loads(pred_file.read_text()) if pred_file.exists() else []
-    gt, levels = dataset_gt(kwargs["data"], kwargs.get("split") or v.args.split or "val")
-    result = coco_report(gt, map_predictions(preds, gt), save_dir, levels)
+    dataset = getattr(getattr(v, "dataloader", None), "dataset", None)
+    labels = getattr(dataset, "labels", None)
+    gt, levels = dataset_gt(kwargs["data"], kwargs.get("split") or v.args.split or "val", labels)
+    names = {int(k): str(n) for k, n in dict(v.names).items()}
+    result = coco_report(gt, map_predictions(preds, gt, category_map(gt, names, v.class_map)), save_dir, levels)
     metrics.coco = result
     return metrics

@@ -111,7 +111,25 @@ def load_data_yaml(path: Path) -> dict[str, Any]:
     for key in ("train", "val"):
         if key not in cfg:
             raise ClipCEError(f"Dataset YAML {path} has no '{key}:' entry.")
+    check_names(cfg, path)
     return cfg
+
+
+def check_names(cfg: dict[str, Any], path: Path) -> None:
+    """The class names as Ultralytics needs them (it stops on these deep inside training, with a traceback)."""
+    names = cfg.get("names")
+    if isinstance(names, dict):
+        try:
+            ids = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise ClipCEError(f"Dataset YAML {path}: 'names' keys must be class ids 0, 1, 2, ... (got {list(names)[:6]}).") from None
+        if ids != list(range(len(ids))):
+            raise ClipCEError(f"Dataset YAML {path}: 'names' ids must run 0..{len(ids) - 1} without gaps (got {ids[:10]}); "
+                              "Ultralytics numbers classes by position. Renumber the names and the label files' class ids.")
+    elif names is not None and not isinstance(names, list):
+        raise ClipCEError(f"Dataset YAML {path}: 'names' must be a list or an id -> name mapping, not {type(names).__name__}.")
+    if names is not None and "nc" in cfg and cfg["nc"] is not None and int(cfg["nc"]) != len(names):
+        raise ClipCEError(f"Dataset YAML {path}: nc: {cfg['nc']} but {len(names)} names; remove nc: or make them agree.")
 
 
 def dataset_root(cfg: dict[str, Any], yaml_path: Path) -> Path:

@@ -220,6 +220,8 @@ def make_scorer(a: dict, names: list[str], device, batch_size: int | None = None
     from clipce_rtdetr.clip_loader import load_clip
 
     bundle = load_clip(a["clip"], device=device)
+    if bundle.random_weights:
+        LOGGER.warning(f"CLIP-CE: clip={a['clip']} has random weights; its AME scores are uninformative (tests and demos only).")
     return AMEScorer(bundle, names, a["ame_profile"], a["ame_templates"], a["ame_context"], a["ame_temperature"],
                      a["ame_alpha"], a["ame_form"], batch_size=batch_size or a["ame_batch"])
 

@@ -6,6 +6,7 @@ are stock Ultralytics RT-DETR, because a CLIP-CE checkpoint is a plain RT-DETR c
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,17 @@ class ClipCERTDETR(RTDETR):
     """RT-DETR trained with CLIP-CE. `ClipCERTDETR("rtdetr-l.pt").train(data=..., clipce="fame")`."""
 
     def __init__(self, model: str | Path = DEFAULT_MODEL) -> None:
-        super().__init__(model=resolve_model(model) if isinstance(model, (str, Path)) else model)
+        path = resolve_model(model) if isinstance(model, (str, Path)) else model
+        try:
+            super().__init__(model=path)
+        except (TypeError, KeyError, ValueError, EOFError, RuntimeError, AttributeError, pickle.UnpicklingError) as e:
+            if not isinstance(path, (str, Path)):
+                raise
+            raise ClipCEError(
+                f"model={model}: {path} cannot be loaded as an RT-DETR model ({type(e).__name__}: {str(e).strip()[:300]}). "
+                "Expected an Ultralytics RT-DETR checkpoint (.pt, e.g. runs/detect/train/weights/best.pt), a model config "
+                "(.yaml, e.g. rtdetr-l.yaml) or, for predict/val, an exported .onnx/.engine file."
+            ) from None
 
     @property
     def task_map(self) -> dict:
@@ -77,7 +88,9 @@ class ClipCERTDETR(RTDETR):
         if isinstance(kwargs.get("data"), (list, tuple)):
             raise ClipCEError("data= must be one dataset for CLIP-CE training (Ultralytics' multi-dataset fine-tuning "
                               "is not supported); train on each dataset in turn.")
-        if not kwargs.get("resume"):
+        # With resume, a resumable checkpoint brings its own data and CLIP; data= given anyway is resolved, since
+        # Ultralytics starts a new run from it when the checkpoint turns out not to be resumable.
+        if not kwargs.get("resume") or kwargs.get("data"):
             from clipce_rtdetr.hazy_shapes import demo_clip_for
 
             if kwargs.get("clipce", "fame") in ("ame", "fame") and (spec := demo_clip_for(kwargs.get("data"), kwargs)):

@@ -21,6 +21,7 @@ from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
 from ultralytics.utils.ops import xywh2xyxy
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
+from clipce_rtdetr.clip_loader import require_weights
 from clipce_rtdetr.config import check_project_values, project_defaults
 from clipce_rtdetr.loss import ClipCEDetectionLoss
 from clipce_rtdetr.object_ids import as_object_id_dataset, split_object_ids
@@ -46,6 +47,8 @@ class ClipCETrainer(RTDETRTrainer):
             LOGGER.warning(f"train ignores {ignored}: they belong to other modes (see 'clipce-rtdetr cfg').")
         given = {k: v for k, v in given.items() if k in TRAIN_KEYS}
         self.clipce_args = check_project_values({**defaults, **given})
+        if self.clipce_args["clipce"] in ("ame", "fame") and "clip" in given:
+            require_weights(self.clipce_args["clip"])  # before a run folder exists
         self.weight_table = None  # (N,) per-object AME/prior weight, ame_crops=source or prior
         self.scorer = None  # AMEScorer, ame_crops=batch
         self._reset_weight_stats()

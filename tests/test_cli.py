@@ -248,3 +248,52 @@ def test_predict_without_source(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc, _, err = run_cli(capsys, "predict", f"model={TINY_MODEL}")
     assert_clear_error(rc, err, "source=")
+
+
+def test_two_modes_is_an_error(capsys):
+    rc, _, err = run_cli(capsys, "val", "predict")
+    assert_clear_error(rc, err, "Two modes given ('val' and 'predict')")
+
+
+def test_gpu_device_without_cuda(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, _, err = run_cli(capsys, "predict", f"model={TINY_MODEL}", "source=x.jpg", "device=0")
+    assert_clear_error(rc, err, "device=0 asks for a CUDA GPU", "device=cpu")
+
+
+@pytest.mark.parametrize("name, content", [("empty.pt", b""), ("text.pt", b"hello, not a checkpoint"),
+                                           ("dict.pt", None), ("bad.yaml", b"backbone: [[-1, 1, NoSuchLayer, []]]\nhead: []\n"),
+                                           ("empty.yaml", b""), ("garbled.yaml", b"backbone: [\n")])
+def test_broken_model_files_are_named(capsys, tmp_path, name, content):
+    import torch
+
+    f = tmp_path / name
+    if content is None:
+        torch.save({"a": 1}, f)
+    else:
+        f.write_bytes(content)
+    rc, _, err = run_cli(capsys, "val", f"model={f}", "data=hazy-shapes")
+    assert_clear_error(rc, err, f"cannot be loaded as an RT-DETR model", str(f))
+
+
+def test_resume_true_skips_finished_runs(capsys, tmp_path, monkeypatch):
+    """resume=True takes the newest unfinished run; with only finished runs it says so (Ultralytics' own choice
+    would be the newest last.pt, then a new run on its defaults)."""
+    import shutil
+
+    import torch
+
+    from clipce_rtdetr.cli import latest_unfinished_run
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "a" / "weights").mkdir(parents=True)
+    (tmp_path / "runs" / "b" / "weights").mkdir(parents=True)
+    torch.save({"epoch": 3, "optimizer": {"state": {}}}, tmp_path / "runs" / "a" / "weights" / "last.pt")
+    shutil.copy(Path(clipce_rtdetr.__file__).parents[1] / "weights" / "rtdetr-tiny-shapes.pt", tmp_path / "runs" / "b" / "weights" / "last.pt")
+    newest, finished = latest_unfinished_run()
+    assert Path(newest).parts[-3] == "a" and [Path(f).parts[-3] for f in finished] == ["b"]
+    (tmp_path / "runs" / "a" / "weights" / "last.pt").unlink()
+    rc, _, err = run_cli(capsys, "train", "resume=True")
+    assert_clear_error(rc, err, "no unfinished run", "runs/b/weights/last.pt")

@@ -204,3 +204,19 @@ def test_corrupt_weights_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ClipCEError, match="could not build the model"):
         load_clip(f"clipce-tiny:{bad}")
+
+
+@pytest.mark.parametrize("spec", ["ViT-B-32", "ViT-B-32:", "RN50 :  "])
+def test_train_refuses_a_clip_without_weights(spec, tiny_hazy_shapes, tmp_path):
+    """A real model name with no weights would train on random CLIP scores: refused before a run folder exists."""
+    from clipce_rtdetr.clip_loader import require_weights
+    from clipce_rtdetr.trainer import ClipCETrainer
+
+    with pytest.raises(ClipCEError, match="names no weights"):
+        require_weights(spec)
+    with pytest.raises(ClipCEError, match="names no weights"):
+        ClipCETrainer(overrides={"model": "rtdetr-l.yaml", "data": str(tiny_hazy_shapes), "clip": spec,
+                                 "project": str(tmp_path), "name": "x"})
+    assert not (tmp_path / "x").exists()
+    require_weights("clipce-tiny")  # the project's test/demo config, random on purpose
+    require_weights("ViT-B-32:openai")

@@ -98,3 +98,67 @@ def test_val_coco_true_end_to_end(tiny_hazy_shapes, tmp_root):
     gt = json.loads((run / "coco_gt.json").read_text())
     assert preds and {p["image_id"] for p in preds} <= {im["id"] for im in gt["images"]}
     assert (run / "predictions.json").is_file() and (run / "coco_per_level.png").is_file()
+
+
+def test_zero_based_category_ids_are_matched_by_name(tmp_path):
+    """A user's COCO file numbering categories from 0: predictions (class + 1, as Ultralytics writes them) are
+    matched by class name, so a perfect prediction still scores 1.0 (not the wrong class)."""
+    from clipce_rtdetr.coco_eval import category_map
+
+    gt = {"images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 100}],
+          "annotations": [{"id": 1, "image_id": 7, "category_id": 0, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+                          {"id": 2, "image_id": 7, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0}],
+          "categories": [{"id": 0, "name": "car"}, {"id": 1, "name": "bus"}]}
+    names = {0: "car", 1: "bus"}
+    preds = [{"image_id": "a", "file_name": "a.png", "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
+             {"image_id": "a", "file_name": "a.png", "category_id": 2, "bbox": [50, 50, 20, 20], "score": 0.8}]
+    cats = category_map(gt, names, [1, 2])
+    assert cats == {1: 0, 2: 1}
+    assert evaluate(gt, map_predictions(preds, gt, cats), verbose=False)["AP"] == pytest.approx(1.0)
+    assert evaluate(gt, map_predictions(preds, gt), verbose=False)["AP"] < 0.5  # what matching by id alone gave
+    from clipce_rtdetr.errors import ClipCEError
+
+    with pytest.raises(ClipCEError, match="no categories named"):
+        category_map({"categories": [{"id": 5, "name": "truck"}]}, names, [1, 2])
+
+
+def test_ground_truth_is_what_ultralytics_evaluated(tmp_path, caplog):
+    """Malformed label lines and a corrupt image: left out as Ultralytics leaves them out; a garbled or missing
+    COCO file is a clear error / a warning."""
+    import cv2
+    import numpy as np
+    import yaml
+
+    from clipce_rtdetr.coco_eval import verified_labels
+    from clipce_rtdetr.errors import ClipCEError
+
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    (tmp_path / "labels" / "val").mkdir(parents=True)
+    for n in ("good", "badlabel", "corrupt"):
+        cv2.imwrite(str(tmp_path / "images" / "val" / f"{n}.png"), np.zeros((20, 30, 3), np.uint8))
+    (tmp_path / "images" / "val" / "corrupt.png").write_bytes(b"")
+    (tmp_path / "labels" / "val" / "good.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "labels" / "val" / "badlabel.txt").write_text("a b c d e\n")
+    (tmp_path / "labels" / "val" / "corrupt.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    y = tmp_path / "d.yaml"
+    cfg = {"path": str(tmp_path), "train": "images/val", "val": "images/val", "names": {0: "x"}}
+    y.write_text(yaml.safe_dump(cfg))
+    labels = verified_labels(sorted((tmp_path / "images" / "val").glob("*.png")), 1)
+    assert [Path(lb["im_file"]).name for lb in labels] == ["good.png"]
+    gt, _ = dataset_gt(y, "val")
+    assert [im["file_name"] for im in gt["images"]] == ["good.png"] and len(gt["annotations"]) == 1
+    assert gt["annotations"][0]["bbox"] == pytest.approx([12.0, 8.0, 6.0, 4.0])
+
+    (tmp_path / "ann.json").write_text("{not json")
+    y.write_text(yaml.safe_dump({**cfg, "coco_annotations": {"val": "ann.json"}}))
+    with pytest.raises(ClipCEError, match="ann.json is not valid JSON"):
+        dataset_gt(y, "val")
+    full = {"images": [{"id": i, "file_name": f"{n}.png", "width": 30, "height": 20} for i, n in enumerate(("good", "badlabel", "corrupt"))],
+            "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(full))
+    gt, _ = dataset_gt(y, "val", labels)
+    assert [im["file_name"] for im in gt["images"]] == ["good.png"] and gt["annotations"] == []
+    y.write_text(yaml.safe_dump({**cfg, "coco_annotations": {"val": "missing.json"}}))
+    gt, _ = dataset_gt(y, "val")
+    assert [im["file_name"] for im in gt["images"]] == ["good.png"]

@@ -144,6 +144,10 @@ def test_many_problems_are_capped_in_the_message():
         ("train: a\nval: b\n", "'names'"),
         ("- a\n- b\n", "'names'"),
         ("train: images\nnames: [x]\n", "no 'val:'"),
+        ("train: a\nval: b\nnc: 3\nnames: [a, b, c, d, e]\n", "nc: 3 but 5 names"),
+        ("train: a\nval: b\nnames: {0: a, 2: b}\n", r"without gaps \(got \[0, 2\]\)"),
+        ("train: a\nval: b\nnames: {x: a}\n", "keys must be class ids"),
+        ("train: a\nval: b\nnames: person\n", "must be a list"),
     ],
 )
 def test_bad_yaml_is_a_clear_error(tmp_path, text, needle):
