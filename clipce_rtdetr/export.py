@@ -1,9 +1,9 @@
 """Export through Ultralytics' exporter, with a built-in output check.
 
 `export_checked` validates the request before anything is written (format, PyTorch model, GPU and
-TensorRT for engines, onnx/onnxruntime present, calibration data for INT8), runs
-`ultralytics.RTDETR.export`, then runs the exported model and the PyTorch model on the same sample
-images and compares their detections. A difference over tolerance is a `ClipCEError`.
+TensorRT for engines, onnx/onnxruntime present, calibration data for INT8, images for the output
+check), runs `ultralytics.RTDETR.export`, then runs the exported model and the PyTorch model on the
+same sample images and compares their detections. A difference over tolerance is a `ClipCEError`.
 
 Why compare against the *unexported* PyTorch model: the exporter switches the RT-DETR head into an
 export branch (top-k inside the graph, fused convs); comparing with the model as PyTorch predict runs
@@ -108,6 +108,8 @@ def preflight(model, fmt: str, kwargs: dict[str, Any], proj: dict[str, Any]) -> 
                 f"{fmt} export needs {', '.join(miss)}, not installed (export never installs packages). "
                 f"Install with: {PIP_EXPORT}{hint}. Nothing was written."
             )
+    if fmt in ("onnx", "engine") and proj.get("export_check", True) and proj.get("export_check_source"):
+        sample_images(proj["export_check_source"])  # a wrong path fails here, not after the export is written
     if quant in (8, "int8") and fmt in ("onnx", "engine") and not kwargs.get("data"):
         raise ClipCEError(
             "INT8 export needs calibration images: pass data=path/to/data.yaml (your training dataset; its val split is used, "
@@ -116,21 +118,52 @@ def preflight(model, fmt: str, kwargs: dict[str, Any], proj: dict[str, Any]) -> 
 
 
 # ---------------------------------------------------------------------------------------------- compare
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def source_image_files(source: str | Path) -> list[Path]:
+    """Image files of `export_check_source`: a file, a folder (searched recursively) or a glob, absolute or relative.
+
+    glob.glob, not Path().glob: the README allows absolute globs ('/data/val/*.png'), which Path().glob rejects.
+    """
+    import glob
+
+    p = Path(str(source))
+    if p.is_dir():
+        files = sorted(p.rglob("*"))
+    else:
+        files = [p] if p.is_file() else sorted(map(Path, glob.glob(str(source), recursive=True)))
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    if images:
+        return images
+    if files:
+        why = f"holds {len(files)} files but no image ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})"
+    else:
+        why = "matches no file" if glob.has_magic(str(source)) else "does not exist"
+    raise ClipCEError(
+        f"export_check_source='{source}' {why} (relative paths are from {Path.cwd()}). Point it at an image, a folder "
+        "of images or a glob such as 'val/images/*.jpg', or leave it empty for Ultralytics' sample images. Nothing was written."
+    )
+
+
 def sample_images(source: str | Path | None, n: int = 4) -> list[np.ndarray]:
-    """BGR images for the check: `export_check_source` (file, folder or glob) or Ultralytics' bundled samples."""
+    """The first `n` readable BGR images of `export_check_source` (see source_image_files), or Ultralytics' bundled samples."""
     import cv2
     from ultralytics.utils import ASSETS
 
-    if source:
-        p = Path(str(source))
-        files = sorted(p.rglob("*")) if p.is_dir() else [p] if p.is_file() else sorted(Path().glob(str(source)))
-    else:
-        files = sorted(Path(ASSETS).glob("*.jpg"))
-    imgs = [im for f in files if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-            for im in [cv2.imread(str(f))] if im is not None][:n]  # fmt: skip
+    files = source_image_files(source) if source else sorted(Path(ASSETS).glob("*.jpg"))
+    imgs = []
+    for f in files:  # stop at n: a folder of thousands of images is not read in full
+        if (im := cv2.imread(str(f))) is not None:
+            imgs.append(im)
+        if len(imgs) == n:
+            break
     if not imgs:
         if source:
-            raise ClipCEError(f"export_check_source='{source}' has no readable images (jpg, png, bmp, webp, tif).")
+            raise ClipCEError(
+                f"export_check_source='{source}': none of its {len(files)} images could be read (corrupt or not really "
+                f"images, e.g. {files[0]}). Nothing was written."
+            )
         rng = np.random.default_rng(0)
         imgs = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)]
     return imgs

@@ -12,13 +12,19 @@ with three additions hooked in rather than copied:
   `setup_source` and keeps a live FPS / latency figure (`LiveStats`), logged every few seconds.
 * `run_predict` (the CLI's predict/track): saves the annotated video by default and makes sure the
   video writers are released on every exit (end of stream, lost stream, Ctrl-C, SIGTERM), so what was
-  written stays playable.
+  written stays playable. "Saved to" is said only when a file was written; a file or folder source
+  that gives no frame is an error.
+* Checks before the run whose Ultralytics errors name neither file nor fix: the tracker YAML
+  (`check_tracker_cfg`) and the entries of a .txt/.csv list of sources (`check_source_list`).
 
 Works with `.pt`, `.onnx` and `.engine` models, since Ultralytics' AutoBackend loads all three.
 """
 
 from __future__ import annotations
 
+import csv
+import glob
+import logging
 import math
 import signal
 import sys
@@ -27,11 +33,12 @@ import time
 import types
 from collections import deque
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
 import numpy as np
-from ultralytics.data.loaders import LoadStreams
+from ultralytics.data.loaders import LoadImagesAndVideos, LoadStreams
 from ultralytics.utils import LOGGER
 
 from clipce_rtdetr.errors import ClipCEError
@@ -342,6 +349,94 @@ def ensure_lap() -> None:
     LOGGER.warning("Package 'lap' not installed: tracking uses a slower built-in assignment. For speed: pip install 'lap>=0.5.12'")
 
 
+# --------------------------------------------------------------------------------------------- checks
+def check_tracker_cfg(tracker: str) -> Path:
+    """Resolve and validate a tracker YAML before Ultralytics reads it; return its path.
+
+    Ultralytics fails on a broken file with a bare ValueError, and on a missing key with an AttributeError
+    that blames its default.yaml. Here the message names the file (and line), and lists the keys missing
+    compared with Ultralytics' bundled config of the same tracker_type, which is the file to start from.
+    """
+    import yaml
+    from ultralytics.trackers.track import TRACKER_MAP
+    from ultralytics.utils import ROOT, YAML
+    from ultralytics.utils.checks import check_yaml
+
+    bundled_dir = ROOT / "cfg" / "trackers"
+    try:
+        path = Path(check_yaml(tracker))
+    except (FileNotFoundError, AssertionError) as e:
+        raise ClipCEError(f"tracker={tracker}: {e}. Use a bundled tracker ({', '.join(sorted(TRACKER_MAP))}, "
+                          f"e.g. tracker=bytetrack.yaml) or the path of your own copy of one from {bundled_dir}.") from None  # fmt: skip
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ClipCEError(f"Tracker config {path}{where}: invalid YAML ({getattr(e, 'problem', None) or e}). "
+                          f"Fix that line, or start again from a copy of {bundled_dir / 'bytetrack.yaml'}.") from None  # fmt: skip
+    if not isinstance(cfg, dict):
+        raise ClipCEError(f"Tracker config {path} is not a list of 'key: value' settings. "
+                          f"Start from a copy of a file in {bundled_dir}, e.g. bytetrack.yaml.")  # fmt: skip
+    ttype = cfg.get("tracker_type")
+    if ttype not in TRACKER_MAP:
+        raise ClipCEError(f"Tracker config {path}: tracker_type must be one of {', '.join(sorted(TRACKER_MAP))}, "
+                          f"got {ttype!r}. Start from a copy of a file in {bundled_dir}, e.g. bytetrack.yaml.")  # fmt: skip
+    bundled = bundled_dir / f"{ttype}.yaml"
+    missing = [k for k in YAML.load(bundled) if k not in cfg] if bundled.is_file() else []
+    if missing:
+        unknown = sorted(set(cfg) - set(YAML.load(bundled)))
+        extra = f" (it has keys {ttype} does not use: {', '.join(unknown)}; a typo?)" if unknown else ""
+        raise ClipCEError(f"Tracker config {path} lacks {', '.join(missing)}, which tracker_type: {ttype} needs{extra}. "
+                          f"Copy Ultralytics' {bundled} as a starting point and change only what you need.")  # fmt: skip
+    return path
+
+
+def _listed_source_exists(entry: str, list_dir: Path) -> bool:
+    """As LoadImagesAndVideos resolves a listed entry: from the current folder, else from the list's folder."""
+    for p in (Path(entry).absolute(), (list_dir / entry).absolute()):
+        if glob.glob(str(p), recursive=True) if "*" in str(p) else p.exists():
+            return True
+    return False
+
+
+def check_source_list(source: Any) -> None:
+    """A .txt/.csv source is a list of sources (Ultralytics reads it so without saying); check every entry.
+
+    Ultralytics reports a missing entry as only "<entry> does not exist"; here the list file and line are named.
+    """
+    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() not in (".txt", ".csv") or not Path(source).is_file():
+        return
+    lst = Path(source)
+    lines = lst.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    rows = [[x] for x in lines] if lst.suffix.lower() == ".txt" else list(csv.reader(lines))
+    start = 2 if lst.suffix.lower() == ".csv" and rows[:1] == [["source"]] else 1  # csv: optional header row
+    entries = [(n, e.strip()) for n, row in enumerate(rows[start - 1 :], start) for e in row if e.strip()]
+    LOGGER.info(f"source={source} is a list of sources, one per line: {len(entries)} listed.")
+    for n, entry in entries:
+        if not _listed_source_exists(entry, lst.parent):
+            hint = " Streams (rtsp://, http://, webcams) go in a .streams file, one per line." if "://" in entry else ""
+            raise ClipCEError(f"{lst}, line {n}: '{entry}' does not exist (looked from {Path.cwd()} and from {lst.parent}). "
+                              f"Fix or remove that line.{hint}")  # fmt: skip
+
+
+def saved_output(predictor) -> Path | None:
+    """The predictor's save_dir when this run wrote at least one file into it, else None."""
+    d = getattr(predictor, "save_dir", None)
+    return Path(d) if d and Path(d).is_dir() and any(p.is_file() for p in Path(d).rglob("*")) else None
+
+
+class _NothingSavedFilter(logging.Filter):
+    """Drops Ultralytics' closing "Results saved to ..." line when the run wrote nothing (e.g. an unreadable image)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("Results saved to") and saved_output(self.model.predictor) is None)
+
+
 # ------------------------------------------------------------------------------------------------ public
 def stream_predict(model, source=None, mode: str = "predict", persist: bool = False, **kwargs: Any) -> Iterator:
     """Generator of Ultralytics `Results` with reconnecting streams and a live FPS figure.
@@ -355,27 +450,34 @@ def stream_predict(model, source=None, mode: str = "predict", persist: bool = Fa
         raise ClipCEError(f"mode must be 'predict' or 'track', got '{mode}'.")
     kwargs, retries, backoff = _stream_settings(kwargs)
     kwargs.pop("stream", None)  # always streamed: `stream=True` on the command line is accepted and implied
+    check_source_list(source)
     base = model._smart_load("predictor")
     cls = stream_predictor_class(base)
     if mode == "track":  # what Model.track does, with our predictor class (Model.track takes no predictor=)
         ensure_lap()
+        from ultralytics.cfg import DEFAULT_CFG
         from ultralytics.trackers import register_tracker
 
+        check_tracker_cfg(kwargs.get("tracker") or model.overrides.get("tracker") or DEFAULT_CFG.tracker)
         register_tracker(model, persist)
         kwargs["conf"] = 0.1 if kwargs.get("conf") is None else kwargs["conf"]
         kwargs["batch"] = kwargs.get("batch") or 1
         kwargs["mode"] = "track"
     gen = model.predict(source=source, stream=True, predictor=cls, **kwargs)
     model.predictor.stream_retries, model.predictor.stream_backoff = retries, backoff
+    quiet = _NothingSavedFilter(model)
+    LOGGER.addFilter(quiet)
     try:
         yield from gen
     finally:
         gen.close()  # releases the video writers and the capture threads, also on break / exceptions
-    _report_end(model.predictor)
+        LOGGER.removeFilter(quiet)
+    _report_end(model.predictor, source)
 
 
-def _report_end(predictor) -> None:
-    """Warnings for sources that ended early; StreamLostError for a stream that did not come back."""
+def _report_end(predictor, source) -> None:
+    """Warnings for sources that ended early; StreamLostError for a stream that did not come back;
+    ClipCEError for a file or folder source that gave no frame at all."""
     ds = getattr(predictor, "dataset", None)
     live = getattr(predictor, "live", None)
     for path, (read, declared) in (live.videos.items() if live else []):
@@ -383,11 +485,27 @@ def _report_end(predictor) -> None:
             LOGGER.warning(f"Video {path} ended at frame {read} of {declared}: the rest could not be read (truncated or corrupt file?).")
     errors = getattr(ds, "errors", None)
     if errors:
-        where = f" Annotated video so far saved to {predictor.save_dir}." if getattr(predictor.args, "save", False) else ""
+        saved = saved_output(predictor)
+        where = f" Annotated video so far saved to {saved}." if saved and getattr(predictor.args, "save", False) else ""
         raise StreamLostError(
             "; ".join(errors.values()) + f".{where} Check the camera and network, then run the same command again "
             "(raise stream_retries / stream_backoff to wait longer)."
         )
+    if isinstance(ds, LoadImagesAndVideos) and not predictor.seen and not predictor.args.embed:  # embed skips `seen`
+        _no_frames(predictor, source, ds.files)
+
+
+def _no_frames(predictor, source, files: list[str]) -> None:
+    """ClipCEError for a file/folder source that gave no frame; removes the empty output folder made for it."""
+    d = getattr(predictor, "save_dir", None)
+    if d and Path(d).is_dir() and not any(Path(d).iterdir()):
+        Path(d).rmdir()
+    why = (f"{files[0]} could not be decoded" if len(files) == 1
+           else f"none of its {len(files)} images/videos could be decoded (e.g. {files[0]})")  # fmt: skip
+    raise ClipCEError(
+        f"source={source} gave no frame: {why}; corrupt, truncated, or not really the format its name says. "
+        "Nothing was saved. Check that the file opens in an image viewer or video player."
+    )
 
 
 def run_predict(model, mode: str, overrides: dict[str, Any]):
@@ -429,8 +547,8 @@ def run_predict(model, mode: str, overrides: dict[str, Any]):
             f"{mode} {status}: {summary['frames']} frames in {summary['seconds']:.1f} s, {summary['fps']:.1f} FPS, "
             f"latency median {summary['latency_ms_median']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms"
         )
-    if ov.get("save") and pred is not None and getattr(pred, "save_dir", None):
-        LOGGER.info(f"Annotated output saved to {pred.save_dir}")
+    if ov.get("save") and (saved := saved_output(pred)):
+        LOGGER.info(f"Annotated output saved to {saved}")
     if lost is not None:
         raise lost
     return summary

@@ -109,3 +109,24 @@ def test_compare_detections_tolerates_swapped_near_ties():
     assert d["box"] == 0 and d["score"] < 1e-4 and d["unmatched"] == 0
     out[0, 5] = 7  # a class no reference detection has
     assert compare_detections(ref, out)["unmatched"] == 1
+
+
+def test_export_check_source_globs_and_bad_sources(tiny_pt, tmp_path, monkeypatch):
+    import cv2
+
+    from clipce_rtdetr.export import sample_images
+    from clipce_rtdetr.model import ClipCERTDETR
+
+    src = tmp_path / "srcdir"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"{i}.png"), np.full((20, 30, 3), 40 * i, np.uint8))
+    (src / "notes.txt").write_text("not an image")
+    monkeypatch.chdir(tmp_path)
+    assert len(sample_images(f"{src}/*.png")) == 3  # absolute glob (Path().glob rejects it)
+    assert len(sample_images("srcdir/*.png")) == 3 and len(sample_images("srcdir/**/*.png")) == 3
+    before = _files(tiny_pt.parent)
+    for source, why in ((tmp_path / "nope", "does not exist"), (f"{src}/*.jpg", "matches no file"), (src / "notes.txt", "no image")):
+        with pytest.raises(ClipCEError, match=f"export_check_source=.*{why}.*Nothing was written"):
+            ClipCERTDETR(tiny_pt).export(format="onnx", imgsz=64, export_check_source=str(source))
+    assert _files(tiny_pt.parent) == before  # checked before the exporter wrote anything

@@ -192,3 +192,59 @@ def test_bad_inputs(media, tmp_path):
         run_predict(ClipCERTDETR(media["pt"]), "track", {"imgsz": 64})
     with pytest.raises(ClipCEError, match="mode must be"):
         next(stream_predict(ClipCERTDETR(media["pt"]), str(media["video"]), mode="segment"))
+
+
+@pytest.fixture
+def ultra_log(caplog):
+    """Ultralytics' LOGGER does not propagate: hand its records to caplog for the test."""
+    from ultralytics.utils import LOGGER
+
+    LOGGER.addHandler(caplog.handler)
+    yield caplog
+    LOGGER.removeHandler(caplog.handler)
+
+
+def test_bad_tracker_configs_name_the_file(media, tmp_path):
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import stream_predict
+
+    garbled = tmp_path / "garb.yaml"
+    garbled.write_text("tracker_type: bytetrack\nfoo: [1, 2\n  bar: :\n")
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("tracker_type: bytetrack\ntrack_bufer: 30\n")
+    model = ClipCERTDETR(media["pt"])
+    with pytest.raises(ClipCEError, match=r"garb\.yaml, line 3: invalid YAML"):
+        next(stream_predict(model, str(media["video"]), mode="track", imgsz=64, tracker=str(garbled)))
+    with pytest.raises(ClipCEError, match=r"partial\.yaml lacks track_high_thresh.*track_buffer.*track_bufer.*trackers/bytetrack\.yaml"):
+        next(stream_predict(model, str(media["video"]), mode="track", imgsz=64, tracker=str(partial)))
+
+
+def test_nothing_saved_is_never_reported_as_saved(media, tmp_path, camera, ultra_log):
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import StreamLostError, run_predict
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    model = ClipCERTDETR(media["pt"])
+    with pytest.raises(ClipCEError, match=r"source=.*broken\.jpg gave no frame: .*broken\.jpg could not be decoded"):
+        run_predict(model, "predict", {"source": str(broken), "imgsz": 64, "verbose": False})
+    assert not Path(model.predictor.save_dir).exists()  # the empty folder made for it is gone
+    camera.script = []  # a webcam / RTSP stream that never opens
+    with pytest.raises(StreamLostError, match="Failed to open"):
+        run_predict(ClipCERTDETR(media["pt"]), "predict",
+                    {"source": "rtsp://camera.invalid/live", "imgsz": 64, "stream_retries": 0})  # fmt: skip
+    assert not [r for r in ultra_log.records if "saved to" in r.getMessage()]
+
+
+def test_txt_source_names_list_file_and_line(media, tmp_path):
+    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.stream import run_predict
+
+    lst = tmp_path / "sources.txt"
+    lst.write_text(f"{media['video']}\n\nmissing.jpg\n")
+    with pytest.raises(ClipCEError, match=r"sources\.txt, line 3: 'missing\.jpg' does not exist"):
+        run_predict(ClipCERTDETR(media["pt"]), "predict", {"source": str(lst), "imgsz": 64})
+    ok = media["video"].parent / "list.txt"
+    ok.write_text(f"{media['video'].name}\n")  # relative to the list's folder, as Ultralytics resolves it
+    summary = run_predict(ClipCERTDETR(media["pt"]), "predict", {"source": str(ok), "imgsz": 64, "save": False, "verbose": False})
+    assert summary["frames"] == 12
