@@ -24,19 +24,13 @@ def configure() -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # never pip-install at run time
     os.environ.setdefault("YOLO_OFFLINE", "1")  # no DNS probe at import, no online checks
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("WANDB_DISABLED", "true")
 
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
 
-    updates = {}
-    for key in ("sync", "wandb", "comet", "clearml", "dvc", "mlflow", "neptune", "hub", "raytune"):
-        if SETTINGS.get(key):
-            updates[key] = False
-    if updates:
-        try:
-            SETTINGS.update(updates)
-        except Exception:  # read-only config dir: settings stay in memory
-            pass
+    # No telemetry from this tool, also when the user sets YOLO_OFFLINE=0 to fetch weights: in this process
+    # only (dict.__setitem__, not SETTINGS' own saving setter), so the user's settings file is left as it is.
+    # Logging integrations (W&B, MLflow, TensorBoard, ...) stay as the user configured them.
+    dict.__setitem__(SETTINGS, "sync", False)
     _install_font(Path(USER_CONFIG_DIR))
 
 

@@ -207,7 +207,10 @@ class ClipCETrainer(RTDETRTrainer):
 
     def save_metrics(self, metrics):
         if self.mode != "none":
-            metrics = {**metrics, **self.weight_metrics()}
+            w = self.weight_metrics()
+            metrics = {**metrics, **w}
+            if isinstance(self.metrics, dict):  # seen by on_fit_epoch_end (TensorBoard, MLflow, W&B, user callbacks)
+                self.metrics.update(w)
         super().save_metrics(metrics)
 
     def plot_metrics(self):

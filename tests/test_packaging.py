@@ -122,3 +122,25 @@ def test_installed_wheel_finds_its_cfg(wheel, tmp_path):
     for p in (pkg, cfg, tiny, datasets, prompts):
         assert p.is_relative_to(target), f"{p} is outside the installed package"
     assert cfg.is_file() and tiny.is_file() and prompts.is_dir()
+
+
+def test_import_leaves_the_users_ultralytics_settings_alone(tmp_path):
+    """Importing the package turns telemetry off in its own process only: the user's settings file (integrations
+    such as MLflow/W&B switched on) is not rewritten, and W&B is not disabled by an environment variable."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "ycfg"
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(cfg)}
+    env.pop("WANDB_DISABLED", None)
+    code = "from ultralytics.utils import SETTINGS; SETTINGS.update({'mlflow': True, 'wandb': True, 'sync': True})"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    settings_file = next(cfg.rglob("settings.json"))
+    before = settings_file.read_text()
+    probe = ("import os, clipce_rtdetr; from ultralytics.utils import SETTINGS; "
+             "print(SETTINGS['sync'], SETTINGS['mlflow'], SETTINGS['wandb'], os.environ.get('WANDB_DISABLED'))")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True, timeout=120).stdout.split()
+    assert out[-4:] == ["False", "True", "True", "None"]
+    assert settings_file.read_text() == before and json.loads(before)["mlflow"] is True

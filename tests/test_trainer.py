@@ -29,8 +29,11 @@ def tiny_clip(tmp_root) -> str:
 @pytest.fixture(scope="session")
 def fame_run(tiny_hazy_shapes, tiny_clip, tmp_root):
     model = ClipCERTDETR(TINY_MODEL)
+    seen = []  # trainer.metrics as logging integrations and user callbacks see it
+    model.add_callback("on_fit_epoch_end", lambda tr: seen.append(dict(tr.metrics)))
     model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, clipce="fame", project=str(tmp_root / "runs"), name="fame",
                 **{**FAST, "plots": True})
+    model.trainer.metrics_seen_by_callbacks = seen
     return Path(model.trainer.save_dir), model.trainer
 
 
@@ -42,6 +45,8 @@ def test_fame_run_logs_weights_and_saves_settings(fame_run):
     ame_w = float(rows[0]["clipce/ame_w"])
     fame_w = float(rows[0]["clipce/fame_w"])
     assert ame_w >= 1.0 and 1.0 <= fame_w <= ame_w + 1e-6  # FAME only moves weights toward 1
+    seen = trainer.metrics_seen_by_callbacks
+    assert len(seen) >= len(rows) and seen[0]["clipce/ame_w"] == pytest.approx(ame_w, abs=1e-4)  # (+1: final eval)
     assert (save_dir / "clipce_weights.png").exists()
     assert (save_dir / "clipce.yaml").read_text().count("clipce: fame") == 1
     # CLIP stays outside the detector: nothing of it in the checkpoint's state_dict.
