@@ -40,6 +40,7 @@ Usage: clipce-rtdetr MODE key=value ...
 
   MODE (model):  train | val | predict | track | export
   MODE (tools):  ame (score prompts on a dataset) | generate (build hazy-shapes) | convert | degrade | clip-train
+                 | ablation (none/prior/ame/fame over seeds)
   special:       help | version | cfg (print every key and its default) | settings (Ultralytics settings)
 
 Every Ultralytics key works (epochs, imgsz, batch, device, resume, ...) plus the project's keys
@@ -47,9 +48,9 @@ Every Ultralytics key works (epochs, imgsz, batch, device, resume, ...) plus the
 
 Examples:
   clipce-rtdetr train                                  # built-in demo: tiny RT-DETR on hazy-shapes, CPU
-  clipce-rtdetr train data=datasets/rtts.yaml model=rtdetr-l.pt clip=ViT-B-32:openai epochs=72
-  clipce-rtdetr train data=hazy-shapes clipce=none     # stock RT-DETR baseline
-  clipce-rtdetr val model=runs/detect/train/weights/best.pt data=datasets/rtts.yaml coco=True
+  clipce-rtdetr train data=datasets/rtts/rtts.yaml model=rtdetr-l.pt clip=ViT-B-32:openai epochs=72
+  clipce-rtdetr train data=hazy-shapes model=rtdetr-tiny-shapes.pt clipce=none   # stock RT-DETR baseline
+  clipce-rtdetr val model=runs/detect/train/weights/best.pt data=datasets/rtts/rtts.yaml coco=True
   clipce-rtdetr predict model=best.pt source=rtsp://camera/stream stream=True
   clipce-rtdetr export model=best.pt format=onnx
   clipce-rtdetr ame data=hazy-shapes clip=ViT-B-32:openai split=val
@@ -131,8 +132,11 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
             "No arguments given: training the built-in demo (tiny RT-DETR on the generated hazy-shapes dataset, CPU). "
             f"Equivalent to: clipce-rtdetr train {' '.join(f'{k}={v}' for k, v in overrides.items())}"
         )
+    if mode in ("predict", "track") and overrides.get("stream") in (True, False):
+        overrides.pop("stream")  # `stream=True` as in Ultralytics' Python API: the CLI always streams
     check_overrides(overrides)
-    check_device(overrides.get("device"))
+    if not (mode == "export" and str(overrides.get("format")).lower() == "engine"):  # engine: its own GPU message
+        check_device(overrides.get("device"))
     model_arg = overrides.pop("model", None)
     if model_arg is None and not overrides.get("resume"):
         from clipce_rtdetr.model import DEFAULT_MODEL

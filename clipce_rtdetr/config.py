@@ -29,6 +29,16 @@ NON_NEGATIVE = ("ame_alpha", "fame_gamma", "ame_context", "prior_a", "export_tol
 POSITIVE = ("ame_temperature", "ame_batch")
 FRACTION = ("val_fraction",)
 # Keys whose value is a list or None (no scalar type to check).
+def _list_item(text: str):
+    text = text.strip().strip("'\"")
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
 LIST_KEYS = ("ame_templates", "beta_range", "airlight_range", "gamma_range", "names", "ablation_methods", "ablation_seeds")
 
 
@@ -84,7 +94,10 @@ def check_project_values(cfg: dict[str, Any]) -> dict[str, Any]:
             continue
         d = defaults[k]
         if k in LIST_KEYS:
-            if isinstance(v, str) and k != "names":
+            if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]") and k != "ame_templates":
+                # unquoted on the command line ([none,fame]): the parser leaves a string; items are words or numbers
+                v = cfg[k] = [_list_item(x) for x in v.strip()[1:-1].split(",") if x.strip()]
+            elif isinstance(v, str) and k != "names":
                 v = cfg[k] = [v]
             if not isinstance(v, (list, tuple, dict)):
                 raise ConfigError(f"'{k}={v}' must be a list, e.g. {k}=[...]; quote text items: {k}=\"['a','b']\".")

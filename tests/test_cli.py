@@ -297,3 +297,13 @@ def test_resume_true_skips_finished_runs(capsys, tmp_path, monkeypatch):
     (tmp_path / "runs" / "a" / "weights" / "last.pt").unlink()
     rc, _, err = run_cli(capsys, "train", "resume=True")
     assert_clear_error(rc, err, "no unfinished run", "runs/b/weights/last.pt")
+
+
+def test_unquoted_lists_and_stream_true_from_the_docs(capsys):
+    """Commands as the docs write them: ablation_methods=[none,fame] unquoted; predict ... stream=True."""
+    _, cfg = check_overrides({"ablation_methods": "[none,fame]", "ablation_seeds": "[0, 1,2]"})
+    assert cfg["ablation_methods"] == ["none", "fame"] and cfg["ablation_seeds"] == [0, 1, 2]
+    mode, over = parse_args(["ablation", "ablation_methods=[none,fame]"])
+    assert check_overrides(over)[1]["ablation_methods"] == ["none", "fame"]
+    rc, _, err = run_cli(capsys, "predict", f"model={TINY_MODEL}", "source=/nonexistent/video.mp4", "stream=True")
+    assert rc == 2 and "'stream' is not a valid" not in err and "video.mp4" in err  # fails on the source only
