@@ -130,3 +130,15 @@ def test_export_check_source_globs_and_bad_sources(tiny_pt, tmp_path, monkeypatc
         with pytest.raises(ClipCEError, match=f"export_check_source=.*{why}.*Nothing was written"):
             ClipCERTDETR(tiny_pt).export(format="onnx", imgsz=64, export_check_source=str(source))
     assert _files(tiny_pt.parent) == before  # checked before the exporter wrote anything
+
+
+def test_quantized_check_covers_confident_detections():
+    """FP16/INT8: the check compares detections at or above the score floor (top 10 when none reach it)."""
+    from clipce_rtdetr.export import QUANT_CHECK_CONF, compare_detections, confident
+
+    ref = np.array([[0.5, 0.5, 0.2, 0.2, 0.9, 1], [0.3, 0.3, 0.1, 0.1, 0.02, 2], [0.7, 0.7, 0.1, 0.1, 0.01, 2]])
+    out = ref.copy()
+    out[1, :4] += 0.3  # a near-zero-score query whose box moved: no detection a user keeps
+    assert compare_detections(ref, out)["box"] == pytest.approx(0.3)
+    assert compare_detections(ref, confident(out, QUANT_CHECK_CONF))["box"] == 0
+    assert len(confident(out, 0.95)) == 3 and confident(out, None) is out
