@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for degrade_throughput.{json,md}")
     ap.add_argument("--breakdown", type=int, default=60, help="images for the per-stage timing in one process (0: skip)")
     a = ap.parse_args()
     w, h = map(int, a.size.split("x"))
@@ -129,8 +130,8 @@ def main() -> None:
         results["ratio"] = {k: bare / min(v) for k, v in results["degrade_s"].items()}
         results["degrade_img_s"] = {k: a.n / min(v) for k, v in results["degrade_s"].items()}
         results["max_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        out = Path(__file__).parent / "results"
-        out.mkdir(exist_ok=True)
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
         if a.breakdown:
             results["stages_ms"] = stage_breakdown(tmp / "src", files[: a.breakdown], tmp / "stages")
         (out / "degrade_throughput.json").write_text(json.dumps(results, indent=2))

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import sys
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         except Exception as e:  # noqa: BLE001  (the trainer is another module's; report, do not lose the grid)
             res["clipce_vs_stock"] = {"error": f"{type(e).__name__}: {e}"}
             print(f"  failed: {res['clipce_vs_stock']['error']}", flush=True)
+    shutil.rmtree(work, ignore_errors=True)  # exported models: hundreds of MB for the full grid
     res["seconds"] = round(time.time() - t0, 1)
     res["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(a.out)

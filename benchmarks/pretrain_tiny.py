@@ -40,20 +40,23 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=40)
     args = ap.parse_args(argv)
 
+    if Path(args.out).exists():  # before ~0.45 h of training, not after
+        raise SystemExit(f"{args.out} exists; remove it first or pass --out elsewhere (nothing overwritten).")
     from clipce_rtdetr import ClipCERTDETR
     from clipce_rtdetr.hazy_shapes import Recipe, generate
 
     work = Path(tempfile.mkdtemp(prefix="clipce-pretrain-"))
-    data = clean_view(generate(work / "hazy-shapes-s1", Recipe(seed=1, n_train=384, n_val=64)), work / "clean")
-    model = ClipCERTDETR("rtdetr-tiny.yaml")
-    model.train(data=str(data), clipce="none", epochs=args.epochs, time=args.hours, imgsz=160, batch=16, device="cpu",
-                workers=0, plots=False, warmup_epochs=1, optimizer="AdamW", lr0=0.002, project=str(work / "runs"), name="pre")
-    best = Path(model.trainer.best)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    if Path(args.out).exists():
-        raise SystemExit(f"{args.out} exists; remove it first or pass --out elsewhere (nothing overwritten).")
-    shutil.copyfile(best, args.out)
-    print(f"saved {args.out} (from {best})")
+    try:
+        data = clean_view(generate(work / "hazy-shapes-s1", Recipe(seed=1, n_train=384, n_val=64)), work / "clean")
+        model = ClipCERTDETR("rtdetr-tiny.yaml")
+        model.train(data=str(data), clipce="none", epochs=args.epochs, time=args.hours, imgsz=160, batch=16, device="cpu",
+                    workers=0, plots=False, warmup_epochs=1, optimizer="AdamW", lr0=0.002, project=str(work / "runs"), name="pre")
+        best = Path(model.trainer.best)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, args.out)
+        print(f"saved {args.out} (from {best})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

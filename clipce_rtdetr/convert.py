@@ -509,11 +509,9 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
         records = [r for r in records if r.split]
     elif all(r.split for r in records) and len({r.split for r in records}) > 1:
         split_note = "annotation files per split"
-    else:
+    else:  # drawn below, among the usable images only (a missing file must not take a val place)
         split_note = f"seeded split (seed={seed}, val_fraction={val_fraction})"
-        assign = seeded_split([r.key for r in records], val_fraction, seed)
-        for r in records:
-            r.split = assign[r.key]
+        seeded_split(["check"], val_fraction, seed)  # a bad val_fraction stops here, before the images are read
 
     # Check every image (threads: PIL releases the GIL while decoding headers).
     found = [r for r in records if r.src is not None]
@@ -531,6 +529,10 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
             good.append(r)
     if not good:
         raise ClipCEError(f"No usable images were found in {source}; see the reasons below.\n" + "\n".join(report.details[:MAX_SHOWN]))
+    if split_note.startswith("seeded"):
+        assign = seeded_split([r.key for r in good], val_fraction, seed)
+        for r in good:
+            r.split = assign[r.key]
 
     clear_out(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -619,7 +621,7 @@ def split_warnings(n_images: Counter, val: str) -> list[str]:
                         "(training on it would train on the val images). Check the split files, or use val_fraction < 1.")
     if val == "train":
         warnings.append("No val or test images: the YAML's val: points at images/train, so validation metrics would be "
-                        "measured on the training images. Use val_fraction=0.2 (or split files) for a held-out set.")
+                        "measured on the training images. Use val_fraction above 0, e.g. 0.2 (or split files), for a held-out set.")
     return warnings
 
 

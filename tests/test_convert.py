@@ -355,3 +355,10 @@ def test_val_fraction_bounds(tmp_path):
     assert sorted(seeded_split(["a", "b"], 0.2, 0).values()) == ["train", "val"]
     assert sorted(seeded_split(["a", "b"], 0.9, 0).values()) == ["train", "val"]
     assert seeded_split(["a"], 0.5, 0) == {"a": "train"}
+
+
+def test_seeded_split_is_drawn_among_usable_images(tmp_path):
+    """The fixture has missing and unreadable images: the default 80/20 split still gives val an image."""
+    convert("voc", FIX / "voc", tmp_path / "o", progress=False)
+    counts = json.loads((tmp_path / "o" / "convert_summary.json").read_text())["images"]
+    assert counts.get("train", 0) >= 1 and counts.get("val", 0) >= 1
