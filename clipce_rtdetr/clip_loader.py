@@ -372,7 +372,7 @@ def _resolve(model: str, pretrained: str | None) -> dict[str, Any]:
             folder = _hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
             raise ClipCEError(
                 f"clip={model}: the repository is not in the Hugging Face cache ({folder}). On a connected machine run\n"
-                f"    huggingface-cli download {repo_id}\nand copy that cache folder here (or set HF_HOME), or pass the "
+                f"    hf download {repo_id}     (older huggingface_hub: huggingface-cli download {repo_id})\nand copy that cache folder here (or set HF_HOME), or pass the "
                 f"downloaded folder as clip=local-dir:/path/to/snapshot. See {README_HINT}."
             )
         model = "local-dir:" + str(Path(cfg_file).parent)

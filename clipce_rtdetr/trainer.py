@@ -25,6 +25,7 @@ from clipce_rtdetr.clip_loader import require_weights
 from clipce_rtdetr.config import check_project_values, project_defaults
 from clipce_rtdetr.loss import ClipCEDetectionLoss
 from clipce_rtdetr.object_ids import as_object_id_dataset, split_object_ids
+from clipce_rtdetr.prompts import load_profile
 
 # Attribute on the detector carrying the CLIP-CE keys into checkpoints (a plain dict, which unpickles
 # anywhere), so `resume=True` restores them.
@@ -47,8 +48,10 @@ class ClipCETrainer(RTDETRTrainer):
             LOGGER.warning(f"train ignores {ignored}: they belong to other modes (see 'clipce-rtdetr cfg').")
         given = {k: v for k, v in given.items() if k in TRAIN_KEYS}
         self.clipce_args = check_project_values({**defaults, **given})
-        if self.clipce_args["clipce"] in ("ame", "fame") and "clip" in given:
-            require_weights(self.clipce_args["clip"])  # before a run folder exists
+        if self.clipce_args["clipce"] in ("ame", "fame"):  # before a run folder exists
+            if "clip" in given:
+                require_weights(self.clipce_args["clip"])
+            load_profile(self.clipce_args["ame_profile"])  # unknown name, unreadable file (classes: once data is read)
         self.weight_table = None  # (N,) per-object AME/prior weight, ame_crops=source or prior
         self.scorer = None  # AMEScorer, ame_crops=batch
         self._reset_weight_stats()

@@ -220,3 +220,12 @@ def test_train_refuses_a_clip_without_weights(spec, tiny_hazy_shapes, tmp_path):
     assert not (tmp_path / "x").exists()
     require_weights("clipce-tiny")  # the project's test/demo config, random on purpose
     require_weights("ViT-B-32:openai")
+
+
+def test_unknown_profile_refused_before_a_run_folder(tiny_hazy_shapes, tmp_path):
+    from clipce_rtdetr.trainer import ClipCETrainer
+
+    with pytest.raises(ClipCEError, match="nosuchprofile"):
+        ClipCETrainer(overrides={"model": "rtdetr-l.yaml", "data": str(tiny_hazy_shapes), "ame_profile": "nosuchprofile",
+                                 "project": str(tmp_path), "name": "x"})
+    assert not (tmp_path / "x").exists()
