@@ -54,13 +54,19 @@ def masks_for(nc: int, n_scene: int, device: str | torch.device = "cpu") -> tupl
     return pos_index, neg_mask
 
 
+def pool_text_rows(emb: torch.Tensor, nc: int, n_tpl: int) -> torch.Tensor:
+    """(nc*T + S, D) normalised prompt embeddings -> (nc + S, D): each class's templates averaged and re-normalised,
+    scene negatives as they are (the row layout of TextBank; clip-train builds its rows with it too)."""
+    pos = F.normalize(emb[: nc * n_tpl].view(nc, n_tpl, -1).mean(1), dim=-1)
+    return torch.cat([pos, emb[nc * n_tpl:]], 0)
+
+
 def build_text_bank(bundle: Any, prompts: PromptSet) -> TextBank:
     """Encode all prompts once (one text forward) -> TextBank on the bundle's device."""
     nc, n_tpl = prompts.nc, len(prompts.templates)
     flat = [p for ps in prompts.positives for p in ps]
     emb = bundle.encode_texts(flat + list(prompts.scene_negatives))  # (nc*T + S, D), normalised
-    pos = F.normalize(emb[: nc * n_tpl].view(nc, n_tpl, -1).mean(1), dim=-1)
-    text = torch.cat([pos, emb[nc * n_tpl:]], 0).float()
+    text = pool_text_rows(emb, nc, n_tpl).float()
     pos_index, neg_mask = masks_for(nc, len(prompts.scene_negatives), text.device)
     rows = [f"class {c} ({prompts.names[c]}): " + " | ".join(prompts.positives[c]) for c in range(nc)]
     rows += [f"scene: {s}" for s in prompts.scene_negatives]

@@ -119,10 +119,11 @@ def gather_crops(labels: list[dict], size: int, context: float, device="cpu", de
     valid (N,), object image index (N,)). fp16 keeps memory at half of fp32; the source images are 8-bit."""
     from tqdm import tqdm
 
-    from clipce_rtdetr.embedding_cache import iter_source_crops
+    from clipce_rtdetr.embedding_cache import iter_source_crops, object_classes
+    from clipce_rtdetr.object_ids import object_offsets
 
     crops, valid, img_of = [], [], []
-    starts = np.cumsum([0] + [len(lb["cls"]) for lb in labels])
+    starts = object_offsets(labels)
     image_at = {int(s): i for i, s in enumerate(starts[:-1])}
     n_obj = int(starts[-1])
     bar = tqdm(total=n_obj, desc=f"clip-train: {desc}", unit="obj", disable=not progress)
@@ -132,7 +133,7 @@ def gather_crops(labels: list[dict], size: int, context: float, device="cpu", de
         img_of.append(torch.full((len(c),), image_at[int(start)], dtype=torch.long))
         bar.update(len(c))
     bar.close()
-    cls = torch.cat([torch.as_tensor(lb["cls"]).view(-1) for lb in labels]).long() if labels else torch.zeros(0, dtype=torch.long)
+    cls = object_classes(labels)
     if not crops:
         return torch.zeros(0, 3, size, size, dtype=torch.float16), cls, torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
     return torch.cat(crops), cls, torch.cat(valid), torch.cat(img_of)
@@ -191,10 +192,10 @@ def jittered_crops(labels: list[dict], img_idx: torch.Tensor, boxes: torch.Tenso
 # Model pieces
 # ---------------------------------------------------------------------------------------------
 def text_classes(model: torch.nn.Module, tokens: torch.Tensor, nc: int, n_tpl: int) -> torch.Tensor:
-    """Text rows as AME builds them (ame.build_text_bank), with gradients: (nc + S, D) L2-normalised."""
-    emb = F.normalize(model.encode_text(tokens).float(), dim=-1)
-    pos = F.normalize(emb[: nc * n_tpl].view(nc, n_tpl, -1).mean(1), dim=-1)
-    return torch.cat([pos, emb[nc * n_tpl:]], 0)
+    """Text rows as AME builds them (ame.pool_text_rows), with gradients: (nc + S, D) L2-normalised."""
+    from clipce_rtdetr.ame import pool_text_rows
+
+    return pool_text_rows(F.normalize(model.encode_text(tokens).float(), dim=-1), nc, n_tpl)
 
 
 def _is_image_param(name: str) -> bool:
@@ -395,7 +396,7 @@ def clip_train(
     from tqdm import tqdm
     from ultralytics.utils import LOGGER
 
-    from clipce_rtdetr.ame import AMEScorer, check_params
+    from clipce_rtdetr.ame import AMEScorer, check_params, normalise
     from clipce_rtdetr.ame_inspect import load_split_labels
     from clipce_rtdetr.clip_loader import file_sha256, load_clip, parse_clip_spec
     from clipce_rtdetr.data import resolve_data
@@ -495,8 +496,6 @@ def clip_train(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
     )
     gen = torch.Generator().manual_seed(seed)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     frozen_text = None
     if not train_text:
         with torch.no_grad():
@@ -521,7 +520,7 @@ def clip_train(
                 sh = (torch.rand(len(idx), generator=gen) < rgb_shuffle).to(device)
                 perm3 = torch.stack([torch.randperm(3, generator=gen) for _ in range(len(idx))]).to(device)
                 x = torch.where(sh.view(-1, 1, 1, 1), x.gather(1, perm3.view(-1, 3, 1, 1).expand_as(x)), x)
-            x = (x - mean_t) / std_t  # = ame.normalise(x, mean, std)
+            x = normalise(x, mean, std)
             y = cls[idx].to(device)
             img = F.normalize(model.encode_image(x).float(), dim=-1)
             txt = frozen_text if frozen_text is not None else text_classes(model, tokens, nc, n_tpl)
@@ -595,9 +594,6 @@ def clip_train(
     return rep
 
 
-CLI_KEYS = ("images", "report", "clip_text", "clip_jitter", "clip_rgb_shuffle", "clip_fp16")
-
-
 def run_clip_train(overrides: dict[str, Any]) -> Path:
     """CLI: `clipce-rtdetr clip-train data=... clip=MODEL[:PRETRAINED] epochs=N out=file.safetensors [...]`."""
     import sys
@@ -607,16 +603,16 @@ def run_clip_train(overrides: dict[str, Any]) -> Path:
     from clipce_rtdetr.config import check_overrides
 
     overrides = dict(overrides)
-    ultra, a = check_overrides(overrides, extra=CLI_KEYS)
+    ultra, a = check_overrides(overrides)  # clip-train's own keys and defaults are in cfg/default.yaml
     if not a.get("out"):
         raise ClipCEError("clip-train needs out=FILE.safetensors, e.g. 'clipce-rtdetr clip-train data=hazy-shapes clip=clipce-tiny epochs=40 out=my-clip.safetensors'.")
     if "clip" not in overrides:
         raise ClipCEError("clip-train needs clip=MODEL[:PRETRAINED]: clip=clipce-tiny trains a tiny CLIP from scratch, "
                           "clip=ViT-B-32:openai fine-tunes pretrained weights.")
-    clip_text = overrides.get("clip_text", a.get("clip_text"))
+    clip_text = a["clip_text"]
     if clip_text is not None and not isinstance(clip_text, bool):
         raise ClipCEError(f"'clip_text={clip_text}' must be True or False (empty: True from scratch, False for pretrained weights).")
-    images = overrides.get("images", a.get("images")) or "auto"
+    images = a["images"] or "auto"
     dev = ultra.get("device")
     device = select_device(dev if dev is not None else ("0" if torch.cuda.is_available() else "cpu"), verbose=False)
     rep = clip_train(
@@ -625,9 +621,8 @@ def run_clip_train(overrides: dict[str, Any]) -> Path:
         lr=ultra.get("lr0"), weight_decay=float(ultra.get("weight_decay", DEFAULT_WEIGHT_DECAY)), seed=int(ultra.get("seed", 0)),
         images=str(images), profile=a["ame_profile"], templates=a["ame_templates"], context=a["ame_context"],
         temperature=a["ame_temperature"], alpha=a["ame_alpha"], form=a["ame_form"], train_text=clip_text,
-        fliplr=float(ultra.get("fliplr", 0.5)), jitter=float(overrides.get("clip_jitter", a.get("clip_jitter", 0.1)) or 0.0),
-        rgb_shuffle=float(overrides.get("clip_rgb_shuffle", a.get("clip_rgb_shuffle", 0.5)) or 0.0), half=bool(overrides.get("clip_fp16", a.get("clip_fp16", False))), device=device,
-        exist_ok=bool(ultra.get("exist_ok", False)), report=overrides.get("report", a.get("report")),
+        fliplr=float(ultra.get("fliplr", 0.5)), jitter=float(a["clip_jitter"] or 0.0), rgb_shuffle=float(a["clip_rgb_shuffle"] or 0.0),
+        half=bool(a["clip_fp16"]), device=device, exist_ok=bool(ultra.get("exist_ok", False)), report=a["report"],
         command="clipce-rtdetr " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name.startswith("clipce") else None,
     )
     return Path(rep["out"])

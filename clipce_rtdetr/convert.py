@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from clipce_rtdetr.data import IMG_SUFFIXES
+from clipce_rtdetr.data import IMG_SUFFIXES, image_size
 from clipce_rtdetr.errors import ClipCEError
 
 FORMATS = ("voc", "exdark", "coco")
@@ -44,7 +44,6 @@ SPLITS = ("train", "val", "test")
 EXDARK_SPLIT_CODES = {"1": "train", "2": "val", "3": "test"}
 MARKER = ".clipce-convert.json"
 MAX_SHOWN = 10
-HEIF_SUFFIXES = (".heic", ".heif")  # PIL reads these only with the pi_heif plugin
 
 
 @dataclass
@@ -388,37 +387,6 @@ def seeded_split(keys: list[str], val_fraction: float, seed: int) -> dict[str, s
 
 
 # ----------------------------------------------------------------------------------------- images
-def image_size(path: Path) -> tuple[int, int] | str:
-    """(w, h) of a readable image (EXIF orientation applied, as Ultralytics does), or why it is unusable.
-
-    Not data.check_image_file: the size comes from the same open, and the reason here is short (the report names
-    the file). Like it, this opens with PIL's own Image.open: Ultralytics' patched one retries every unreadable
-    file with the pi_heif plugin (installing it), which turns "not an image" into "No module named 'pi_heif'".
-    HEIF files do need that plugin, so they alone go through the patched open.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    from ultralytics.data.utils import exif_size
-
-    try:
-        from ultralytics.utils.patches import _image_open as plain_open
-    except ImportError:  # pragma: no cover - other Ultralytics releases
-        plain_open = Image.open
-    try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with (Image.open if path.suffix.lower() in HEIF_SUFFIXES else plain_open)(path) as im:
-            im.verify()
-            size = exif_size(im)
-    except UnidentifiedImageError:
-        return "not an image (PIL does not recognise the format)"
-    except Exception as e:  # PIL raises many types for damaged files
-        return f"damaged image ({type(e).__name__}: {e})"
-    if min(size) < 1:
-        return "image has zero size"
-    return size
-
-
 def order_box(box) -> tuple[tuple[float, float, float, float], bool]:
     """(x1, y1, x2, y2) with x1 <= x2 and y1 <= y2, and whether corners had to be swapped (a negative COCO w/h,
     VOC xmin > xmax): kept and reported, like a clipped box, since the swapped box is the one the numbers span."""

@@ -21,6 +21,7 @@ IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff"
 MAX_LISTED = 10
 # Formats PIL cannot verify without plugins: left to Ultralytics.
 NO_VERIFY = {".heic", ".heif", ".pfm"}
+HEIF_SUFFIXES = (".heic", ".heif")  # PIL reads these only with the pi_heif plugin
 
 
 def is_builtin(data) -> bool:
@@ -203,23 +204,42 @@ def label_file(img: Path) -> Path:
 
 
 def check_image_file(img: Path) -> str | None:
-    """None if `img` opens as an image, else a message naming it.
-
-    Why: for an unreadable file Ultralytics logs "ignoring corrupt image/label: No module named 'pi_heif'"
-    (its PIL patch tries a HEIF plugin first), which does not tell the user the file is broken.
-    """
+    """None if `img` opens as an image, else a message naming it (Ultralytics itself would only say "No module
+    named 'pi_heif'", see image_size)."""
     if img.suffix.lower() in NO_VERIFY:
         return None
+    why = image_size(img)
+    return f"{img}: not a readable image ({why}). Replace or delete it; Ultralytics skips it." if isinstance(why, str) else None
+
+
+def image_size(path: Path) -> tuple[int, int] | str:
+    """(w, h) of a readable image (EXIF orientation applied, as Ultralytics does), or why it is unusable.
+
+    Opens with PIL's own Image.open: Ultralytics' patched one retries every unreadable file with the pi_heif
+    plugin (installing it), which turns "not an image" into "No module named 'pi_heif'". HEIF files do need
+    that plugin, so they alone go through the patched open.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from ultralytics.data.utils import exif_size
+
     try:
-        from ultralytics.utils.patches import _image_open as open_image  # PIL's own, without the HEIF retry
+        from ultralytics.utils.patches import _image_open as plain_open
     except ImportError:  # pragma: no cover - other Ultralytics releases
-        from PIL.Image import open as open_image
+        plain_open = Image.open
     try:
-        with open_image(img) as im:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with (Image.open if path.suffix.lower() in HEIF_SUFFIXES else plain_open)(path) as im:
             im.verify()
-    except Exception as e:  # PIL raises many types for broken files
-        return f"{img}: not a readable image ({type(e).__name__}: {e}). Replace or delete it; Ultralytics skips it."
-    return None
+            size = exif_size(im)
+    except UnidentifiedImageError:
+        return "not an image (PIL does not recognise the format)"
+    except Exception as e:  # PIL raises many types for damaged files
+        return f"damaged image ({type(e).__name__}: {e})"
+    if min(size) < 1:
+        return "image has zero size"
+    return size
 
 
 def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[str]]:

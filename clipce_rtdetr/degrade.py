@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import zlib
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -280,8 +281,7 @@ def process(job: tuple) -> tuple[str, str | None]:
 
 # ----------------------------------------------------------------------------------------- dataset
 def _inside(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or b in a.parents
+    return relative_to_root(a, b) is not None  # the containment rule the images are listed with
 
 
 def depth_index(folder: Path) -> dict[str, list[Path]]:
@@ -373,9 +373,7 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
         raise ClipCEError(f"No images found in the splits of {yaml_path}.")
 
     didx = depth_index(dfolder) if dfolder is not None else {}
-    stems: dict[str, int] = {}
-    for _, _, rel in images:
-        stems[Path(rel).stem] = stems.get(Path(rel).stem, 0) + 1
+    stems = Counter(Path(rel).stem for _, _, rel in images)
     jobs, rows, seen, done, folders = [], [], set(), 0, set()
     for split, im, rel_s in images:
         rel = Path(rel_s)
@@ -420,10 +418,11 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
             it = pool.imap_unordered(process, jobs, chunksize=max(1, min(16, len(jobs) // (n_proc * 8))))
             errors = [e for _, e in tqdm(it, total=len(jobs), desc=desc, disable=not progress, unit="img") if e]
 
-    rows = [r for r in rows if (out / r["im_file"]).exists()]
+    finished = {rel for _, _, rel in images if (out / rel).exists()}
+    rows = [r for r in rows if r["im_file"] in finished]
     present: dict[str, set[str]] = {}  # per split (an image listed in two splits is recorded once in rows)
     for split, _, rel in images:
-        if (out / rel).exists():
+        if rel in finished:
             present.setdefault(split, set()).add(Path(rel).name)
     copy_coco_annotations(cfg, root, out, present)
     with open(out / CSV_FILE, "w", newline="", encoding="utf-8") as f:

@@ -156,9 +156,10 @@ def normalised_depth(depth: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------ 8-bit fast paths
 # The functions below take and return uint8 images (gray (H, W) or colour (H, W, C)) and agree with
 # round(255 * f(img / 255, ...)) of their float counterparts above to within one grey level (float32
-# evaluation order, round-half-to-even). They exist for throughput (`degrade`): the transmission is computed
-# once on the H x W depth map with cv2.exp, and each channel is blended by OpenCV (multiply, then add with
-# rounding and saturation straight to uint8), with no float copy of the whole image.
+# evaluation order, round-half-to-even). They exist for throughput (`degrade`): a depth constant along rows
+# (the horizon prior) gives one transmission per row, blended in cache-sized bands of rows; a per-pixel depth
+# map gets the transmission once with cv2.exp and each channel is blended by OpenCV (multiply, then add with
+# rounding and saturation straight to uint8). No float copy of the whole image either way.
 # The float functions above stay the reference (hazy-shapes' generator uses apply_haze).
 def row_profile(depth: np.ndarray) -> np.ndarray | None:
     """The (H, 1) column of a depth map that is constant along rows (a broadcast view such as horizon_depth's),
@@ -174,16 +175,22 @@ def _blend_rows_u8(rows: np.ndarray, column: np.ndarray, k: float, v: float) -> 
     t = np.exp(column * np.float32(k), dtype=np.float32)
     b = (np.float32(1.0) - t) * np.float32(255.0 * v) + np.float32(0.5)  # + 0.5: the cast below truncates
     out = np.empty(rows.shape, np.uint8)
+    for band, f in row_bands(rows):
+        np.multiply(rows[band], t[band], out=f)
+        f += b[band]
+        if not 0.0 <= v <= 1.0:  # otherwise c * t + 255 v (1 - t) stays within [0, 255]
+            np.clip(f, 0.0, 255.0, out=f)
+        out[band] = f
+    return out
+
+
+def row_bands(rows: np.ndarray):
+    """(slice of whole rows, float32 buffer of that band's shape): bands of about BAND_FLOATS values, so the float
+    temporaries of the 8-bit paths stay in cache. One buffer serves every band."""
     n = max(1, BAND_FLOATS // max(rows.shape[1], 1))
     buf = np.empty((min(n, rows.shape[0]), rows.shape[1]), np.float32)
     for r in range(0, rows.shape[0], n):
-        f = buf[: min(n, rows.shape[0] - r)]
-        np.multiply(rows[r:r + n], t[r:r + n], out=f)
-        f += b[r:r + n]
-        if not 0.0 <= v <= 1.0:  # otherwise c * t + 255 v (1 - t) stays within [0, 255]
-            np.clip(f, 0.0, 255.0, out=f)
-        out[r:r + n] = f
-    return out
+        yield slice(r, r + n), buf[: min(n, rows.shape[0] - r)]
 
 
 def _blend_u8(channels, depth: np.ndarray, ks, veils) -> list[np.ndarray]:
@@ -249,13 +256,10 @@ def lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 
     # the noise equals standard_noise(src.shape, noise_seed) (tested).
     rows = src.reshape(src.shape[0], -1) if src.ndim > 1 else src.reshape(1, -1)
     out = np.empty_like(rows)
-    n = max(1, BAND_FLOATS // max(rows.shape[1], 1))
-    z = np.empty((min(n, rows.shape[0]), rows.shape[1]), np.float32)
     _seed_noise(noise_seed)
-    for r in range(0, rows.shape[0], n):
-        band, zb = rows[r:r + n], z[: min(n, rows.shape[0] - r)]
-        if zb.size:
-            cv2.randn(zb, 0.0, 1.0)
-        zb *= cv2.LUT(band, std)
-        out[r:r + n] = cv2.add(zb, cv2.LUT(band, mean), dtype=cv2.CV_8U)  # rounds, saturates
+    for band, z in row_bands(rows):
+        if z.size:
+            cv2.randn(z, 0.0, 1.0)
+        z *= cv2.LUT(rows[band], std)
+        out[band] = cv2.add(z, cv2.LUT(rows[band], mean), dtype=cv2.CV_8U)  # rounds, saturates
     return out.reshape(src.shape)

@@ -52,7 +52,7 @@ class ClipCETrainer(RTDETRTrainer):
             if "clip" in given:
                 require_weights(self.clipce_args["clip"])
             load_profile(self.clipce_args["ame_profile"])  # unknown name, unreadable file (classes: once data is read)
-        self.weight_table = None  # (N,) per-object AME/prior weight, ame_crops=source or prior
+        self._padded_weights = None  # per-object AME/prior weights + a trailing 1 (ame_crops=source or prior)
         self.scorer = None  # AMEScorer, ame_crops=batch
         self._reset_weight_stats()
         super().__init__(cfg, overrides, _callbacks)
@@ -169,7 +169,16 @@ class ClipCETrainer(RTDETRTrainer):
 
     def _set_weight_table(self, w: torch.Tensor) -> None:
         """Per-object weights plus one trailing 1: an object without an id (-1) indexes it and keeps weight 1."""
-        self.weight_table = torch.cat([w.float(), w.new_ones(1, dtype=torch.float32)]).to(self.device)
+        self._padded_weights = torch.cat([w.float(), w.new_ones(1, dtype=torch.float32)]).to(self.device)
+
+    @property
+    def weight_table(self) -> torch.Tensor | None:
+        """(N,) per-object AME/prior weight in the dataset's object order (None: none computed)."""
+        return None if self._padded_weights is None else self._padded_weights[:-1]
+
+    def object_weights(self, ids: torch.Tensor) -> torch.Tensor:
+        """Weights of a batch's objects by id; id -1 (an object with no source, e.g. from copy-paste) gets 1."""
+        return self._padded_weights[ids.to(self._padded_weights.device)]
 
     # ----------------------------------------------------------------------------- per batch
     def preprocess_batch(self, batch: dict) -> dict:
@@ -184,7 +193,7 @@ class ClipCETrainer(RTDETRTrainer):
             xyxy = xywh2xyxy(batch["bboxes"]) * batch["bboxes"].new_tensor([w_, h, w_, h])
             _, _, w = self.scorer.score_boxes(img, xyxy, batch["batch_idx"].long(), batch["cls"].view(-1).long())
         else:
-            w = self.weight_table[ids.to(self.weight_table.device)]
+            w = self.object_weights(ids)
         w = w.detach().float()
         criterion.object_weights = w
         s = self._wstats

@@ -290,4 +290,5 @@ def test_object_without_id_keeps_weight_one():
     trainer = object.__new__(ClipCETrainer)  # only the weight table is exercised
     trainer.device = torch.device("cpu")
     trainer._set_weight_table(torch.tensor([2.0, 3.0]))
-    assert trainer.weight_table[torch.tensor([1, -1, 0])].tolist() == [3.0, 1.0, 2.0]
+    assert trainer.object_weights(torch.tensor([1, -1, 0])).tolist() == [3.0, 1.0, 2.0]
+    assert trainer.weight_table.tolist() == [2.0, 3.0]  # what ablation plots: no padding slot
