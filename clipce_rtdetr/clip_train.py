@@ -114,9 +114,12 @@ def with_clean_images(labels: list[dict], root: Path | None) -> list[dict]:
     return out
 
 
-def gather_crops(labels: list[dict], size: int, context: float, device="cpu", desc: str = "crops", progress: bool = True):
+def gather_crops(labels: list[dict], size: int, context: float, device="cpu", desc: str = "crops", progress: bool = True,
+                 keep: bool = True):
     """All ground-truth crops of `labels`, as AME makes them -> (crops (N,3,S,S) fp16 in [0,1] on CPU, cls (N,),
-    valid (N,), object image index (N,)). fp16 keeps memory at half of fp32; the source images are 8-bit."""
+    valid (N,), object image index (N,)). fp16 keeps memory at half of fp32; the source images are 8-bit.
+    keep=False returns no crops (an empty tensor): training with box jitter crops anew each batch and needs
+    only valid / cls / image index, not ~S*S*6 bytes per object held for the whole run."""
     from tqdm import tqdm
 
     from clipce_rtdetr.embedding_cache import iter_source_crops, object_classes
@@ -128,15 +131,17 @@ def gather_crops(labels: list[dict], size: int, context: float, device="cpu", de
     n_obj = int(starts[-1])
     bar = tqdm(total=n_obj, desc=f"clip-train: {desc}", unit="obj", disable=not progress)
     for start, c, v in iter_source_crops(labels, size, context, device):
-        crops.append(c.to("cpu", torch.float16))
+        if keep:
+            crops.append(c.to("cpu", torch.float16))
         valid.append(v.cpu())
         img_of.append(torch.full((len(c),), image_at[int(start)], dtype=torch.long))
         bar.update(len(c))
     bar.close()
     cls = object_classes(labels)
-    if not crops:
+    if not valid:
         return torch.zeros(0, 3, size, size, dtype=torch.float16), cls, torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
-    return torch.cat(crops), cls, torch.cat(valid), torch.cat(img_of)
+    out = torch.cat(crops) if crops else torch.zeros(0, 3, size, size, dtype=torch.float16)
+    return out, cls, torch.cat(valid), torch.cat(img_of)
 
 
 def object_levels(data: dict, labels: list[dict]) -> list[str | None] | None:
@@ -462,7 +467,7 @@ def clip_train(
         f"{'both towers' if train_text else 'the image tower'}; crops from {root or 'the images themselves'}"
     )
 
-    crops, cls, valid, img_of = gather_crops(train_src, size, context, "cpu", "train crops", progress)
+    crops, cls, valid, img_of = gather_crops(train_src, size, context, "cpu", "train crops", progress, keep=not jitter > 0)
     keep = valid.nonzero().view(-1)
     if len(keep) == 0:
         raise ClipCEError(f"clip-train: no usable ground-truth box (>= 2 px) in the train split of {data_yaml}.")
