@@ -175,8 +175,8 @@ def image_files(src: Path) -> list[Path]:
 def relative_to_root(im: str | Path, root: str | Path) -> str | None:
     """`im`'s path inside the dataset folder `root` (posix, as degradation records store it), or None when it is
     not under it. Lexical first (a linked file keeps its place in the tree), then with both sides' links resolved."""
-    for a, b in ((os.path.abspath(im), os.path.abspath(root)), (os.path.realpath(im), os.path.realpath(root))):
-        rel = os.path.relpath(a, b)  # "." for the root itself
+    for resolve in (os.path.abspath, os.path.realpath):  # realpath (a syscall per path part) only when needed
+        rel = os.path.relpath(resolve(im), resolve(root))  # "." for the root itself
         if rel != os.pardir and not rel.startswith(os.pardir + os.sep) and not os.path.isabs(rel):
             return Path(rel).as_posix()
     return None

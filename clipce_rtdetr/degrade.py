@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from clipce_rtdetr import physics
-from clipce_rtdetr.data import IMG_SUFFIXES, dataset_root, image_files, label_file, load_data_yaml, relative_to_root, split_paths
+from clipce_rtdetr.data import IMG_SUFFIXES, dataset_root, image_files, load_data_yaml, relative_to_root, split_paths
 from clipce_rtdetr.errors import ClipCEError
 
 KINDS = ("haze", "lowlight", "underwater")
@@ -355,13 +355,15 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
         new_entries = []
         for i, entry in enumerate(split_paths(cfg, yaml_path, split)):
             rels = []
+            inside = relative_to_root(entry, root)
+            # a folder's images lie lexically under it: their paths inside root follow from the folder's, no lookups
+            under = (str(entry), "" if inside == "." else inside + "/") if inside is not None and entry.is_dir() else None
             for im in image_files(entry):
-                rel = relative_to_root(im, root)
+                rel = under[1] + str(im)[len(under[0]) + 1:].replace(os.sep, "/") if under else relative_to_root(im, root)
                 if rel is None:
                     raise ClipCEError(f"{im} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it.")
                 images.append((split, im, rel))
                 rels.append(rel)
-            inside = relative_to_root(entry, root)
             if entry.suffix == ".txt":  # a list file: the same list, pointing at the degraded copies
                 inside = inside or f"{split}{f'_{i}' if i else ''}.txt"  # a list kept outside the dataset folder
                 lists[out / inside] = rels
@@ -373,24 +375,28 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
         raise ClipCEError(f"No images found in the splits of {yaml_path}.")
 
     didx = depth_index(dfolder) if dfolder is not None else {}
-    stems = Counter(Path(rel).stem for _, _, rel in images)
-    jobs, rows, seen, done, folders = [], [], set(), 0, set()
-    for split, im, rel_s in images:
-        rel = Path(rel_s)
+    stems = Counter(Path(rel).stem for _, _, rel in images) if dfolder is not None else Counter()
+    todo, rows, seen, done = [], [], set(), 0
+    for split, im, rel in images:
         if rel in seen:
             continue
         seen.add(rel)
-        p = sample_params(kind, level, rng, seed, rel.as_posix())
-        rows.append({"im_file": rel.as_posix(), "split": split, "kind": kind, "level": p["level"],
+        p = sample_params(kind, level, rng, seed, rel)
+        rows.append({"im_file": rel, "split": split, "kind": kind, "level": p["level"],
                      **{f: (f"{p[f]:.6f}" if isinstance(p[f], float) else p[f]) for f in FIELDS[kind]}})
         dst = out / rel
-        if dst.exists():
+        if os.path.exists(dst):
             done += 1
             continue
-        dpath = find_depth(dfolder, didx, rel, stems[rel.stem] == 1) if dfolder is not None else None
-        ldst = label_file(dst)
-        jobs.append((rel.as_posix(), im, dst, label_file(im), ldst, kind, p, depth, dpath, depth_scale))
-        folders.update((dst.parent, ldst.parent))
+        dpath = find_depth(dfolder, didx, Path(rel), stems[Path(rel).stem] == 1) if dfolder is not None else None
+        todo.append((rel, im, dst, p, dpath))
+    from ultralytics.data.utils import img2label_paths  # one call for all: it is a string substitution
+
+    lsrcs = img2label_paths([str(t[1]) for t in todo])
+    ldsts = img2label_paths([str(t[2]) for t in todo])
+    jobs = [(rel, im, dst, Path(ls), Path(ld), kind, p, depth, dpath, depth_scale)
+            for (rel, im, dst, p, dpath), ls, ld in zip(todo, lsrcs, ldsts)]
+    folders = {x.parent for j in jobs for x in (j[2], j[4])}
 
     out.mkdir(parents=True, exist_ok=True)
     sfile.write_text(json.dumps(settings, indent=2))
@@ -405,20 +411,20 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
     n_proc = processes or os.cpu_count() or 1
     if done:
         LOGGER.info(f"Resuming: {done} of {len(rows)} images already done in {out}.")
-    errors = []
     desc = f"Degrading ({kind}, {level}) into {out}"
     if n_proc == 1 or len(jobs) < 2:
         _init_worker()
-        results = (process(j) for j in jobs)
-        errors = [e for _, e in tqdm(results, total=len(jobs), desc=desc, disable=not progress, unit="img") if e]
+        results = [process(j) for j in tqdm(jobs, desc=desc, disable=not progress, unit="img")]
     else:
         import multiprocessing as mp
 
         with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(min(n_proc, len(jobs)), initializer=_init_worker) as pool:
             it = pool.imap_unordered(process, jobs, chunksize=max(1, min(16, len(jobs) // (n_proc * 8))))
-            errors = [e for _, e in tqdm(it, total=len(jobs), desc=desc, disable=not progress, unit="img") if e]
+            results = list(tqdm(it, total=len(jobs), desc=desc, disable=not progress, unit="img"))
+    failed = {rel for rel, e in results if e}  # the rest of the images exist: done before or now
+    errors = [e for _, e in results if e]
 
-    finished = {rel for _, _, rel in images if (out / rel).exists()}
+    finished = {rel for _, _, rel in images if rel not in failed}
     rows = [r for r in rows if r["im_file"] in finished]
     present: dict[str, set[str]] = {}  # per split (an image listed in two splits is recorded once in rows)
     for split, _, rel in images:

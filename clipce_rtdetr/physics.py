@@ -97,7 +97,9 @@ def standard_noise(shape, seed: int | None) -> np.ndarray:
     return z.reshape(shape)
 
 
-BAND_FLOATS = 1 << 16  # float32 values per band of rows in the 8-bit paths (256 KiB: stays in a core's L2 cache)
+# Values per band of rows in the 8-bit paths: bounds their temporaries on large images. Measured on a 640x480 RGB
+# image, one band (the whole image) ran faster than cache-sized bands (per-band call overhead outweighs the cache).
+BAND_FLOATS = 1 << 20
 
 
 def _seed_noise(seed: int | None) -> None:
@@ -157,9 +159,9 @@ def normalised_depth(depth: np.ndarray) -> np.ndarray:
 # The functions below take and return uint8 images (gray (H, W) or colour (H, W, C)) and agree with
 # round(255 * f(img / 255, ...)) of their float counterparts above to within one grey level (float32
 # evaluation order, round-half-to-even). They exist for throughput (`degrade`): a depth constant along rows
-# (the horizon prior) gives one transmission per row, blended in cache-sized bands of rows; a per-pixel depth
-# map gets the transmission once with cv2.exp and each channel is blended by OpenCV (multiply, then add with
-# rounding and saturation straight to uint8). No float copy of the whole image either way.
+# (the horizon prior) gives one transmission per row, blended in 16-bit fixed point; a per-pixel depth map gets
+# the transmission once with cv2.exp and each channel is blended by OpenCV (multiply, then add with rounding and
+# saturation straight to uint8). No float copy of the whole image either way.
 # The float functions above stay the reference (hazy-shapes' generator uses apply_haze).
 def row_profile(depth: np.ndarray) -> np.ndarray | None:
     """The (H, 1) column of a depth map that is constant along rows (a broadcast view such as horizon_depth's),
@@ -170,25 +172,36 @@ def row_profile(depth: np.ndarray) -> np.ndarray | None:
 def _blend_rows_u8(rows: np.ndarray, column: np.ndarray, k: float, v: float) -> np.ndarray:
     """round(c * t + 255 * v * (1 - t)) for a uint8 (H, N) array whose depth is one value per row (column (H, 1)).
 
-    Numpy broadcasts the per-row t along each row: no H x W map is built; bands of rows keep the float
-    temporary in cache."""
-    t = np.exp(column * np.float32(k), dtype=np.float32)
-    b = (np.float32(1.0) - t) * np.float32(255.0 * v) + np.float32(0.5)  # + 0.5: the cast below truncates
+    Numpy broadcasts the per-row t along each row: no H x W map is built. The usual case (t <= 1, veil in [0, 1]) runs in 16-bit fixed point, about twice as fast as float32:
+    t and the offset carry 8 fraction bits, the offset also absorbs t's rounding error at mid-grey, so a pixel is
+    off the float result by at most 0.25 + 1/512 grey levels before rounding (within one level after)."""
+    t = np.exp(column.astype(np.float64) * float(k))
+    b = (1.0 - t) * (255.0 * v) + 0.5  # + 0.5: the casts below truncate
     out = np.empty(rows.shape, np.uint8)
+    if 0.0 <= v <= 1.0 and np.all(t <= 1.0):  # then c * t8 + b8 < 2 ** 16: no overflow
+        t8 = np.rint(t * 256.0)
+        b8 = np.rint((b + 127.5 * (t - t8 / 256.0)) * 256.0).clip(0, 65535 - 255 * t8).astype(np.uint16)
+        t8 = t8.astype(np.uint16)
+        for band, f in row_bands(rows, np.uint16):
+            np.multiply(rows[band], t8[band], out=f)
+            f += b8[band]
+            f >>= 8
+            out[band] = f
+        return out
+    t, b = t.astype(np.float32), b.astype(np.float32)
     for band, f in row_bands(rows):
         np.multiply(rows[band], t[band], out=f)
         f += b[band]
-        if not 0.0 <= v <= 1.0:  # otherwise c * t + 255 v (1 - t) stays within [0, 255]
-            np.clip(f, 0.0, 255.0, out=f)
+        np.clip(f, 0.0, 255.0, out=f)
         out[band] = f
     return out
 
 
-def row_bands(rows: np.ndarray):
-    """(slice of whole rows, float32 buffer of that band's shape): bands of about BAND_FLOATS values, so the float
-    temporaries of the 8-bit paths stay in cache. One buffer serves every band."""
+def row_bands(rows: np.ndarray, dtype=np.float32):
+    """(slice of whole rows, `dtype` buffer of that band's shape): bands of about BAND_FLOATS values, so the
+    temporaries of the 8-bit paths stay bounded on large images. One buffer serves every band."""
     n = max(1, BAND_FLOATS // max(rows.shape[1], 1))
-    buf = np.empty((min(n, rows.shape[0]), rows.shape[1]), np.float32)
+    buf = np.empty((min(n, rows.shape[0]), rows.shape[1]), dtype)
     for r in range(0, rows.shape[0], n):
         yield slice(r, r + n), buf[: min(n, rows.shape[0] - r)]
 
@@ -252,7 +265,7 @@ def lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 
         return cv2.LUT(src, (np.clip(lut, 0.0, 1.0) * np.float32(255) + np.float32(0.5)).astype(np.uint8))
     std = (np.sqrt(np.float32(shot) * np.maximum(lut, 0) + np.float32(read) ** 2) * np.float32(255)).astype(np.float32)
     mean = (lut * np.float32(255)).astype(np.float32)
-    # Bands of rows, so the float temporaries stay in cache; drawn from one seeded generator band after band,
+    # Bands of rows bound the float temporaries on large images; drawn from one seeded generator band after band,
     # the noise equals standard_noise(src.shape, noise_seed) (tested).
     rows = src.reshape(src.shape[0], -1) if src.ndim > 1 else src.reshape(1, -1)
     out = np.empty_like(rows)
