@@ -153,6 +153,13 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
                                   + ". Pass resume=path/to/last.pt, or start a new run.")
             LOGGER.info(f"resume=True: resuming the newest unfinished run, {model_arg}")
             overrides["resume"] = model_arg
+    if mode == "train" and overrides.get("resume"):
+        ckpt = overrides["resume"] if isinstance(overrides["resume"], str) else model_arg
+        if isinstance(ckpt, str) and Path(ckpt).is_file() and resumable(ckpt) is False:
+            run = Path(ckpt).resolve().parent.parent
+            raise ClipCEError(f"{ckpt} is from a run that finished all its epochs: nothing to resume. To train on from its "
+                              f"weights, start a new run: 'clipce-rtdetr train model={ckpt} data=... epochs=N', giving again "
+                              f"the CLIP-CE settings listed in {run / 'clipce.yaml'} (a new run starts from cfg/default.yaml's).")
     if mode == "train" and not overrides.get("data") and not overrides.get("resume"):
         overrides["data"] = DEFAULT_DATA
         LOGGER.warning(f"'data' argument is missing. Using default 'data={DEFAULT_DATA}' (the built-in demo dataset).")
@@ -234,14 +241,24 @@ def latest_unfinished_run(search_dir: str = ".") -> tuple[str, list[str]]:
 
     finished = []
     for f in sorted(glob.glob(f"{search_dir}/**/last*.pt", recursive=True), key=os.path.getctime, reverse=True):
-        try:
-            ckpt = torch.load(f, map_location="cpu", weights_only=False)
-        except Exception:  # unreadable: not a candidate
-            continue
-        if isinstance(ckpt, dict) and ckpt.get("epoch", -1) != -1 and ckpt.get("optimizer") is not None:
+        state = resumable(f)
+        if state:
             return f, finished
-        finished.append(f)
+        if state is False:  # unreadable (None): not a candidate
+            finished.append(f)
     return "", finished
+
+
+def resumable(path: str) -> bool | None:
+    """Whether an Ultralytics checkpoint can resume training (it still has its epoch and optimizer: its run did
+    not end); None when it cannot be read."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return None
+    return isinstance(ckpt, dict) and ckpt.get("epoch", -1) != -1 and ckpt.get("optimizer") is not None
 
 
 INTERRUPT_HINTS = {  # what survives an interrupted run, per mode

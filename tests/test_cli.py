@@ -297,6 +297,12 @@ def test_resume_true_skips_finished_runs(capsys, tmp_path, monkeypatch):
     (tmp_path / "runs" / "a" / "weights" / "last.pt").unlink()
     rc, _, err = run_cli(capsys, "train", "resume=True")
     assert_clear_error(rc, err, "no unfinished run", "runs/b/weights/last.pt")
+    # Naming the finished run: our advice (a new run from its weights, CLIP-CE settings given again), not
+    # Ultralytics' 'yolo train model=last.pt', which would train without CLIP-CE.
+    for args in (["resume=runs/b/weights/last.pt"], ["model=runs/b/weights/last.pt", "resume=True"]):
+        rc, _, err = run_cli(capsys, "train", *args)
+        assert_clear_error(rc, err, "finished all its epochs", "clipce-rtdetr train model=runs/b/weights/last.pt", "clipce.yaml")
+        assert "yolo train" not in err
 
 
 def test_unquoted_lists_and_stream_true_from_the_docs(capsys):
