@@ -330,6 +330,13 @@ def unknown_class_hint(unknown: list[str], targets: list[str], names: Any) -> st
 
 
 # ----------------------------------------------------------------------------------------- splits
+def image_key(name: str) -> str:
+    """A split list's name as an image key: the file name without an image suffix. VOC lists give bare ids, and an
+    id may hold a dot ('img.v2'), so only a known image suffix is dropped (Path.stem would cut 'img.v2' to 'img')."""
+    base = Path(name).name
+    return base[: -len(Path(base).suffix)] if Path(base).suffix.lower() in IMG_SUFFIXES else base
+
+
 def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str] | None:
     """{image key (stem): split} from the user's split files, or the ones that ship with the dataset."""
     cand = Path(split) if split and split not in SPLITS else None
@@ -341,9 +348,9 @@ def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str
             return None
         out = {}
         for n, line in enumerate(f.read_text(encoding="utf-8-sig").splitlines(), 1):
-            parts = line.split()
-            if len(parts) >= 5 and parts[-1] in EXDARK_SPLIT_CODES:
-                out[Path(parts[0]).stem] = EXDARK_SPLIT_CODES[parts[-1]]
+            parts = line.rsplit(None, 4)  # the name may hold spaces; the 4 codes after it do not
+            if len(parts) == 5 and parts[-1] in EXDARK_SPLIT_CODES:
+                out[image_key(parts[0].strip())] = EXDARK_SPLIT_CODES[parts[-1]]
             elif parts and n > 1:
                 raise ClipCEError(f"{f}:{n}: expected 'Name Class Light In/Out Train/Val/Test(1/2/3)', got '{line.strip()}'.")
         return out
@@ -357,7 +364,7 @@ def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str
                 for s, f in files.items():
                     if f.is_file():  # one name per line: names may contain spaces
                         for name in filter(None, (line.strip() for line in f.read_text(encoding="utf-8-sig").splitlines())):
-                            out.setdefault(Path(name).stem, s)
+                            out.setdefault(image_key(name), s)
                 return out
     if cand is not None:
         raise ClipCEError(f"split={split}: expected train.txt and val.txt (or trainval.txt and test.txt) in {folder}.")

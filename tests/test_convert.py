@@ -135,6 +135,19 @@ def test_exdark_official_split(tmp_path):
     assert "2015_00002.jpg.txt:2" in (out / "convert_report.txt").read_text()
 
 
+def test_exdark_split_list_names_with_spaces(tmp_path):
+    """ExDark's imageclasslist: 'Name Class Light In/Out Split' where the name may hold spaces."""
+    src = tmp_path / "ex"
+    shutil.copytree(FIX / "exdark", src)
+    shutil.copy(src / "ExDark" / "Bicycle" / "2015_00001.png", src / "ExDark" / "Bicycle" / "my bike 1.png")
+    shutil.copy(src / "ExDark_Annno" / "Bicycle" / "2015_00001.png.txt", src / "ExDark_Annno" / "Bicycle" / "my bike 1.png.txt")
+    with (src / "ExDark" / "imageclasslist.txt").open("a") as f:
+        f.write("my bike 1.png 1 2 1 2\n")
+    out = tmp_path / "o"
+    convert("exdark", src, out, progress=False)
+    assert (out / "labels" / "val" / "my bike 1.txt").is_file() and not (out / "labels" / "train" / "my bike 1.txt").exists()
+
+
 def test_coco_underwater(tmp_path):
     y = convert("coco", FIX / "coco", tmp_path / "duo", progress=False)
     cfg = yaml.safe_load(y.read_text())
@@ -252,14 +265,15 @@ def test_voc_split_files_one_name_per_line(tmp_path):
     src = copy_fixture(tmp_path, "voc")
     add_voc(src, "with space", "with space.jpg", (20, 20), voc_object("car", 1, 1, 5, 5))
     add_voc(src, "résumé é", "résumé é.jpg", (20, 20), voc_object("bus", 2, 2, 6, 6))
+    add_voc(src, "img.v2", "img.v2.jpg", (20, 20), voc_object("car", 3, 3, 7, 7))  # a dot in the id
     sets = src / "ImageSets" / "Main"
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("a1\na2\n\nwith space\n brouillard_ü \n", encoding="utf-8")
-    (sets / "val.txt").write_text("a3\r\nrésumé é\r\n", encoding="utf-8")
+    (sets / "val.txt").write_text("a3\r\nrésumé é\r\nimg.v2\n", encoding="utf-8")
     out = tmp_path / "o"
     convert("voc", src, out, progress=False)
     assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == ["a1.txt", "a2.txt", "brouillard_ü.txt", "with space.txt"]
-    assert sorted(p.name for p in (out / "labels" / "val").iterdir()) == ["a3.txt", "résumé é.txt"]
+    assert sorted(p.name for p in (out / "labels" / "val").iterdir()) == ["a3.txt", "img.v2.txt", "résumé é.txt"]
     check_boxes(labels(out)["résumé é.txt"], [yolo(4, 2, 2, 6, 6, 20, 20)])
     report = (out / "convert_report.txt").read_text()
     assert "(with space)" not in report and "(résumé é)" not in report and "(corrupt)" in report  # corrupt: not listed
