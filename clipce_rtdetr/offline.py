@@ -34,22 +34,37 @@ def configure() -> None:
     _install_font(Path(USER_CONFIG_DIR))
 
 
-def _install_font(config_dir: Path) -> None:
+def _install_font(config_dir: Path, offline: bool | None = None) -> None:
     """Put a TTF where Ultralytics' `check_font("Arial.ttf")` looks, so plotting never downloads.
 
     Why: `check_font` ignores YOLO_OFFLINE and tries to download Arial.ttf when a dataset is
-    checked or a plot is drawn. Matplotlib ships DejaVuSans, which is a fine stand-in.
+    checked or a plot is drawn. Matplotlib ships DejaVuSans, which is a fine stand-in. The stand-in is
+    a file in Ultralytics' config folder, so when the user goes online (YOLO_OFFLINE=0) a stand-in left
+    by an earlier offline run is removed again and Ultralytics fetches the real font; any other font
+    file there is never touched.
     """
+    import filecmp
+
+    if offline is None:
+        from ultralytics.utils import env_bool
+
+        offline = env_bool("YOLO_OFFLINE")  # read the way Ultralytics reads it
+    try:
+        import matplotlib
+
+        src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    except Exception:
+        return
+    if not src.exists():
+        return
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
         target = config_dir / name
-        if target.exists():
-            continue
         try:
-            import matplotlib
-
-            src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-            if src.exists():
+            if not offline:
+                if target.is_file() and filecmp.cmp(src, target, shallow=False):
+                    target.unlink()
+            elif not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, target)
-        except Exception:
+        except OSError:
             pass

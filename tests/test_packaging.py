@@ -144,3 +144,18 @@ def test_import_leaves_the_users_ultralytics_settings_alone(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True, timeout=120).stdout.split()
     assert out[-4:] == ["False", "True", "True", "None"]
     assert settings_file.read_text() == before and json.loads(before)["mlflow"] is True
+
+
+def test_offline_font_stand_in_is_removed_when_online(tmp_path):
+    """Offline, DejaVuSans stands in for Ultralytics' Arial (no download); online, that stand-in is removed so the
+    real font is fetched, while a font the user put there is kept."""
+    from clipce_rtdetr.offline import _install_font
+
+    _install_font(tmp_path, offline=True)
+    stand_in = (tmp_path / "Arial.ttf").read_bytes()
+    assert stand_in and (tmp_path / "Arial.Unicode.ttf").is_file()
+    (tmp_path / "Arial.Unicode.ttf").write_bytes(b"the user's own font")
+    _install_font(tmp_path, offline=False)
+    assert not (tmp_path / "Arial.ttf").exists() and (tmp_path / "Arial.Unicode.ttf").read_bytes() == b"the user's own font"
+    _install_font(tmp_path, offline=True)
+    assert (tmp_path / "Arial.ttf").read_bytes() == stand_in and (tmp_path / "Arial.Unicode.ttf").read_bytes() == b"the user's own font"
