@@ -168,13 +168,29 @@ def object_levels(data: dict, labels: list[dict]) -> list[str | None] | None:
 IMAGE_MEMORY_BUDGET = 2 * 2**30  # bytes of decoded source images kept in memory for jittered crops
 
 
-def jittered_crops(labels: list[dict], img_idx: torch.Tensor, boxes: torch.Tensor, size: int, context: float,
-                   jitter: float, gen: torch.Generator, memory: dict[int, torch.Tensor]) -> torch.Tensor:
+class DecodedImages:
+    """Decoded source images (uint8 (1, 3, H, W)) kept for jittered crops up to `budget` bytes; the rest are
+    re-read from disk each time."""
+
+    def __init__(self, labels: list[dict], budget: int = IMAGE_MEMORY_BUDGET):
+        self.labels, self.budget, self.used, self.kept = labels, budget, 0, {}
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from clipce_rtdetr.embedding_cache import read_rgb
+
+        t = self.kept.get(i)
+        if t is None:
+            t = torch.from_numpy(read_rgb(self.labels[i]["im_file"])).permute(2, 0, 1)[None].contiguous()
+            if self.used + t.numel() <= self.budget:
+                self.kept[i], self.used = t, self.used + t.numel()
+        return t
+
+
+def jittered_crops(images: DecodedImages, img_idx: torch.Tensor, boxes: torch.Tensor, size: int, context: float,
+                   jitter: float, gen: torch.Generator) -> torch.Tensor:
     """Augmented crops: each box's centre moved by up to `jitter` x its size and its width/height scaled by
-    exp(U(-jitter, jitter)), then cropped exactly as AME crops (`ame.crop_boxes`, same context and size).
-    Decoded images are kept in `memory` up to IMAGE_MEMORY_BUDGET, then re-read from disk."""
+    exp(U(-jitter, jitter)), then cropped exactly as AME crops (`ame.crop_boxes`, same context and size)."""
     from clipce_rtdetr.ame import crop_boxes
-    from clipce_rtdetr.embedding_cache import read_rgb
 
     n = len(boxes)
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)
@@ -183,13 +199,8 @@ def jittered_crops(labels: list[dict], img_idx: torch.Tensor, boxes: torch.Tenso
     new = torch.cat([ctr - wh / 2, ctr + wh / 2], 1)
     out = torch.empty(n, 3, size, size)
     for i in img_idx.unique().tolist():
-        t = memory.get(i)
-        if t is None:
-            t = torch.from_numpy(read_rgb(labels[i]["im_file"])).permute(2, 0, 1)[None].contiguous()
-            if sum(v.numel() for v in memory.values()) + t.numel() <= IMAGE_MEMORY_BUDGET:
-                memory[i] = t
         m = img_idx == i
-        out[m] = crop_boxes(t, new[m], torch.zeros(int(m.sum()), dtype=torch.long), size, context)[0]
+        out[m] = crop_boxes(images[i], new[m], torch.zeros(int(m.sum()), dtype=torch.long), size, context)[0]
     return out
 
 
@@ -506,7 +517,7 @@ def clip_train(
         with torch.no_grad():
             frozen_text = text_classes(model, tokens, nc, n_tpl)
     obj_boxes = torch.cat([torch.from_numpy(source_boxes_xyxy(lb, lb["shape"])) for lb in train_src if len(lb["cls"])])
-    images_mem: dict[int, torch.Tensor] = {}
+    decoded = DecodedImages(train_src)
     history = []
     t0 = time.time()
     model.train()
@@ -516,7 +527,7 @@ def clip_train(
         tot_loss, tot_ok, seen = 0.0, 0, 0
         for i in range(0, len(perm), int(batch)):
             idx = perm[i:i + int(batch)]
-            x = jittered_crops(train_src, img_of[idx], obj_boxes[idx], size, context, jitter, gen, images_mem) if jitter > 0 else crops[idx]
+            x = jittered_crops(decoded, img_of[idx], obj_boxes[idx], size, context, jitter, gen) if jitter > 0 else crops[idx]
             x = x.to(device).float()
             if fliplr > 0:
                 flip = torch.rand(len(idx), generator=gen) < fliplr

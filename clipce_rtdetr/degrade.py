@@ -413,8 +413,16 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
         LOGGER.info(f"Resuming: {done} of {len(rows)} images already done in {out}.")
     desc = f"Degrading ({kind}, {level}) into {out}"
     if n_proc == 1 or len(jobs) < 2:
-        _init_worker()
-        results = [process(j) for j in tqdm(jobs, desc=desc, disable=not progress, unit="img")]
+        import cv2
+
+        # In this process: one OpenCV thread as in the workers (the same noise draws), restored afterwards; the
+        # caller's memory allocator is left as it is (no reuse_freed_image_memory).
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            results = [process(j) for j in tqdm(jobs, desc=desc, disable=not progress, unit="img")]
+        finally:
+            cv2.setNumThreads(threads)
     else:
         import multiprocessing as mp
 

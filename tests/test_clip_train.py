@@ -121,3 +121,22 @@ def test_demo_clip_gives_higher_d_to_hazier_crops():
     d0, d1 = d_by_beta[0.0], d_by_beta[max(recipe.beta)]
     assert d1.mean() > d0.mean() + 0.05, (d0.mean(), d1.mean())
     assert (d1 > d0).float().mean() > 0.5  # per object too, for most of the same objects
+
+
+def test_decoded_images_stay_within_their_budget(tmp_path):
+    """Jittered crops keep decoded images up to the byte budget; images past it are read again each time."""
+    import cv2
+
+    from clipce_rtdetr.clip_train import DecodedImages
+
+    labels = []
+    for i in range(3):
+        f = tmp_path / f"{i}.png"
+        cv2.imwrite(str(f), np.full((10, 20, 3), 40 * i, np.uint8))
+        labels.append({"im_file": str(f)})
+    mem = DecodedImages(labels, budget=2 * 10 * 20 * 3)
+    for i in (0, 1, 2, 2, 0):
+        t = mem[i]
+        assert t.shape == (1, 3, 10, 20) and t.dtype == torch.uint8 and int(t[0, 0, 0, 0]) == 40 * i
+    assert sorted(mem.kept) == [0, 1] and mem.used == 2 * 10 * 20 * 3
+    assert mem[0] is mem[0] and mem[2] is not mem[2]

@@ -115,7 +115,13 @@ def test_resume_and_processes(tiny_hazy_shapes, tmp_path):
     full = tmp_path / "full"
     degrade(tiny_hazy_shapes, full, kind="haze", seed=2, processes=2, progress=False)
     part = tmp_path / "part"
-    degrade(tiny_hazy_shapes, part, kind="haze", seed=2, processes=1, progress=False)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        degrade(tiny_hazy_shapes, part, kind="haze", seed=2, processes=1, progress=False)
+        assert cv2.getNumThreads() == 2  # in this process: the caller's OpenCV threads are given back
+    finally:
+        cv2.setNumThreads(threads)
     files = sorted(p.relative_to(part) for p in (part / "images").rglob("*.png"))
     # Interrupted run: some images never written, one half-written (temporary file), CSV not yet written.
     for f in files[:3]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from clipce_rtdetr import ClipCERTDETR
 from clipce_rtdetr.errors import ClipCEError, ConfigError
@@ -186,6 +187,13 @@ def test_resume_restores_every_clipce_key(tiny_hazy_shapes, tiny_clip, tmp_root)
     for k, v in custom.items():
         assert trainer.clipce_args[k] == v, k
     assert trainer.clipce_args["clip"] == tiny_clip
+    # The user's way: model=last.pt resume=True, data= given again; the run goes on in its own folder to the end.
+    resumed = ClipCERTDETR(str(last))
+    resumed.train(resume=True, data=str(tiny_hazy_shapes))
+    assert Path(resumed.trainer.save_dir) == last.parents[1]
+    rows = list(csv.DictReader(open(last.parents[1] / "results.csv")))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2]
+    assert yaml.safe_load((last.parents[1] / "clipce.yaml").read_text())["ame_alpha"] == 0.5
 
 
 @pytest.mark.parametrize("mode,extra", [("prior", {}), ("ame", {"ame_crops": "batch"})])
