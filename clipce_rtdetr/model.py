@@ -111,11 +111,20 @@ class ClipCERTDETR(RTDETR):
         return super().val(validator=validator, **ultra)
 
     def predict(self, source=None, stream: bool = False, predictor=None, **kwargs: Any):
+        from clipce_rtdetr.stream import check_source_list
+
         ultra, _ = check_overrides(kwargs)
+        check_source_list(source)  # a .txt/.csv list of sources: each entry checked, file and line named
         return super().predict(source=source, stream=stream, predictor=predictor, **ultra)
 
     def track(self, source=None, stream: bool = False, persist: bool = False, **kwargs: Any):
+        from ultralytics.cfg import DEFAULT_CFG
+
+        from clipce_rtdetr.stream import check_tracker_cfg, ensure_lap
+
         ultra, _ = check_overrides(kwargs)
+        ensure_lap()
+        check_tracker_cfg(ultra.get("tracker") or self.overrides.get("tracker") or DEFAULT_CFG.tracker)
         return super().track(source=source, stream=stream, persist=persist, **ultra)
 
     def export(self, **kwargs: Any) -> str:

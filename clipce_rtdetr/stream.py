@@ -450,7 +450,6 @@ def stream_predict(model, source=None, mode: str = "predict", persist: bool = Fa
         raise ClipCEError(f"mode must be 'predict' or 'track', got '{mode}'.")
     kwargs, retries, backoff = _stream_settings(kwargs)
     kwargs.pop("stream", None)  # always streamed: `stream=True` on the command line is accepted and implied
-    check_source_list(source)
     base = model._smart_load("predictor")
     cls = stream_predictor_class(base)
     if mode == "track":  # what Model.track does, with our predictor class (Model.track takes no predictor=)

@@ -248,3 +248,23 @@ def test_txt_source_names_list_file_and_line(media, tmp_path):
     ok.write_text(f"{media['video'].name}\n")  # relative to the list's folder, as Ultralytics resolves it
     summary = run_predict(ClipCERTDETR(media["pt"]), "predict", {"source": str(ok), "imgsz": 64, "save": False, "verbose": False})
     assert summary["frames"] == 12
+
+
+def test_python_api_checks_source_lists_and_trackers(media, tmp_path):
+    """model.predict / model.track (not only the CLI and stream_predict) name the list file and line, and the
+    broken tracker file."""
+    from clipce_rtdetr.model import ClipCERTDETR
+
+    lst = tmp_path / "sources.txt"
+    lst.write_text(f"{media['video']}\nmissing.jpg\n")
+    model = ClipCERTDETR(media["pt"])
+    with pytest.raises(ClipCEError, match=r"sources\.txt, line 2: 'missing\.jpg' does not exist"):
+        model.predict(source=str(lst), imgsz=64)
+    with pytest.raises(ClipCEError, match=r"sources\.txt, line 2"):
+        model.track(source=str(lst), imgsz=64)
+    garbled = tmp_path / "garb.yaml"
+    garbled.write_text("tracker_type: bytetrack\nfoo: [1, 2\n  bar: :\n")
+    with pytest.raises(ClipCEError, match=r"garb\.yaml, line 3: invalid YAML"):
+        model.track(source=str(media["video"]), imgsz=64, tracker=str(garbled))
+    results = model.track(source=str(media["video"]), imgsz=64, tracker="bytetrack.yaml", verbose=False)
+    assert len(results) == 12
