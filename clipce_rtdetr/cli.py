@@ -156,10 +156,12 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
     if mode == "train" and overrides.get("resume"):
         ckpt = overrides["resume"] if isinstance(overrides["resume"], str) else model_arg
         if isinstance(ckpt, str) and Path(ckpt).is_file() and resumable(ckpt) is False:
-            run = Path(ckpt).resolve().parent.parent
-            raise ClipCEError(f"{ckpt} is from a run that finished all its epochs: nothing to resume. To train on from its "
-                              f"weights, start a new run: 'clipce-rtdetr train model={ckpt} data=... epochs=N', giving again "
-                              f"the CLIP-CE settings listed in {run / 'clipce.yaml'} (a new run starts from cfg/default.yaml's).")
+            settings = Path(ckpt).resolve().parent.parent / "clipce.yaml"
+            raise ClipCEError(
+                f"{ckpt} cannot be resumed: it has no optimizer state (the run that wrote it finished all its epochs, or "
+                f"it is a released weights file). To train on from its weights, start a new run: 'clipce-rtdetr train "
+                f"model={ckpt} data=... epochs=N'" + (f", giving again the CLIP-CE settings listed in {settings}" if settings.is_file()
+                                                     else ", with the CLIP-CE settings you want") + " (a new run starts from cfg/default.yaml's).")
     if mode == "train" and not overrides.get("data") and not overrides.get("resume"):
         overrides["data"] = DEFAULT_DATA
         LOGGER.warning(f"'data' argument is missing. Using default 'data={DEFAULT_DATA}' (the built-in demo dataset).")

@@ -95,6 +95,13 @@ def find_image(name: str, idx: dict[str, list[Path]], *candidates: Path) -> Path
     return hits[0] if hits else None
 
 
+def image_key(name: str) -> str:
+    """An image's key (annotations and split lists alike): the file name without an image suffix. VOC gives bare
+    ids, and an id may hold a dot ('img.v2'), so only a known image suffix is dropped (Path.stem would cut it to 'img')."""
+    base = Path(name).name
+    return base[: -len(Path(base).suffix)] if Path(base).suffix.lower() in IMG_SUFFIXES else base
+
+
 def _num(text: str | None) -> float:
     if text is None:
         raise ValueError("missing")
@@ -128,12 +135,12 @@ def read_voc(source: Path, report: Report) -> list[Record]:
             report.add("not a VOC annotation (root is not <annotation>)", str(x))
             continue
         fname = (root.findtext("filename") or "").strip() or x.stem
-        if not Path(fname).suffix:  # some VOC tools write the stem only
+        if Path(fname).suffix.lower() not in IMG_SUFFIXES:  # some VOC tools write the stem only (which may hold a dot)
             fname = next((p.name for s in IMG_SUFFIXES for p in idx.get(fname + s, [])), fname)
         src = find_image(fname, idx, x.parent.parent / "JPEGImages" / fname, x.parent / fname)
         if src is None:
             src = next((ps[0] for s in IMG_SUFFIXES for ps in [idx.get(x.stem + s, [])] if ps), None)
-        rec = Record(src=src, key=Path(fname).stem, where=str(x))
+        rec = Record(src=src, key=image_key(fname), where=str(x))
         for n, o in enumerate(root.iter("object"), 1):
             name = (o.findtext("name") or "").strip()
             bb = o.find("bndbox")
@@ -166,7 +173,7 @@ def read_exdark(source: Path, report: Report) -> list[Record]:
         if not lines or not lines[0].startswith("% bbGt"):
             continue  # not an ExDark annotation (e.g. the split list or a README)
         name = t.name[: -len(".txt")]
-        rec = Record(src=find_image(name, idx), key=Path(name).stem, where=str(t))
+        rec = Record(src=find_image(name, idx), key=image_key(name), where=str(t))
         for n, line in enumerate(lines[1:], 2):
             parts = line.split()
             if not parts:
@@ -236,7 +243,7 @@ def read_coco(source: Path, report: Report) -> list[Record]:
             cands = [jf.parent / fn, root / fn, root / "images" / fn, jf.parent.parent / "images" / fn]
             if split:
                 cands += [root / split / fn, root / "images" / split / fn]
-            rec = Record(src=find_image(fn, idx, *cands), key=Path(fn).stem, where=f"{jf} image id {im['id']}", split=split)
+            rec = Record(src=find_image(fn, idx, *cands), key=image_key(fn), where=f"{jf} image id {im['id']}", split=split)
             by_id[im["id"]] = rec
             records.append(rec)
         for n, a in enumerate(d["annotations"]):
@@ -330,13 +337,6 @@ def unknown_class_hint(unknown: list[str], targets: list[str], names: Any) -> st
 
 
 # ----------------------------------------------------------------------------------------- splits
-def image_key(name: str) -> str:
-    """A split list's name as an image key: the file name without an image suffix. VOC lists give bare ids, and an
-    id may hold a dot ('img.v2'), so only a known image suffix is dropped (Path.stem would cut 'img.v2' to 'img')."""
-    base = Path(name).name
-    return base[: -len(Path(base).suffix)] if Path(base).suffix.lower() in IMG_SUFFIXES else base
-
-
 def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str] | None:
     """{image key (stem): split} from the user's split files, or the ones that ship with the dataset."""
     cand = Path(split) if split and split not in SPLITS else None

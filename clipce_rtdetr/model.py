@@ -123,8 +123,9 @@ class ClipCERTDETR(RTDETR):
         from clipce_rtdetr.stream import check_tracker_cfg, ensure_lap
 
         ultra, _ = check_overrides(kwargs)
-        ensure_lap()
-        check_tracker_cfg(ultra.get("tracker") or self.overrides.get("tracker") or DEFAULT_CFG.tracker)
+        if not (persist and hasattr(self.predictor, "trackers")):  # when Ultralytics (re)reads it: not per frame
+            ensure_lap()
+            check_tracker_cfg(ultra.get("tracker") or self.overrides.get("tracker") or DEFAULT_CFG.tracker)
         return super().track(source=source, stream=stream, persist=persist, **ultra)
 
     def export(self, **kwargs: Any) -> str:

@@ -301,8 +301,11 @@ def test_resume_true_skips_finished_runs(capsys, tmp_path, monkeypatch):
     # Ultralytics' 'yolo train model=last.pt', which would train without CLIP-CE.
     for args in (["resume=runs/b/weights/last.pt"], ["model=runs/b/weights/last.pt", "resume=True"]):
         rc, _, err = run_cli(capsys, "train", *args)
-        assert_clear_error(rc, err, "finished all its epochs", "clipce-rtdetr train model=runs/b/weights/last.pt", "clipce.yaml")
-        assert "yolo train" not in err
+        assert_clear_error(rc, err, "finished all its epochs", "clipce-rtdetr train model=runs/b/weights/last.pt")
+        assert "yolo train" not in err and "clipce.yaml" not in err  # that run folder has none
+    (tmp_path / "runs" / "b" / "clipce.yaml").write_text("clipce: fame\n")
+    rc, _, err = run_cli(capsys, "train", "resume=runs/b/weights/last.pt")
+    assert_clear_error(rc, err, str(tmp_path / "runs" / "b" / "clipce.yaml"))
 
 
 def test_unquoted_lists_and_stream_true_from_the_docs(capsys):

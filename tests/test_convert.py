@@ -266,14 +266,16 @@ def test_voc_split_files_one_name_per_line(tmp_path):
     add_voc(src, "with space", "with space.jpg", (20, 20), voc_object("car", 1, 1, 5, 5))
     add_voc(src, "résumé é", "résumé é.jpg", (20, 20), voc_object("bus", 2, 2, 6, 6))
     add_voc(src, "img.v2", "img.v2.jpg", (20, 20), voc_object("car", 3, 3, 7, 7))  # a dot in the id
+    add_voc(src, "img.v3", "img.v3", None, voc_object("car", 3, 3, 7, 7))  # ... and <filename> without a suffix
+    shutil.copy(src / "JPEGImages" / "img.v2.jpg", src / "JPEGImages" / "img.v3.jpg")
     sets = src / "ImageSets" / "Main"
     sets.mkdir(parents=True)
     (sets / "train.txt").write_text("a1\na2\n\nwith space\n brouillard_ü \n", encoding="utf-8")
-    (sets / "val.txt").write_text("a3\r\nrésumé é\r\nimg.v2\n", encoding="utf-8")
+    (sets / "val.txt").write_text("a3\r\nrésumé é\r\nimg.v2\nimg.v3\n", encoding="utf-8")
     out = tmp_path / "o"
     convert("voc", src, out, progress=False)
     assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == ["a1.txt", "a2.txt", "brouillard_ü.txt", "with space.txt"]
-    assert sorted(p.name for p in (out / "labels" / "val").iterdir()) == ["a3.txt", "img.v2.txt", "résumé é.txt"]
+    assert sorted(p.name for p in (out / "labels" / "val").iterdir()) == ["a3.txt", "img.v2.txt", "img.v3.txt", "résumé é.txt"]
     check_boxes(labels(out)["résumé é.txt"], [yolo(4, 2, 2, 6, 6, 20, 20)])
     report = (out / "convert_report.txt").read_text()
     assert "(with space)" not in report and "(résumé é)" not in report and "(corrupt)" in report  # corrupt: not listed

@@ -268,3 +268,23 @@ def test_python_api_checks_source_lists_and_trackers(media, tmp_path):
         model.track(source=str(media["video"]), imgsz=64, tracker=str(garbled))
     results = model.track(source=str(media["video"]), imgsz=64, tracker="bytetrack.yaml", verbose=False)
     assert len(results) == 12
+
+
+def test_per_frame_tracking_checks_the_tracker_once(media, monkeypatch):
+    """Ultralytics' frame loop, model.track(frame, persist=True): the tracker file is checked when Ultralytics reads
+    it (the first frame), not on every frame."""
+    import numpy as np
+
+    from clipce_rtdetr import stream
+    from clipce_rtdetr.model import ClipCERTDETR
+
+    calls = []
+    real = stream.check_tracker_cfg
+    monkeypatch.setattr(stream, "check_tracker_cfg", lambda t: calls.append(t) or real(t))
+    model = ClipCERTDETR(media["pt"])
+    frame = np.full((64, 64, 3), 90, np.uint8)
+    for _ in range(3):
+        model.track(frame, persist=True, imgsz=64, verbose=False)
+    assert len(calls) == 1
+    model.track(frame, imgsz=64, verbose=False)  # without persist Ultralytics reads the file again: so do we
+    assert len(calls) == 2
