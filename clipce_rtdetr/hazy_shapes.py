@@ -303,11 +303,10 @@ def demo_clip_spec() -> str:
     for d in weights_dirs():
         if (d / DEMO_CLIP_FILE).exists():
             return f"{DEMO_CLIP_MODEL}:{d / DEMO_CLIP_FILE}"
-    from clipce_rtdetr.clip_loader import make_random_clip
+    from clipce_rtdetr.clip_loader import TINY_CLIP, make_random_clip
 
     path = home() / "weights" / "clipce-tiny-random.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    spec = f"{DEMO_CLIP_MODEL}:{path}" if path.exists() else make_random_clip(path)
+    spec = f"{TINY_CLIP}:{path.resolve()}" if path.exists() else make_random_clip(path, TINY_CLIP)  # the same spec both ways
     LOGGER.warning(
         "CLIP-CE demo: no demo CLIP found, using a tiny CLIP with RANDOM weights. Its AME weights are "
         "uninformative (this run shows the pipeline works, not what CLIP-CE gains). Pass clip=MODEL:PRETRAINED for real scores."

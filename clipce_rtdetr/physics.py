@@ -1,6 +1,7 @@
 """Physics of image degradation (METHOD.md §7): haze by atmospheric scattering, depth priors.
 
-All functions work on float images in [0, 1] (H, W, 3) and return float32 in [0, 1].
+The image functions take float images in [0, 1] ((H, W) or (H, W, C)) and return float32 in [0, 1]; the *_u8
+functions take and return uint8 images; the depth priors return depths (arbitrary units, larger is farther).
 """
 
 from __future__ import annotations

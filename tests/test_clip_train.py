@@ -91,6 +91,20 @@ def test_demo_clip_spec_names_its_model():
     assert not load_clip(spec).random_weights
 
 
+def test_demo_clip_fallback_is_the_same_random_clip_every_time(monkeypatch, tmp_path):
+    """Without the committed demo CLIP (e.g. a non-editable install), hazy-shapes falls back to a tiny random CLIP
+    made once under $CLIPCE_HOME; the second run must load that same file as the same model."""
+    from clipce_rtdetr import hazy_shapes
+    from clipce_rtdetr.clip_loader import load_clip
+
+    monkeypatch.setattr("clipce_rtdetr.paths.weights_dirs", lambda: [tmp_path / "none"])
+    monkeypatch.setattr(hazy_shapes, "home", lambda: tmp_path / "home")
+    first = hazy_shapes.demo_clip_spec()
+    second = hazy_shapes.demo_clip_spec()
+    assert first == second and (tmp_path / "home" / "weights" / "clipce-tiny-random.pt").is_file()
+    assert load_clip(second).random_weights
+
+
 @pytest.mark.skipif(not DEMO.is_file(), reason="demo CLIP not committed")
 def test_demo_clip_gives_higher_d_to_hazier_crops():
     """Same clean scenes, same boxes, hazed at beta 0 and at a high beta: mean d must rise."""
