@@ -239,8 +239,6 @@ def latest_unfinished_run(search_dir: str = ".") -> tuple[str, list[str]]:
     import glob
     import os
 
-    import torch
-
     finished = []
     for f in sorted(glob.glob(f"{search_dir}/**/last*.pt", recursive=True), key=os.path.getctime, reverse=True):
         state = resumable(f)

@@ -29,7 +29,11 @@ NON_NEGATIVE = ("ame_alpha", "fame_gamma", "ame_context", "prior_a", "export_tol
 POSITIVE = ("ame_temperature", "ame_batch")
 FRACTION = ("val_fraction",)
 # Keys whose value is a list or None (no scalar type to check).
+LIST_KEYS = ("ame_templates", "beta_range", "airlight_range", "gamma_range", "names", "ablation_methods", "ablation_seeds")
+
+
 def _list_item(text: str):
+    """One item of an unquoted command-line list ([none,fame], [0,1]): a number when it reads as one, else text."""
     text = text.strip().strip("'\"")
     for cast in (int, float):
         try:
@@ -37,9 +41,6 @@ def _list_item(text: str):
         except ValueError:
             pass
     return text
-
-
-LIST_KEYS = ("ame_templates", "beta_range", "airlight_range", "gamma_range", "names", "ablation_methods", "ablation_seeds")
 
 
 @lru_cache(maxsize=1)

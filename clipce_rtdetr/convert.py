@@ -371,6 +371,14 @@ def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str
     return None
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0 <= val_fraction <= 1:
+        raise ClipCEError(
+            f"val_fraction={val_fraction}: must be between 0 and 1 (the share of images held out for validation, "
+            "e.g. 0.2; 1 puts every image in images/val for an evaluation-only set)."
+        )
+
+
 def seeded_split(keys: list[str], val_fraction: float, seed: int) -> dict[str, str]:
     """Deterministic train/val split: sorted keys shuffled with `seed`, the first val_fraction to val.
 
@@ -380,11 +388,7 @@ def seeded_split(keys: list[str], val_fraction: float, seed: int) -> dict[str, s
     A fraction strictly between keeps at least one image on each side, so rounding on a small set does not
     silently leave val or train empty.
     """
-    if not 0 <= val_fraction <= 1:
-        raise ClipCEError(
-            f"val_fraction={val_fraction}: must be between 0 and 1 (the share of images held out for validation, "
-            "e.g. 0.2; 1 puts every image in images/val for an evaluation-only set)."
-        )
+    check_val_fraction(val_fraction)
     order = sorted(set(keys))
     random.Random(seed).shuffle(order)
     n_val = round(len(order) * val_fraction)
@@ -486,7 +490,7 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
         split_note = "annotation files per split"
     else:  # drawn below, among the usable images only (a missing file must not take a val place)
         split_note = f"seeded split (seed={seed}, val_fraction={val_fraction})"
-        seeded_split(["check"], val_fraction, seed)  # a bad val_fraction stops here, before the images are read
+        check_val_fraction(val_fraction)  # before the images are read
 
     # Check every image (threads: PIL releases the GIL while decoding headers).
     found = [r for r in records if r.src is not None]

@@ -356,10 +356,8 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
         for i, entry in enumerate(split_paths(cfg, yaml_path, split)):
             rels = []
             inside = relative_to_root(entry, root)
-            # a folder's images lie lexically under it: their paths inside root follow from the folder's, no lookups
-            under = (str(entry), "" if inside == "." else inside + "/") if inside is not None and entry.is_dir() else None
             for im in image_files(entry):
-                rel = under[1] + str(im)[len(under[0]) + 1:].replace(os.sep, "/") if under else relative_to_root(im, root)
+                rel = relative_to_root(im, root)
                 if rel is None:
                     raise ClipCEError(f"{im} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it.")
                 images.append((split, im, rel))

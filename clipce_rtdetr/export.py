@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from clipce_rtdetr.data import IMG_SUFFIXES
 from clipce_rtdetr.errors import ClipCEError
 
 # Format aliases Ultralytics' Exporter accepts besides the names in export_formats()["Argument"].
@@ -118,9 +119,6 @@ def preflight(model, fmt: str, kwargs: dict[str, Any], proj: dict[str, Any]) -> 
 
 
 # ---------------------------------------------------------------------------------------------- compare
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
 def source_image_files(source: str | Path) -> list[Path]:
     """Image files of `export_check_source`: a file, a folder (searched recursively) or a glob, absolute or relative.
 
@@ -133,11 +131,11 @@ def source_image_files(source: str | Path) -> list[Path]:
         files = sorted(p.rglob("*"))
     else:
         files = [p] if p.is_file() else sorted(map(Path, glob.glob(str(source), recursive=True)))
-    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    images = [f for f in files if f.suffix.lower() in IMG_SUFFIXES and f.is_file()]
     if images:
         return images
     if files:
-        why = f"holds {len(files)} files but no image ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})"
+        why = f"holds {len(files)} files but no image ({', '.join(sorted(s[1:] for s in IMG_SUFFIXES))})"
     else:
         why = "matches no file" if glob.has_magic(str(source)) else "does not exist"
     raise ClipCEError(

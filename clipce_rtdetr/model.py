@@ -118,14 +118,11 @@ class ClipCERTDETR(RTDETR):
         return super().predict(source=source, stream=stream, predictor=predictor, **ultra)
 
     def track(self, source=None, stream: bool = False, persist: bool = False, **kwargs: Any):
-        from ultralytics.cfg import DEFAULT_CFG
-
-        from clipce_rtdetr.stream import check_tracker_cfg, ensure_lap
+        from clipce_rtdetr.stream import check_tracking
 
         ultra, _ = check_overrides(kwargs)
         if not (persist and hasattr(self.predictor, "trackers")):  # when Ultralytics (re)reads it: not per frame
-            ensure_lap()
-            check_tracker_cfg(ultra.get("tracker") or self.overrides.get("tracker") or DEFAULT_CFG.tracker)
+            check_tracking(self, ultra.get("tracker"))
         return super().track(source=source, stream=stream, persist=persist, **ultra)
 
     def export(self, **kwargs: Any) -> str:

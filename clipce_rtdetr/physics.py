@@ -173,9 +173,10 @@ def row_profile(depth: np.ndarray) -> np.ndarray | None:
 def _blend_rows_u8(rows: np.ndarray, column: np.ndarray, k: float, v: float) -> np.ndarray:
     """round(c * t + 255 * v * (1 - t)) for a uint8 (H, N) array whose depth is one value per row (column (H, 1)).
 
-    Numpy broadcasts the per-row t along each row: no H x W map is built. The usual case (t <= 1, veil in [0, 1]) runs in 16-bit fixed point, about twice as fast as float32:
-    t and the offset carry 8 fraction bits, the offset also absorbs t's rounding error at mid-grey, so a pixel is
-    off the float result by at most 0.25 + 1/512 grey levels before rounding (within one level after)."""
+    Numpy broadcasts the per-row t along each row: no H x W map is built. The usual case (t <= 1, veil in [0, 1])
+    runs in 16-bit fixed point, about twice as fast as float32: t and the offset carry 8 fraction bits, the offset
+    also absorbs t's rounding error at mid-grey, so a pixel is off the float result by at most 0.25 + 1/512 grey
+    levels before rounding (within one level after)."""
     t = np.exp(column.astype(np.float64) * float(k))
     b = (1.0 - t) * (255.0 * v) + 0.5  # + 0.5: the casts below truncate
     out = np.empty(rows.shape, np.uint8)

@@ -392,6 +392,14 @@ def check_tracker_cfg(tracker: str) -> Path:
     return path
 
 
+def check_tracking(model, tracker: str | None = None) -> None:
+    """What Ultralytics' tracking reads, checked first: `lap` (or the stand-in) and the tracker YAML in use."""
+    from ultralytics.cfg import DEFAULT_CFG
+
+    ensure_lap()
+    check_tracker_cfg(tracker or model.overrides.get("tracker") or DEFAULT_CFG.tracker)
+
+
 def _listed_source_exists(entry: str, list_dir: Path) -> bool:
     """As LoadImagesAndVideos resolves a listed entry: from the current folder, else from the list's folder."""
     for p in (Path(entry).absolute(), (list_dir / entry).absolute()):
@@ -453,11 +461,9 @@ def stream_predict(model, source=None, mode: str = "predict", persist: bool = Fa
     base = model._smart_load("predictor")
     cls = stream_predictor_class(base)
     if mode == "track":  # what Model.track does, with our predictor class (Model.track takes no predictor=)
-        ensure_lap()
-        from ultralytics.cfg import DEFAULT_CFG
         from ultralytics.trackers import register_tracker
 
-        check_tracker_cfg(kwargs.get("tracker") or model.overrides.get("tracker") or DEFAULT_CFG.tracker)
+        check_tracking(model, kwargs.get("tracker"))
         register_tracker(model, persist)
         kwargs["conf"] = 0.1 if kwargs.get("conf") is None else kwargs["conf"]
         kwargs["batch"] = kwargs.get("batch") or 1
