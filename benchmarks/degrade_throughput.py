@@ -71,8 +71,6 @@ def bare_loop(files: list[Path], out: Path, processes: int, labels: Path | None 
 def stage_breakdown(root: Path, files: list[Path], out: Path, rounds: int = 2) -> dict[str, dict[str, float]]:
     """Milliseconds per image of each stage of degrade's worker, in this one process, alternating with the bare
     loop image by image (so slow drifts of the machine hit both alike)."""
-    import shutil as sh
-
     from clipce_rtdetr import degrade as D
 
     out.mkdir(parents=True)
@@ -92,7 +90,7 @@ def stage_breakdown(root: Path, files: list[Path], out: Path, rounds: int = 2) -
                 d = D.load_depth("horizon", None, h, w, 1.0) if kind != "lowlight" else None
                 res = D.degrade_array(img, kind, p, d, depth_max=D._prior_max("horizon", h, w) if kind == "underwater" else None)
                 t3 = time.perf_counter()
-                sh.copyfile(root / "labels" / "val" / f"{f.stem}.txt", out / f"{kind}{r}_{i}.txt")
+                shutil.copyfile(root / "labels" / "val" / f"{f.stem}.txt", out / f"{kind}{r}_{i}.txt")
                 t4 = time.perf_counter()
                 D.write_image(res, out / f"{kind}{r}_{i}.jpg")
                 t5 = time.perf_counter()
