@@ -1,4 +1,4 @@
-"""Ablation: clipce=none|prior|ame|fame over seeds, everything else equal (see clipce_rtdetr/ablation.py).
+"""Ablation: clipce=none|prior|ame|fame over seeds, everything else equal (see clipce_rtdetr/eval/ablation.py).
 
 Default: hazy-shapes, tiny RT-DETR, CPU, under an hour on 2 cores; results to benchmarks/results/.
 Real data on a GPU:  python benchmarks/ablation.py --data datasets/rtts/rtts.yaml --model rtdetr-l.pt \
@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="hazy-shapes")
-    ap.add_argument("--model", default="rtdetr-tiny-shapes.pt", help="default: the clean-pretrained tiny RT-DETR (weights/)")
+    ap.add_argument(
+        "--model", default="rtdetr-tiny-shapes.pt", help="default: the clean-pretrained tiny RT-DETR (weights/)"
+    )
     ap.add_argument("--methods", default="none,prior,ame,fame")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=8)
@@ -31,15 +33,32 @@ def main(argv=None):
     ap.add_argument("--project", default=None, help="run folders (default: a temp dir)")
     args = ap.parse_args(argv)
 
-    from clipce_rtdetr.ablation import run_ablation_grid
+    from clipce_rtdetr.eval.ablation import run_ablation_grid
 
-    train_kwargs = dict(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, device=args.device, workers=0,
-                        plots=False, warmup_epochs=0, optimizer="AdamW", lr0=args.lr0, verbose=False)
+    train_kwargs = dict(
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        workers=0,
+        plots=False,
+        warmup_epochs=0,
+        optimizer="AdamW",
+        lr0=args.lr0,
+        verbose=False,
+    )
     if args.clip:
         train_kwargs["clip"] = args.clip
     project = Path(args.project or tempfile.mkdtemp(prefix="clipce-ablation-"))
-    run_ablation_grid(args.methods.split(","), [int(s) for s in args.seeds.split(",")], args.data, args.model,
-                      train_kwargs, Path(args.out), project)
+    run_ablation_grid(
+        args.methods.split(","),
+        [int(s) for s in args.seeds.split(",")],
+        args.data,
+        args.model,
+        train_kwargs,
+        Path(args.out),
+        project,
+    )
 
 
 if __name__ == "__main__":

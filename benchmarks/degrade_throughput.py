@@ -51,7 +51,7 @@ def _bare(job):
 
 
 def _init():
-    from clipce_rtdetr.degrade import _init_worker
+    from clipce_rtdetr.data.degrade import _init_worker
 
     _init_worker()  # the same process set-up as degrade's workers (threads, malloc), so only the work differs
 
@@ -59,8 +59,10 @@ def _init():
 def bare_loop(files: list[Path], out: Path, processes: int, labels: Path | None = None) -> float:
     """Seconds to decode and re-encode `files` (and copy their labels from `labels`, when given)."""
     out.mkdir(parents=True)
-    jobs = [(str(f), str(out / f.name)) + ((str(labels / f"{f.stem}.txt"), str(out / f"{f.stem}.txt")) if labels else ())
-            for f in files]
+    jobs = [
+        (str(f), str(out / f.name)) + ((str(labels / f"{f.stem}.txt"), str(out / f"{f.stem}.txt")) if labels else ())
+        for f in files
+    ]
     t = time.perf_counter()
     with get_context("fork").Pool(processes, initializer=_init) as pool:
         for _ in pool.imap_unordered(_bare, jobs, chunksize=max(1, min(16, len(jobs) // (processes * 8)))):
@@ -71,7 +73,7 @@ def bare_loop(files: list[Path], out: Path, processes: int, labels: Path | None 
 def stage_breakdown(root: Path, files: list[Path], out: Path, rounds: int = 2) -> dict[str, dict[str, float]]:
     """Milliseconds per image of each stage of degrade's worker, in this one process, alternating with the bare
     loop image by image (so slow drifts of the machine hit both alike)."""
-    from clipce_rtdetr import degrade as D
+    from clipce_rtdetr.data import degrade as D
 
     out.mkdir(parents=True)
     D._init_worker()
@@ -88,13 +90,21 @@ def stage_breakdown(root: Path, files: list[Path], out: Path, rounds: int = 2) -
                 img = D.read_image(f)
                 t2 = time.perf_counter()
                 d = D.load_depth("horizon", None, h, w, 1.0) if kind != "lowlight" else None
-                res = D.degrade_array(img, kind, p, d, depth_max=D._prior_max("horizon", h, w) if kind == "underwater" else None)
+                res = D.degrade_array(
+                    img, kind, p, d, depth_max=D._prior_max("horizon", h, w) if kind == "underwater" else None
+                )
                 t3 = time.perf_counter()
                 shutil.copyfile(root / "labels" / "val" / f"{f.stem}.txt", out / f"{kind}{r}_{i}.txt")
                 t4 = time.perf_counter()
                 D.write_image(res, out / f"{kind}{r}_{i}.jpg")
                 t5 = time.perf_counter()
-                for k, a, b in (("bare", t0, t1), ("read", t1, t2), ("physics", t2, t3), ("label", t3, t4), ("write", t4, t5)):
+                for k, a, b in (
+                    ("bare", t0, t1),
+                    ("read", t1, t2),
+                    ("physics", t2, t3),
+                    ("label", t3, t4),
+                    ("write", t4, t5),
+                ):
                     ms[k] += (b - a) * 1e3 / (rounds * len(files))
         table[kind] = ms
     return table
@@ -106,24 +116,37 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for degrade_throughput.{json,md}")
-    ap.add_argument("--breakdown", type=int, default=60, help="images for the per-stage timing in one process (0: skip)")
+    ap.add_argument(
+        "--out", default=str(Path(__file__).parent / "results"), help="folder for degrade_throughput.{json,md}"
+    )
+    ap.add_argument(
+        "--breakdown", type=int, default=60, help="images for the per-stage timing in one process (0: skip)"
+    )
     a = ap.parse_args()
     w, h = map(int, a.size.split("x"))
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    from clipce_rtdetr.degrade import degrade
+    from clipce_rtdetr.data.degrade import degrade
 
     tmp = Path(tempfile.mkdtemp(prefix="degrade-bench-"))
     try:
         y = make_dataset(tmp / "src", a.n, w, h)
         files = sorted((tmp / "src" / "images" / "val").glob("*.jpg"))
-        results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "images": a.n, "size": a.size,
-                   "processes": a.processes, "bare_s": [], "bare_label_s": [], "degrade_s": {}}
+        results = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "images": a.n,
+            "size": a.size,
+            "processes": a.processes,
+            "bare_s": [],
+            "bare_label_s": [],
+            "degrade_s": {},
+        }
         for r in range(a.repeats):
             os.sync()  # each timed run starts without the previous run's files still being written back
             results["bare_s"].append(bare_loop(files, tmp / f"bare{r}", a.processes))
             os.sync()
-            results["bare_label_s"].append(bare_loop(files, tmp / f"barel{r}", a.processes, tmp / "src" / "labels" / "val"))
+            results["bare_label_s"].append(
+                bare_loop(files, tmp / f"barel{r}", a.processes, tmp / "src" / "labels" / "val")
+            )
             for kind in ("haze", "lowlight", "underwater"):
                 os.sync()
                 t = time.perf_counter()
@@ -133,7 +156,9 @@ def main() -> None:
         results["bare_img_s"] = a.n / bare
         results["bare_label_img_s"] = a.n / min(results["bare_label_s"])
         results["ratio"] = {k: bare / min(v) for k, v in results["degrade_s"].items()}
-        results["ratio_vs_bare_label"] = {k: min(results["bare_label_s"]) / min(v) for k, v in results["degrade_s"].items()}
+        results["ratio_vs_bare_label"] = {
+            k: min(results["bare_label_s"]) / min(v) for k, v in results["degrade_s"].items()
+        }
         results["degrade_img_s"] = {k: a.n / min(v) for k, v in results["degrade_s"].items()}
         results["max_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         out = Path(a.out)
@@ -141,18 +166,33 @@ def main() -> None:
         if a.breakdown:
             results["stages_ms"] = stage_breakdown(tmp / "src", files[: a.breakdown], tmp / "stages")
         (out / "degrade_throughput.json").write_text(json.dumps(results, indent=2))
-        lines = [f"# degrade throughput ({results['machine']}, {a.n} JPEG images {a.size}, {a.processes} processes, best of {a.repeats})",
-                 "", "| loop | images/s | vs bare decode+encode | vs decode+encode+label copy |", "|---|---|---|---|",
-                 f"| bare decode+encode | {results['bare_img_s']:.1f} | 100% | |",
-                 f"| decode+encode+label copy | {results['bare_label_img_s']:.1f} | {100 * results['bare_label_img_s'] / results['bare_img_s']:.0f}% | 100% |"]
-        lines += [f"| degrade kind={k} (whole command: listing, records, labels) | {results['degrade_img_s'][k]:.1f} | {100 * results['ratio'][k]:.0f}% "
-                  f"| {100 * results['ratio_vs_bare_label'][k]:.0f}% |" for k in results["ratio"]]
+        lines = [
+            f"# degrade throughput ({results['machine']}, {a.n} JPEG images {a.size}, {a.processes} processes, best of {a.repeats})",
+            "",
+            "| loop | images/s | vs bare decode+encode | vs decode+encode+label copy |",
+            "|---|---|---|---|",
+            f"| bare decode+encode | {results['bare_img_s']:.1f} | 100% | |",
+            f"| decode+encode+label copy | {results['bare_label_img_s']:.1f} | {100 * results['bare_label_img_s'] / results['bare_img_s']:.0f}% | 100% |",
+        ]
+        lines += [
+            f"| degrade kind={k} (whole command: listing, records, labels) | {results['degrade_img_s'][k]:.1f} | {100 * results['ratio'][k]:.0f}% "
+            f"| {100 * results['ratio_vs_bare_label'][k]:.0f}% |"
+            for k in results["ratio"]
+        ]
         if a.breakdown:
             st = results["stages_ms"]
-            lines += ["", f"Per image, one process, {a.breakdown} images alternating with the bare loop (ms):", "",
-                      "| kind | bare decode+encode | read | physics | label copy | encode+write | degrade total |", "|---|---|---|---|---|---|---|"]
-            lines += [f"| {k} | {v['bare']:.2f} | {v['read']:.2f} | {v['physics']:.2f} | {v['label']:.2f} | {v['write']:.2f} | "
-                      f"{v['read'] + v['physics'] + v['label'] + v['write']:.2f} |" for k, v in st.items()]
+            lines += [
+                "",
+                f"Per image, one process, {a.breakdown} images alternating with the bare loop (ms):",
+                "",
+                "| kind | bare decode+encode | read | physics | label copy | encode+write | degrade total |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {k} | {v['bare']:.2f} | {v['read']:.2f} | {v['physics']:.2f} | {v['label']:.2f} | {v['write']:.2f} | "
+                f"{v['read'] + v['physics'] + v['label'] + v['write']:.2f} |"
+                for k, v in st.items()
+            ]
         (out / "degrade_throughput.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     finally:

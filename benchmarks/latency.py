@@ -23,8 +23,8 @@ import argparse
 import json
 import os
 import platform
-import sys
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -51,10 +51,13 @@ def setup_env(work: Path) -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(work / "ultralytics-config"))
     os.environ.setdefault("CLIPCE_HOME", str(work / "clipce-home"))
     os.environ.setdefault("MPLBACKEND", "Agg")
-    import clipce_rtdetr  # noqa: F401  (offline settings)
     from ultralytics.utils import SETTINGS
 
-    SETTINGS.update({"runs_dir": str(work / "runs"), "datasets_dir": str(work / "datasets"), "weights_dir": str(work / "weights")})
+    import clipce_rtdetr  # noqa: F401  (offline settings)
+
+    SETTINGS.update(
+        {"runs_dir": str(work / "runs"), "datasets_dir": str(work / "datasets"), "weights_dir": str(work / "weights")}
+    )
 
 
 def quiet() -> None:
@@ -105,7 +108,7 @@ def onnx_graph_stats(path: str) -> dict:
 
 
 def export(pt: Path, fmt: str, imgsz: int, batch: int, **kw) -> str:
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     f = ClipCERTDETR(pt).export(format=fmt, imgsz=imgsz, batch=batch, export_check=False, verbose=False, **kw)
     dst = pt.with_name(f"{pt.stem}-{imgsz}-b{batch}{Path(f).suffix}")
@@ -149,7 +152,7 @@ def run_grid(grid, work: Path, iters: int, budget_s: float, gpu: bool) -> list[d
     import torch
     from ultralytics.nn.autobackend import AutoBackend
 
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     rows, ckpts = [], {}
     for name, imgsz, batch in grid:
@@ -165,8 +168,11 @@ def run_grid(grid, work: Path, iters: int, budget_s: float, gpu: bool) -> list[d
             x = torch.rand(batch, 3, imgsz, imgsz, device=dev)
             for (backend, _), r in zip(group, time_interleaved(bes, x, iters, budget_s)):
                 rows.append({"model": name, "imgsz": imgsz, "batch": batch, "backend": backend, "device": device, **r})
-                print(f"  {name:9s} {imgsz:4d} b{batch} {backend:14s} {device:4s} median {r['median_ms']:9.1f} ms  "
-                      f"p95 {r['p95_ms']:9.1f} ms  {r['fps']:7.2f} img/s  ({r['iters']} iters)", flush=True)
+                print(
+                    f"  {name:9s} {imgsz:4d} b{batch} {backend:14s} {device:4s} median {r['median_ms']:9.1f} ms  "
+                    f"p95 {r['p95_ms']:9.1f} ms  {r['fps']:7.2f} img/s  ({r['iters']} iters)",
+                    flush=True,
+                )
             del bes
     return rows
 
@@ -176,13 +182,18 @@ def clipce_vs_stock(work: Path, iters: int, budget_s: float, imgsz: int = 320) -
     import torch
     from ultralytics.nn.autobackend import AutoBackend
 
-    from clipce_rtdetr.hazy_shapes import Recipe, generate
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.data.hazy_shapes import Recipe, generate
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
-    data = generate(work / "hazy-shapes-bench", Recipe(seed=0, n_train=16, n_val=8, size=128, max_objects=3), progress=False)
+    data = generate(
+        work / "hazy-shapes-bench", Recipe(seed=0, n_train=16, n_val=8, size=128, max_objects=3), progress=False
+    )
     common = {"data": str(data), "epochs": 1, "imgsz": 64, "batch": 8, "device": "cpu", "workers": 0, "plots": False,
               "val": False, "seed": 0, "deterministic": True, "exist_ok": True, "project": str(work / "runs"), "verbose": False}  # fmt: skip
-    variants = {"clipce (fame, clip=clipce-tiny)": {"clipce": "fame", "clip": "clipce-tiny"}, "stock (clipce=none)": {"clipce": "none"}}
+    variants = {
+        "clipce (fame, clip=clipce-tiny)": {"clipce": "fame", "clip": "clipce-tiny"},
+        "stock (clipce=none)": {"clipce": "none"},
+    }
     out, onnx_files = {}, {}
     for label, extra in variants.items():
         m = ClipCERTDETR(TINY)
@@ -194,7 +205,10 @@ def clipce_vs_stock(work: Path, iters: int, budget_s: float, imgsz: int = 320) -
         stats = onnx_graph_stats(f)
         out[label] = {"checkpoint": Path(f).name, "imgsz": imgsz, **{k: stats[k] for k in ("nodes", "initializers")},
                       "ops": stats["ops"], "onnxruntime_cpu": lat}  # fmt: skip
-        print(f"  {label:32s} nodes {stats['nodes']}  median {lat['median_ms']:.1f} ms  p95 {lat['p95_ms']:.1f} ms", flush=True)
+        print(
+            f"  {label:32s} nodes {stats['nodes']}  median {lat['median_ms']:.1f} ms  p95 {lat['p95_ms']:.1f} ms",
+            flush=True,
+        )
     a, b = out.values()
     out["same_graph"] = a["nodes"] == b["nodes"] and a["ops"] == b["ops"] and a["initializers"] == b["initializers"]
     out["latency_ratio"] = round(a["onnxruntime_cpu"]["median_ms"] / b["onnxruntime_cpu"]["median_ms"], 3)
@@ -232,14 +246,25 @@ def markdown(res: dict) -> str:
         "| model | imgsz | batch | backend | device | median ms | p95 ms | img/s | speed-up vs PyTorch (same device) |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
-    lines.insert(5, f"PyTorch rows use {m['torch_threads']} threads; `pytorch-1thread` is PyTorch as `clipce-rtdetr predict` runs it "
-                 "on CPU (Ultralytics sets OMP_NUM_THREADS=1 at import when it is unset). ONNX Runtime uses all cores.")
+    lines.insert(
+        5,
+        f"PyTorch rows use {m['torch_threads']} threads; `pytorch-1thread` is PyTorch as `clipce-rtdetr predict` runs it "
+        "on CPU (Ultralytics sets OMP_NUM_THREADS=1 at import when it is unset). ONNX Runtime uses all cores.",
+    )
     lines.insert(6, "")
-    base = {(r["model"], r["imgsz"], r["batch"], r["device"]): r["median_ms"] for r in res["rows"] if r["backend"] == "pytorch"}
+    base = {
+        (r["model"], r["imgsz"], r["batch"], r["device"]): r["median_ms"]
+        for r in res["rows"]
+        if r["backend"] == "pytorch"
+    }
     for r in res["rows"]:
-        ref = base.get((r["model"], r["imgsz"], r["batch"], r["device"])) or base.get((r["model"], r["imgsz"], r["batch"], "cpu"))
+        ref = base.get((r["model"], r["imgsz"], r["batch"], r["device"])) or base.get(
+            (r["model"], r["imgsz"], r["batch"], "cpu")
+        )
         sp = f"{ref / r['median_ms']:.2f}x" if ref else ""
-        lines.append(f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['backend']} | {r['device']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | {r['fps']:.2f} | {sp} |")
+        lines.append(
+            f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['backend']} | {r['device']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | {r['fps']:.2f} | {sp} |"
+        )
     eq = res.get("clipce_vs_stock")
     if eq and "error" not in eq:
         (la, a), (lb, b) = [(k, v) for k, v in eq.items() if isinstance(v, dict)]

@@ -25,8 +25,12 @@ def clean_view(yaml_path: Path, out: Path) -> Path:
     src = yaml_path.parent
     for split in ("train", "val"):
         shutil.copytree(src / "clean" / split, out / "images" / split, dirs_exist_ok=True)
-        shutil.copytree(src / "labels" / split, out / "labels" / split, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.cache", "*.pt"))
+        shutil.copytree(
+            src / "labels" / split,
+            out / "labels" / split,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("*.cache", "*.pt"),
+        )
     names = yaml.safe_load(yaml_path.read_text())["names"]
     data = out / "clean.yaml"
     data.write_text(yaml.safe_dump({"path": str(out), "train": "images/train", "val": "images/val", "names": names}))
@@ -43,14 +47,28 @@ def main(argv=None):
     if Path(args.out).exists():  # before ~0.45 h of training, not after
         raise SystemExit(f"{args.out} exists; remove it first or pass --out elsewhere (nothing overwritten).")
     from clipce_rtdetr import ClipCERTDETR
-    from clipce_rtdetr.hazy_shapes import Recipe, generate
+    from clipce_rtdetr.data.hazy_shapes import Recipe, generate
 
     work = Path(tempfile.mkdtemp(prefix="clipce-pretrain-"))
     try:
         data = clean_view(generate(work / "hazy-shapes-s1", Recipe(seed=1, n_train=384, n_val=64)), work / "clean")
         model = ClipCERTDETR("rtdetr-tiny.yaml")
-        model.train(data=str(data), clipce="none", epochs=args.epochs, time=args.hours, imgsz=160, batch=16, device="cpu",
-                    workers=0, plots=False, warmup_epochs=1, optimizer="AdamW", lr0=0.002, project=str(work / "runs"), name="pre")
+        model.train(
+            data=str(data),
+            clipce="none",
+            epochs=args.epochs,
+            time=args.hours,
+            imgsz=160,
+            batch=16,
+            device="cpu",
+            workers=0,
+            plots=False,
+            warmup_epochs=1,
+            optimizer="AdamW",
+            lr0=0.002,
+            project=str(work / "runs"),
+            name="pre",
+        )
         best = Path(model.trainer.best)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(best, args.out)

@@ -83,10 +83,13 @@ def setup_env(work: Path) -> None:
     os.environ["YOLO_CONFIG_DIR"] = str(work / "ultralytics-config")
     os.environ["CLIPCE_HOME"] = str(work / "clipce-home")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    import clipce_rtdetr  # noqa: F401  (offline settings)
     from ultralytics.utils import SETTINGS
 
-    SETTINGS.update({"runs_dir": str(work / "runs"), "datasets_dir": str(work / "datasets"), "weights_dir": str(work / "weights")})
+    import clipce_rtdetr  # noqa: F401  (offline settings)
+
+    SETTINGS.update(
+        {"runs_dir": str(work / "runs"), "datasets_dir": str(work / "datasets"), "weights_dir": str(work / "weights")}
+    )
 
 
 def quiet() -> None:
@@ -279,7 +282,7 @@ def detach_tree(x):
 def make_model(name: str, args, clip_spec: str):
     from ultralytics import RTDETR
 
-    from clipce_rtdetr.model import ClipCERTDETR, resolve_model
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR, resolve_model
 
     extra = dict(CONFIGS[name])
     if extra:
@@ -290,7 +293,6 @@ def make_model(name: str, args, clip_spec: str):
 
 def train_lockstep(names: list[str], args, data: str, clip_spec: str, work: Path) -> tuple[dict, tuple | None]:
     """Train every configuration in lockstep (one iteration each in turn); return (per-config results, captured)."""
-    import torch
 
     lock = Lockstep(len(names))
     timers = {n: Timer(lock, i, capture=n == "source") for i, n in enumerate(names)}
@@ -337,9 +339,12 @@ def train_lockstep(names: list[str], args, data: str, clip_spec: str, work: Path
             "threads": tm.threads,
         }
         o = out[n]
-        print(f"    {n:6s}: setup {o['setup_s']:6.1f} s  epochs {o['epoch_s_all']} s  iteration median "
-              f"{med(measured(o['iter_s'])):.3f} s  preprocess median {med(o['preprocess_ms']):.2f} ms  "
-              f"criterion median {med(o['criterion_ms']):.1f} ms", flush=True)
+        print(
+            f"    {n:6s}: setup {o['setup_s']:6.1f} s  epochs {o['epoch_s_all']} s  iteration median "
+            f"{med(measured(o['iter_s'])):.3f} s  preprocess median {med(o['preprocess_ms']):.2f} ms  "
+            f"criterion median {med(o['criterion_ms']):.1f} ms",
+            flush=True,
+        )
     return out, timers["source"].captured if "source" in timers else None
 
 
@@ -390,7 +395,11 @@ def summarise_training(runs: dict, micro: dict | None = None) -> dict:
         d_pre = o["preprocess_ms_median"] - s["preprocess_ms_median"]
         d_crit = o["criterion_ms_median"] - s["criterion_ms_median"]
         d_data = o["data_ms_median"] - s["data_ms_median"]
-        o["extra_ms_per_iter"] = {"preprocess": round(d_pre, 3), "criterion": round(d_crit, 2), "data": round(d_data, 2)}
+        o["extra_ms_per_iter"] = {
+            "preprocess": round(d_pre, 3),
+            "criterion": round(d_crit, 2),
+            "data": round(d_data, 2),
+        }
         o["direct_ratio"] = round(1 + (d_pre + d_crit + d_data) / step_ms, 4)
         if micro is not None:
             # The loss's extra cost from the isolated micro-benchmark (forward + backward) instead of the noisy
@@ -407,7 +416,7 @@ def loss_micro(captured, nc: int, reps: int, threads: int) -> dict:
     import torch
     from ultralytics.models.utils.loss import RTDETRDetectionLoss
 
-    from clipce_rtdetr.loss import ClipCEDetectionLoss
+    from clipce_rtdetr.models.rtdetr.loss import ClipCEDetectionLoss
 
     torch.set_num_threads(threads)
     a, k, w = captured
@@ -438,8 +447,11 @@ def loss_micro(captured, nc: int, reps: int, threads: int) -> dict:
         out[f"{n}_ms_median"] = round(med(ts[n]), 3)
         out[f"{n}_ms_iqr"] = quartiles(ts[n])
     out["extra_ms"] = round(out["clipce_fame_ms_median"] - out["stock_ms_median"], 3)
-    print(f"  loss fwd+bwd: stock {out['stock_ms_median']:.2f} ms, CLIP-CE fame {out['clipce_fame_ms_median']:.2f} ms "
-          f"(+{out['extra_ms']:.2f} ms; {out['objects']} objects, {reps} alternating reps)", flush=True)
+    print(
+        f"  loss fwd+bwd: stock {out['stock_ms_median']:.2f} ms, CLIP-CE fame {out['clipce_fame_ms_median']:.2f} ms "
+        f"(+{out['extra_ms']:.2f} ms; {out['objects']} objects, {reps} alternating reps)",
+        flush=True,
+    )
     return out
 
 
@@ -455,17 +467,23 @@ def dataset_labels(data_yaml: str) -> list[dict]:
     out = []
     for im in sorted(img_dir.iterdir()):
         lf = Path(str(im.parent).replace("/images/", "/labels/").replace("/images", "/labels")) / f"{im.stem}.txt"
-        rows = np.loadtxt(lf, ndmin=2, dtype=np.float32) if lf.exists() and lf.stat().st_size else np.zeros((0, 5), np.float32)
+        rows = (
+            np.loadtxt(lf, ndmin=2, dtype=np.float32)
+            if lf.exists() and lf.stat().st_size
+            else np.zeros((0, 5), np.float32)
+        )
         h, w = cv2.imread(str(im)).shape[:2]
         out.append({"im_file": str(im), "shape": (h, w), "cls": rows[:, :1], "bboxes": rows[:, 1:5]})
     return out
 
 
-def cache_throughput(data_yaml: str, clip_spec: str, batch_size: int, repeats: int, threads: int, context: float) -> dict:
+def cache_throughput(
+    data_yaml: str, clip_spec: str, batch_size: int, repeats: int, threads: int, context: float
+) -> dict:
     import torch
 
-    from clipce_rtdetr.clip_loader import load_clip
-    from clipce_rtdetr.embedding_cache import compute_embeddings
+    from clipce_rtdetr.clip.loader import load_clip
+    from clipce_rtdetr.method.embedding_cache import compute_embeddings
 
     torch.set_num_threads(threads)
     labels = dataset_labels(data_yaml)
@@ -490,9 +508,12 @@ def cache_throughput(data_yaml: str, clip_spec: str, batch_size: int, repeats: i
         "bare_forward_crops_per_s": round(n / mb, 2), "cache_build_crops_per_s": round(n / mc, 2),
         "cache_build_vs_bare": round(mb / mc, 4),
     }  # fmt: skip
-    print(f"  cache build: {out['cache_build_crops_per_s']:.1f} crops/s   bare CLIP forward: "
-          f"{out['bare_forward_crops_per_s']:.1f} crops/s   ({out['cache_build_vs_bare']:.1%} of bare; {n} crops, "
-          f"batch {batch_size}, {threads} thread(s))", flush=True)
+    print(
+        f"  cache build: {out['cache_build_crops_per_s']:.1f} crops/s   bare CLIP forward: "
+        f"{out['bare_forward_crops_per_s']:.1f} crops/s   ({out['cache_build_vs_bare']:.1%} of bare; {n} crops, "
+        f"batch {batch_size}, {threads} thread(s))",
+        flush=True,
+    )
     return out
 
 
@@ -504,17 +525,23 @@ def verdict(o: dict, goal: float) -> str:
     # The micro ratio (timed where the extra work happens) when measured, else the direct ratio: named as such.
     name = "micro estimate" if "micro_ratio" in o else "direct estimate"
     direct = o.get("micro_ratio", o.get("direct_ratio"))
-    timing = (f"epoch ratio {r:.3f} (per epoch {', '.join(f'{x:.3f}' for x in o['epoch_ratio_per_epoch'])}); paired "
-              f"iteration ratio: median {pi:.3f}, geometric mean {g:.3f}, 95% interval {lo:.3f}-{hi:.3f}")
+    timing = (
+        f"epoch ratio {r:.3f} (per epoch {', '.join(f'{x:.3f}' for x in o['epoch_ratio_per_epoch'])}); paired "
+        f"iteration ratio: median {pi:.3f}, geometric mean {g:.3f}, 95% interval {lo:.3f}-{hi:.3f}"
+    )
     if direct > goal:
         return f"goal NOT met: the {name} is {direct:.4f} (> {goal}); {timing}."
     if hi <= goal and r <= goal:
         return f"goal met: {name} {direct:.4f}; the timings confirm it: {timing}."
     if lo <= goal:
-        return (f"goal met by the {name} ({direct:.4f}: CLIP-CE's extra work, measured where it happens); the "
-                f"timings are consistent with it but too noisy on this machine to resolve 2% on their own: {timing}.")
-    return (f"CONFLICT: the {name} is {direct:.4f} but the timings say more than {goal}: {timing}; some cost "
-            f"is not where the {name} looks (see the per-iteration data in the JSON).")
+        return (
+            f"goal met by the {name} ({direct:.4f}: CLIP-CE's extra work, measured where it happens); the "
+            f"timings are consistent with it but too noisy on this machine to resolve 2% on their own: {timing}."
+        )
+    return (
+        f"CONFLICT: the {name} is {direct:.4f} but the timings say more than {goal}: {timing}; some cost "
+        f"is not where the {name} looks (see the per-iteration data in the JSON)."
+    )
 
 
 def write_report(res: dict, out_dir: Path) -> None:
@@ -583,7 +610,8 @@ def write_report(res: dict, out_dir: Path) -> None:
             "",
             f"Extra {lm['extra_ms']:+.2f} ms per iteration. With the measured preprocess difference this gives the "
             f"*micro ratio* (1 + (extra preprocess + extra loss ms) / stock iteration + data ms): "
-            + ", ".join(f"{o['label']}: {o['micro_ratio']:.4f}" for n, o in cfgs.items() if "micro_ratio" in o) + ".",
+            + ", ".join(f"{o['label']}: {o['micro_ratio']:.4f}" for n, o in cfgs.items() if "micro_ratio" in o)
+            + ".",
             "",
         ]
     lines += ["## Verdict", ""]
@@ -591,9 +619,11 @@ def write_report(res: dict, out_dir: Path) -> None:
         if n == "source":
             lines.append(f"- **{o['label']}**: {verdict(o, goal)}")
         elif n != "stock":
-            lines.append(f"- **{o['label']}**: epoch ratio {o['epoch_ratio']:.3f}, paired iteration ratio "
-                         f"{o['iter_ratio_paired_median']:.3f} (a CLIP forward on every batch's crops; the comparison "
-                         f"mode, not the default).")
+            lines.append(
+                f"- **{o['label']}**: epoch ratio {o['epoch_ratio']:.3f}, paired iteration ratio "
+                f"{o['iter_ratio_paired_median']:.3f} (a CLIP forward on every batch's crops; the comparison "
+                f"mode, not the default)."
+            )
     lines.append("")
     tp = res.get("cache_throughput")
     if tp:
@@ -618,25 +648,35 @@ def write_report(res: dict, out_dir: Path) -> None:
 
 def print_table(res: dict) -> None:
     cfgs = res["training"]
-    print("\n  config  epoch_s  epoch_ratio  per_epoch            iter_s  iter_ratio(paired)  pre_ms  crit_ms  data_ms  direct  micro")
+    print(
+        "\n  config  epoch_s  epoch_ratio  per_epoch            iter_s  iter_ratio(paired)  pre_ms  crit_ms  data_ms  direct  micro"
+    )
     for n, o in cfgs.items():
         pe = ",".join(f"{p:.3f}" for p in o.get("epoch_ratio_per_epoch", [])) or "-"
-        print(f"  {n:6s} {o['epoch_s_median']:8.2f} {o.get('epoch_ratio', 1.0):12.3f}  {pe:20s} {o['iter_s_median']:7.3f} "
-              f"{o.get('iter_ratio', 1.0):7.3f} ({o.get('iter_ratio_paired_median', 1.0):.3f})   "
-              f"{o['preprocess_ms_median']:7.2f} {o['criterion_ms_median']:8.1f} {o['data_ms_median']:8.1f} "
-              f"{o.get('direct_ratio', 1.0):7.4f} {o.get('micro_ratio', 1.0):6.4f}")
+        print(
+            f"  {n:6s} {o['epoch_s_median']:8.2f} {o.get('epoch_ratio', 1.0):12.3f}  {pe:20s} {o['iter_s_median']:7.3f} "
+            f"{o.get('iter_ratio', 1.0):7.3f} ({o.get('iter_ratio_paired_median', 1.0):.3f})   "
+            f"{o['preprocess_ms_median']:7.2f} {o['criterion_ms_median']:8.1f} {o['data_ms_median']:8.1f} "
+            f"{o.get('direct_ratio', 1.0):7.4f} {o.get('micro_ratio', 1.0):6.4f}"
+        )
     tp = res.get("cache_throughput")
     if tp:
-        print(f"  cache build {tp['cache_build_crops_per_s']:.1f} crops/s vs bare CLIP forward "
-              f"{tp['bare_forward_crops_per_s']:.1f} crops/s ({tp['cache_build_vs_bare']:.1%})")
+        print(
+            f"  cache build {tp['cache_build_crops_per_s']:.1f} crops/s vs bare CLIP forward "
+            f"{tp['bare_forward_crops_per_s']:.1f} crops/s ({tp['cache_build_vs_bare']:.1%})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny model (cfg/models/rtdetr-tiny.yaml), fewer images, ~3 min")
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny model (cfg/models/rtdetr-tiny.yaml), fewer images, ~3 min"
+    )
     ap.add_argument("--model", default=None, help="model config (default rtdetr-l.yaml; --quick: rtdetr-tiny.yaml)")
-    ap.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture, random weights (default ViT-B-32)")
+    ap.add_argument(
+        "--clip-model", default="ViT-B-32", help="open_clip architecture, random weights (default ViT-B-32)"
+    )
     ap.add_argument("--imgsz", type=int, default=None, help="training image size (default 160; --quick 128)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--n-train", type=int, default=None, help="training images (default 24; --quick 16)")
@@ -644,9 +684,13 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--loss-reps", type=int, default=40, help="repetitions of the loss micro-benchmark")
-    ap.add_argument("--cache-batch", type=int, default=64, help="crops per CLIP forward in the throughput part (ame_batch)")
+    ap.add_argument(
+        "--cache-batch", type=int, default=64, help="crops per CLIP forward in the throughput part (ame_batch)"
+    )
     ap.add_argument("--cache-repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for the micro-benchmarks (default: as training)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads for the micro-benchmarks (default: as training)"
+    )
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--goal", type=float, default=1.02)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -674,19 +718,26 @@ def main(argv=None) -> int:
     import torch
     import ultralytics
 
-    from clipce_rtdetr.clip_loader import make_random_clip
-    from clipce_rtdetr.hazy_shapes import Recipe, generate
+    from clipce_rtdetr.clip.loader import make_random_clip
+    from clipce_rtdetr.data.hazy_shapes import Recipe, generate
 
     t_all = time.perf_counter()
     print(f"work folder {work}", flush=True)
-    data = str(generate(work / "hazy-shapes", Recipe(seed=0, n_train=a.n_train, n_val=4, size=256, max_objects=5), progress=False))
+    data = str(
+        generate(
+            work / "hazy-shapes", Recipe(seed=0, n_train=a.n_train, n_val=4, size=256, max_objects=5), progress=False
+        )
+    )
     clip_spec = make_random_clip(work / f"{a.clip_model}-random.pt", a.clip_model)
     labels = dataset_labels(data)
     n_obj = sum(len(lb["cls"]) for lb in labels)
 
     names = list(a.configs)
-    print(f"training in lockstep ({' / '.join(names)}): {a.model}, imgsz {a.imgsz}, batch {a.batch}, {a.n_train} "
-          f"images ({n_obj} objects), {a.epochs} epochs, CLIP {a.clip_model}", flush=True)
+    print(
+        f"training in lockstep ({' / '.join(names)}): {a.model}, imgsz {a.imgsz}, batch {a.batch}, {a.n_train} "
+        f"images ({n_obj} objects), {a.epochs} epochs, CLIP {a.clip_model}",
+        flush=True,
+    )
     runs, captured = train_lockstep(names, a, data, clip_spec, work)
     threads = a.threads or runs[names[0]]["threads"]
 
@@ -704,7 +755,10 @@ def main(argv=None) -> int:
         print("cache-build throughput:", flush=True)
         tp = cache_throughput(data, clip_spec, a.cache_batch, a.cache_repeats, threads, 0.10)
 
-    cmd = " ".join(shlex.quote(x) for x in ["python", "benchmarks/train_overhead.py", *(argv if argv is not None else sys.argv[1:])])
+    cmd = " ".join(
+        shlex.quote(x)
+        for x in ["python", "benchmarks/train_overhead.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     try:
         from ultralytics.utils.torch_utils import get_cpu_info
 
@@ -715,14 +769,28 @@ def main(argv=None) -> int:
         "meta": {
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, shared with other jobs (timings are noisy)",
-            "cpu": cpu, "torch": torch.__version__, "ultralytics": ultralytics.__version__,
-            "open_clip": open_clip.__version__, "python": platform.python_version(), "command": cmd,
+            "cpu": cpu,
+            "torch": torch.__version__,
+            "ultralytics": ultralytics.__version__,
+            "open_clip": open_clip.__version__,
+            "python": platform.python_version(),
+            "command": cmd,
             "wall_s": round(time.perf_counter() - t_all, 1),
         },  # fmt: skip
         "settings": {
-            "model": Path(a.model).name if a.model == TINY else a.model, "clip_model": a.clip_model, "imgsz": a.imgsz,
-            "batch": a.batch, "n_train": a.n_train, "objects": n_obj, "epochs": a.epochs, "order": names,
-            "batches_per_epoch": runs[names[0]]["batches_per_epoch"], "seed": a.seed, "threads": runs[names[0]]["threads"], "goal_ratio": a.goal, "quick": a.quick,
+            "model": Path(a.model).name if a.model == TINY else a.model,
+            "clip_model": a.clip_model,
+            "imgsz": a.imgsz,
+            "batch": a.batch,
+            "n_train": a.n_train,
+            "objects": n_obj,
+            "epochs": a.epochs,
+            "order": names,
+            "batches_per_epoch": runs[names[0]]["batches_per_epoch"],
+            "seed": a.seed,
+            "threads": runs[names[0]]["threads"],
+            "goal_ratio": a.goal,
+            "quick": a.quick,
         },  # fmt: skip
         "training": training,
         "loss_micro": micro,
@@ -733,8 +801,10 @@ def main(argv=None) -> int:
             "on_train_epoch_end and are not in the epoch times.",
             "Same seed and deterministic=True in every training, and each training's random state travels with the "
             "baton, so all see the same augmented batches: same number of boxes in every iteration as stock: "
-            + ", ".join(f"{n} {'yes' if o.get('same_batches_as_stock') else 'NO'}" for n, o in training.items() if n != "stock")
-            + ". CLIP-CE's training set carries an extra object-id column (ObjectIdDataset), stock does not.",
+            + ", ".join(
+                f"{n} {'yes' if o.get('same_batches_as_stock') else 'NO'}" for n, o in training.items() if n != "stock"
+            )
+            + ". CLIP-CE's training set carries an extra object-id column (object_ids.object_id_class), stock does not.",
             "Random weights (detector and CLIP): time does not depend on the values; the AME weights are uninformative.",
         ],
     }

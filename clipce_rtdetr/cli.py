@@ -7,9 +7,10 @@ every `yolo` key works unchanged; project keys come from cfg/default.yaml.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from importlib import import_module
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from clipce_rtdetr import __version__
 from clipce_rtdetr.errors import ClipCEError
@@ -18,19 +19,30 @@ from clipce_rtdetr.errors import ClipCEError
 MODEL_MODES = ("train", "val", "predict", "track", "export")
 # Modes implemented by a project module: "module:function", called with the parsed key=value dict.
 TOOL_MODES: dict[str, str] = {
-    "ame": "clipce_rtdetr.ame_inspect:run_ame_inspection",
-    "generate": "clipce_rtdetr.hazy_shapes:run_generate",
-    "convert": "clipce_rtdetr.convert:run_convert",
-    "degrade": "clipce_rtdetr.degrade:run_degrade",
-    "clip-train": "clipce_rtdetr.clip_train:run_clip_train",
-    "ablation": "clipce_rtdetr.ablation:run_ablation",
+    "ame": "clipce_rtdetr.eval.ame_inspect:run_ame_inspection",
+    "generate": "clipce_rtdetr.data.hazy_shapes:run_generate",
+    "convert": "clipce_rtdetr.data.convert:run_convert",
+    "degrade": "clipce_rtdetr.data.degrade:run_degrade",
+    "clip-train": "clipce_rtdetr.clip.train:run_clip_train",
+    "ablation": "clipce_rtdetr.eval.ablation:run_ablation",
 }
 # Arguments of `clipce-rtdetr train` with no arguments at all: the built-in demo, CPU, < 3 minutes.
 # The detector is the tiny RT-DETR pre-trained on clean shapes (weights/rtdetr-tiny-shapes.pt, made by
 # benchmarks/pretrain_tiny.py): like fine-tuning a COCO-pretrained rtdetr-l.pt on hazy data, at CPU scale.
 DEMO_MODEL, DEMO_MODEL_FALLBACK = "rtdetr-tiny-shapes.pt", "rtdetr-tiny.yaml"
-DEMO_TRAIN = {"model": DEMO_MODEL, "data": "hazy-shapes", "epochs": 6, "imgsz": 160, "batch": 8, "device": "cpu",
-              "workers": 0, "optimizer": "AdamW", "lr0": 0.0005, "warmup_epochs": 0, "name": "demo"}
+DEMO_TRAIN = {
+    "model": DEMO_MODEL,
+    "data": "hazy-shapes",
+    "epochs": 6,
+    "imgsz": 160,
+    "batch": 8,
+    "device": "cpu",
+    "workers": 0,
+    "optimizer": "AdamW",
+    "lr0": 0.0005,
+    "warmup_epochs": 0,
+    "name": "demo",
+}
 DEFAULT_DATA = "hazy-shapes"
 
 HELP = f"""
@@ -85,7 +97,9 @@ def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
         elif mode is None and (a in MODEL_MODES or a in TOOL_MODES):
             mode = a
         elif a in MODEL_MODES or a in TOOL_MODES:
-            raise ClipCEError(f"Two modes given ('{mode}' and '{a}'); run one at a time, e.g. 'clipce-rtdetr {mode} ...'.")
+            raise ClipCEError(
+                f"Two modes given ('{mode}' and '{a}'); run one at a time, e.g. 'clipce-rtdetr {mode} ...'."
+            )
         elif a in defaults and isinstance(defaults[a], bool):
             overrides[a] = True  # 'clipce-rtdetr val coco' sets coco=True, as in Ultralytics
         elif a in defaults:
@@ -116,17 +130,19 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
             raise
         return fn(overrides)
 
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     if mode == "train" and not had_args:
         overrides = {**DEMO_TRAIN, **overrides}
         try:
-            from clipce_rtdetr.model import resolve_model
+            from clipce_rtdetr.models.rtdetr.model import resolve_model
 
             resolve_model(DEMO_MODEL)
         except ClipCEError:
-            LOGGER.warning(f"{DEMO_MODEL} not found (it ships in the repository's weights/); training {DEMO_MODEL_FALLBACK} "
-                           "from random weights instead, which reaches a much lower mAP in a few epochs.")
+            LOGGER.warning(
+                f"{DEMO_MODEL} not found (it ships in the repository's weights/); training {DEMO_MODEL_FALLBACK} "
+                "from random weights instead, which reaches a much lower mAP in a few epochs."
+            )
             overrides["model"] = DEMO_MODEL_FALLBACK
         LOGGER.info(
             "No arguments given: training the built-in demo (tiny RT-DETR on the generated hazy-shapes dataset, CPU). "
@@ -139,7 +155,7 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
         check_device(overrides.get("device"))
     model_arg = overrides.pop("model", None)
     if model_arg is None and not overrides.get("resume"):
-        from clipce_rtdetr.model import DEFAULT_MODEL
+        from clipce_rtdetr.models.rtdetr.model import DEFAULT_MODEL
 
         model_arg = DEFAULT_MODEL
         LOGGER.warning(f"'model' argument is missing. Using default 'model={model_arg}'.")
@@ -148,9 +164,12 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
         if model_arg is None:
             model_arg, finished = latest_unfinished_run()
             if not model_arg:
-                raise ClipCEError("resume=True but no unfinished run (a weights/last.pt of a run that did not end) was found "
-                                  f"under {Path.cwd()}" + (f"; the newest finished one is {finished[0]}" if finished else "")
-                                  + ". Pass resume=path/to/last.pt, or start a new run.")
+                raise ClipCEError(
+                    "resume=True but no unfinished run (a weights/last.pt of a run that did not end) was found "
+                    f"under {Path.cwd()}"
+                    + (f"; the newest finished one is {finished[0]}" if finished else "")
+                    + ". Pass resume=path/to/last.pt, or start a new run."
+                )
             LOGGER.info(f"resume=True: resuming the newest unfinished run, {model_arg}")
             overrides["resume"] = model_arg
     if mode == "train" and overrides.get("resume"):
@@ -160,8 +179,14 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
             raise ClipCEError(
                 f"{ckpt} cannot be resumed: it has no optimizer state (the run that wrote it finished all its epochs, or "
                 f"it is a released weights file). To train on from its weights, start a new run: 'clipce-rtdetr train "
-                f"model={ckpt} data=... epochs=N'" + (f", giving again the CLIP-CE settings listed in {settings}" if settings.is_file()
-                                                     else ", with the CLIP-CE settings you want") + " (a new run starts from cfg/default.yaml's).")
+                f"model={ckpt} data=... epochs=N'"
+                + (
+                    f", giving again the CLIP-CE settings listed in {settings}"
+                    if settings.is_file()
+                    else ", with the CLIP-CE settings you want"
+                )
+                + " (a new run starts from cfg/default.yaml's)."
+            )
     if mode == "train" and not overrides.get("data") and not overrides.get("resume"):
         overrides["data"] = DEFAULT_DATA
         LOGGER.warning(f"'data' argument is missing. Using default 'data={DEFAULT_DATA}' (the built-in demo dataset).")
@@ -172,7 +197,7 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
         LOGGER.warning("'format' argument is missing. Using default 'format=onnx'.")
     model = ClipCERTDETR(model_arg)
     if mode in ("predict", "track"):
-        from clipce_rtdetr.stream import run_predict
+        from clipce_rtdetr.deploy.stream import run_predict
 
         run_predict(model, mode, overrides)  # streams, live FPS, saves video, reconnects; StreamLostError -> exit 2
         return None
@@ -229,8 +254,10 @@ def check_device(device) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise ClipCEError(f"device={device} asks for a CUDA GPU, but none is usable here (torch.cuda.is_available() is "
-                          "False: no GPU, no driver, or a CPU-only torch). Use device=cpu.")
+        raise ClipCEError(
+            f"device={device} asks for a CUDA GPU, but none is usable here (torch.cuda.is_available() is "
+            "False: no GPU, no driver, or a CPU-only torch). Use device=cpu."
+        )
 
 
 def latest_unfinished_run(search_dir: str = ".") -> tuple[str, list[str]]:
@@ -263,7 +290,7 @@ def resumable(path: str) -> bool | None:
 
 INTERRUPT_HINTS = {  # what survives an interrupted run, per mode
     "train": "Continue with 'clipce-rtdetr train resume=RUN/weights/last.pt' (RUN: the run folder above), or resume=True "
-             "for the newest unfinished run; before the first epoch ends there is no last.pt: start again.",
+    "for the newest unfinished run; before the first epoch ends there is no last.pt: start again.",
     "degrade": "Finished images are kept: rerun the same command to resume.",
     "clip-train": "Nothing was saved; rerun the command to start again.",
     "ablation": "Finished runs are kept: rerun the same command to resume the grid.",

@@ -25,11 +25,28 @@ CHOICES = {
     "kind": ("haze", "lowlight", "underwater"),
     "level": ("light", "medium", "heavy", "custom"),
 }
-NON_NEGATIVE = ("ame_alpha", "fame_gamma", "ame_context", "prior_a", "export_tol", "processes", "stream_retries", "stream_backoff")
+NON_NEGATIVE = (
+    "ame_alpha",
+    "fame_gamma",
+    "ame_context",
+    "prior_a",
+    "export_tol",
+    "processes",
+    "stream_retries",
+    "stream_backoff",
+)
 POSITIVE = ("ame_temperature", "ame_batch")
 FRACTION = ("val_fraction",)
 # Keys whose value is a list or None (no scalar type to check).
-LIST_KEYS = ("ame_templates", "beta_range", "airlight_range", "gamma_range", "names", "ablation_methods", "ablation_seeds")
+LIST_KEYS = (
+    "ame_templates",
+    "beta_range",
+    "airlight_range",
+    "gamma_range",
+    "names",
+    "ablation_methods",
+    "ablation_seeds",
+)
 
 
 def _list_item(text: str):
@@ -106,16 +123,24 @@ def check_project_values(cfg: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"'{k}={v}' must be [min, max] with min <= max, e.g. {k}=[0.05,0.14].")
         elif isinstance(d, bool):
             if not isinstance(v, bool):
-                raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a bool, i.e. '{k}=True' or '{k}=False'.")
+                raise ConfigError(
+                    f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a bool, i.e. '{k}=True' or '{k}=False'."
+                )
         elif isinstance(d, float):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a float, i.e. '{k}={d}'.")
+                raise ConfigError(
+                    f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a float, i.e. '{k}={d}'."
+                )
             v = cfg[k] = float(v)
         elif isinstance(d, int):
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be an int, i.e. '{k}={d}'.")
+                raise ConfigError(
+                    f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be an int, i.e. '{k}={d}'."
+                )
         elif isinstance(d, str) and not isinstance(v, (str, Path)):
-            raise ConfigError(f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a string, i.e. '{k}={d}'.")
+            raise ConfigError(
+                f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a string, i.e. '{k}={d}'."
+            )
         if k in CHOICES and v not in CHOICES[k]:
             raise ConfigError(f"'{k}={v}' is not valid. Valid values are {', '.join(CHOICES[k])}.")
         if k in NON_NEGATIVE and not (math.isfinite(v) and v >= 0):

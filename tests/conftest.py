@@ -19,11 +19,13 @@ os.environ["CLIPCE_HOME"] = str(_TMP / "clipce-home")
 os.environ["MPLBACKEND"] = "Agg"
 
 import pytest  # noqa: E402
-
-import clipce_rtdetr  # noqa: E402,F401  (applies offline settings)
 from ultralytics.utils import SETTINGS  # noqa: E402
 
-SETTINGS.update({"datasets_dir": str(_TMP / "datasets"), "runs_dir": str(_TMP / "runs"), "weights_dir": str(_TMP / "weights")})
+import clipce_rtdetr  # noqa: E402,F401  (applies offline settings)
+
+SETTINGS.update(
+    {"datasets_dir": str(_TMP / "datasets"), "runs_dir": str(_TMP / "runs"), "weights_dir": str(_TMP / "weights")}
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = str(REPO / "cfg" / "models" / "rtdetr-tiny.yaml")
@@ -37,6 +39,8 @@ def tmp_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_hazy_shapes(tmp_root) -> Path:
     """A small hazy-shapes dataset (24 train, 8 val images at 128 px), generated once per session."""
-    from clipce_rtdetr.hazy_shapes import Recipe, generate
+    from clipce_rtdetr.data.hazy_shapes import Recipe, generate
 
-    return generate(tmp_root / "hazy-shapes-tiny", Recipe(seed=0, n_train=24, n_val=8, size=128, max_objects=3), progress=False)
+    return generate(
+        tmp_root / "hazy-shapes-tiny", Recipe(seed=0, n_train=24, n_val=8, size=128, max_objects=3), progress=False
+    )

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from clipce_rtdetr.ablation import aggregate, markdown_table, mean_std, plot_summary
+from clipce_rtdetr.eval.ablation import aggregate, markdown_table, mean_std, plot_summary
 
 
 def _runs():
@@ -16,8 +16,18 @@ def _runs():
     for method, base in (("none", 0.30), ("fame", 0.36)):
         for seed in range(3):
             m50 = base + 0.01 * seed
-            runs.append({"method": method, "seed": seed, "mAP50": m50, "mAP50-95": m50 / 2,
-                         "per_level": {"light": {"mAP50": m50 + 0.1, "mAP50-95": 0.2}, "heavy": {"mAP50": m50 - 0.1 - rng.random() * 0, "mAP50-95": 0.1}}})
+            runs.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "mAP50": m50,
+                    "mAP50-95": m50 / 2,
+                    "per_level": {
+                        "light": {"mAP50": m50 + 0.1, "mAP50-95": 0.2},
+                        "heavy": {"mAP50": m50 - 0.1 - rng.random() * 0, "mAP50-95": 0.1},
+                    },
+                }
+            )
     return runs
 
 
@@ -61,7 +71,7 @@ def test_table_and_plots(tmp_path):
 
 def test_interrupted_grid_resumes(tmp_path, monkeypatch, tiny_hazy_shapes):
     """Runs finished before an interruption are reused when the same grid is run again; other settings retrain."""
-    from clipce_rtdetr import ablation
+    from clipce_rtdetr.eval import ablation
 
     calls = []
 
@@ -69,8 +79,15 @@ def test_interrupted_grid_resumes(tmp_path, monkeypatch, tiny_hazy_shapes):
         calls.append((method, seed))
         if len(calls) == 3 and not getattr(fake_run_one, "resumed", False):
             raise KeyboardInterrupt
-        return {"method": method, "seed": seed, "train_seconds": 1.0, "mAP50": 0.5 + seed / 10, "mAP50-95": 0.3,
-                "per_level": {}, "weights": np.array([1.0, 2.0], np.float32)}
+        return {
+            "method": method,
+            "seed": seed,
+            "train_seconds": 1.0,
+            "mAP50": 0.5 + seed / 10,
+            "mAP50-95": 0.3,
+            "per_level": {},
+            "weights": np.array([1.0, 2.0], np.float32),
+        }
 
     monkeypatch.setattr(ablation, "run_one", fake_run_one)
     args = (["none", "fame"], [0, 1], str(tiny_hazy_shapes), "m.pt")

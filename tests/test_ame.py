@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipce_rtdetr.ame import (
+from clipce_rtdetr.errors import ClipCEError
+from clipce_rtdetr.method.ame import (
     AMEScorer,
     ame_q,
     ame_weights,
@@ -19,12 +20,11 @@ from clipce_rtdetr.ame import (
     masks_for,
     normalise,
 )
-from clipce_rtdetr.errors import ClipCEError
 
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
-    from clipce_rtdetr.clip_loader import load_clip, make_random_clip
+    from clipce_rtdetr.clip.loader import load_clip, make_random_clip
 
     spec = make_random_clip(tmp_path_factory.mktemp("clip") / "tiny.pt", seed=0)
     return load_clip(spec)
@@ -40,7 +40,11 @@ def _fixed_bank():
 def test_masks_layout():
     pos_index, neg_mask = masks_for(3, 2)
     assert pos_index.tolist() == [0, 1, 2]
-    assert neg_mask.tolist() == [[False, True, True, True, True], [True, False, True, True, True], [True, True, False, True, True]]
+    assert neg_mask.tolist() == [
+        [False, True, True, True, True],
+        [True, False, True, True, True],
+        [True, True, False, True, True],
+    ]
 
 
 @pytest.mark.parametrize("scale,temp", [(10.0, 1.0), (10.0, 2.0), (100.0, 0.5)])
@@ -126,7 +130,9 @@ def _img(b=2, h=20, w=24):
 
 def test_crop_matches_hand_crop():
     img = _img()
-    boxes = torch.tensor([[4.0, 2.0, 12.0, 10.0], [6.0, 4.0, 10.0, 8.0], [-5.0, -5.0, 8.0, 8.0], [4.0, 2.0, 12.0, 10.0]])
+    boxes = torch.tensor(
+        [[4.0, 2.0, 12.0, 10.0], [6.0, 4.0, 10.0, 8.0], [-5.0, -5.0, 8.0, 8.0], [4.0, 2.0, 12.0, 10.0]]
+    )
     bi = torch.tensor([0, 0, 1, 1])
     crops, valid = crop_boxes(img, boxes[:1], bi[:1], size=8, context=0.0)
     assert torch.allclose(crops[0], img[0, :, 2:10, 4:12], atol=1e-6)
@@ -162,18 +168,24 @@ def test_crop_validity_and_empty():
 def test_normalise():
     x = torch.ones(2, 3, 4, 4)
     y = normalise(x, (0.5, 0.25, 0.0), (0.5, 0.25, 2.0))
-    assert y[:, 0].unique().tolist() == [1.0] and y[:, 1].unique().tolist() == [3.0] and y[:, 2].unique().tolist() == [0.5]
+    assert (
+        y[:, 0].unique().tolist() == [1.0] and y[:, 1].unique().tolist() == [3.0] and y[:, 2].unique().tolist() == [0.5]
+    )
 
 
 def test_text_bank_averages_templates(tiny_bundle):
-    from clipce_rtdetr.prompts import build_prompts
+    from clipce_rtdetr.method.prompts import build_prompts
 
     prompts = build_prompts("haze", ["car", "bus"], templates=["a photo of a {}.", "a blurry photo of a {}."])
     bank = build_text_bank(tiny_bundle, prompts)
     assert bank.text.shape == (2 + 3, tiny_bundle.embed_dim)
     e = tiny_bundle.encode_texts(["a photo of a car.", "a blurry photo of a car."])
     assert torch.allclose(bank.text[0], F.normalize(e.mean(0), dim=0), atol=1e-5)
-    assert torch.allclose(bank.text[2:], tiny_bundle.encode_texts(["a photo of fog.", "a photo of haze.", "a photo of the background."]), atol=1e-5)
+    assert torch.allclose(
+        bank.text[2:],
+        tiny_bundle.encode_texts(["a photo of fog.", "a photo of haze.", "a photo of the background."]),
+        atol=1e-5,
+    )
     assert torch.allclose(bank.text.norm(dim=1), torch.ones(5), atol=1e-5)
 
 
@@ -182,7 +194,9 @@ def test_scorer_matches_manual_pipeline(tiny_bundle):
     scorer = AMEScorer(tiny_bundle, names, "haze", context=0.1, temperature=0.5, alpha=1.5, form="linear")
     g = torch.Generator().manual_seed(0)
     imgs = torch.rand(2, 3, 96, 128, generator=g)
-    boxes = torch.tensor([[10.0, 10.0, 60.0, 50.0], [0.0, 0.0, 1.0, 40.0], [30.0, 20.0, 127.0, 95.0], [5.0, 5.0, 40.0, 90.0]])
+    boxes = torch.tensor(
+        [[10.0, 10.0, 60.0, 50.0], [0.0, 0.0, 1.0, 40.0], [30.0, 20.0, 127.0, 95.0], [5.0, 5.0, 40.0, 90.0]]
+    )
     bi = torch.tensor([0, 0, 1, 1])
     cls = torch.tensor([0, 1, 2, 1])
     q, d, w = scorer.score_boxes(imgs, boxes, bi, cls)
@@ -213,7 +227,12 @@ def test_scorer_empty_and_info(tiny_bundle):
     assert q.shape == (0,)
     info = scorer.info
     assert info["classes"][1]["positive"] == ["a photo of a motorcycle."]
-    assert info["classes"][0]["negative"] == ["a photo of a motorcycle.", "a photo of fog.", "a photo of haze.", "a photo of the background."]
+    assert info["classes"][0]["negative"] == [
+        "a photo of a motorcycle.",
+        "a photo of fog.",
+        "a photo of haze.",
+        "a photo of the background.",
+    ]
     assert info["logit_scale"] == pytest.approx(tiny_bundle.logit_scale)
     for k in ("temperature", "alpha", "form", "context", "templates", "clip"):
         assert k in info

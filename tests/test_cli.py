@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_MODEL
 
 import clipce_rtdetr
 from clipce_rtdetr.cli import entrypoint, parse_args
 from clipce_rtdetr.config import all_defaults, check_overrides, project_defaults, ultralytics_defaults
 from clipce_rtdetr.errors import ClipCEError, ConfigError
-
-from conftest import TINY_MODEL
 
 SCRIPT = Path(sys.executable).parent / "clipce-rtdetr"
 
@@ -36,8 +35,22 @@ def assert_clear_error(rc: int, err: str, *needles: str) -> None:
 
 # ------------------------------------------------------------------------------------------ parsing
 def test_parse_ultralytics_and_project_keys_with_types():
-    mode, o = parse_args(["train", "epochs=3", "imgsz=64", "batch=8", "device=cpu", "lr0=0.002", "resume=False",
-                          "clipce=ame", "ame_alpha=0.5", "ame_form=linear", "coco=True", "beta_range=[0.05,0.14]"])
+    mode, o = parse_args(
+        [
+            "train",
+            "epochs=3",
+            "imgsz=64",
+            "batch=8",
+            "device=cpu",
+            "lr0=0.002",
+            "resume=False",
+            "clipce=ame",
+            "ame_alpha=0.5",
+            "ame_form=linear",
+            "coco=True",
+            "beta_range=[0.05,0.14]",
+        ]
+    )
     assert mode == "train"
     assert o["epochs"] == 3 and isinstance(o["epochs"], int)
     assert o["imgsz"] == 64 and o["batch"] == 8 and o["device"] == "cpu"
@@ -52,7 +65,13 @@ def test_parse_ultralytics_and_project_keys_with_types():
 
 @pytest.mark.parametrize(
     "argv",
-    [["val", "--epochs=3"], ["val", "epochs", "=", "3"], ["val", "epochs=", "3"], ["val", "epochs", "=3"], ["val", "epochs=3,"]],
+    [
+        ["val", "--epochs=3"],
+        ["val", "epochs", "=", "3"],
+        ["val", "epochs=", "3"],
+        ["val", "epochs", "=3"],
+        ["val", "epochs=3,"],
+    ],
 )
 def test_parse_equals_variants(argv):
     assert parse_args(argv) == ("val", {"epochs": 3})
@@ -86,8 +105,15 @@ def test_project_keys_do_not_shadow_ultralytics_keys():
 
 
 # ---------------------------------------------------------------------------------- unknown keys
-@pytest.mark.parametrize("arg, nearest", [("epoch=3", "epochs=100"), ("imgsize=64", "imgsz=640"),
-                                          ("ame_alpah=1", "ame_alpha=1.0"), ("fame_gama=2", "fame_gamma=1.0")])
+@pytest.mark.parametrize(
+    "arg, nearest",
+    [
+        ("epoch=3", "epochs=100"),
+        ("imgsize=64", "imgsz=640"),
+        ("ame_alpah=1", "ame_alpha=1.0"),
+        ("fame_gama=2", "fame_gamma=1.0"),
+    ],
+)
 def test_unknown_key_exit_2_with_nearest(capsys, arg, nearest):
     rc, out, err = run_cli(capsys, "train", arg)
     assert_clear_error(rc, err, f"'{arg.split('=')[0]}' is not a valid", f"Did you mean {nearest}", "clipce-rtdetr cfg")
@@ -183,7 +209,9 @@ def test_console_script_and_module():
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ.copy())
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip().splitlines()[-1] == clipce_rtdetr.__version__
-    r = subprocess.run([str(SCRIPT), "train", "epoch=3"], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    r = subprocess.run(
+        [str(SCRIPT), "train", "epoch=3"], capture_output=True, text=True, timeout=120, env=os.environ.copy()
+    )
     assert r.returncode == 2 and "Did you mean epochs=" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -196,13 +224,21 @@ def test_missing_weights_names_paths_tried(capsys, tmp_path, monkeypatch):
     if any((d / "rtdetr-l.pt").exists() for d in weights_dirs()):
         pytest.skip("rtdetr-l.pt is installed on this machine")
     rc, _, err = run_cli(capsys, "val", "model=rtdetr-l.pt", "data=hazy-shapes")
-    assert_clear_error(rc, err, "rtdetr-l.pt", "not found", "Tried:", str(tmp_path / "rtdetr-l.pt"),
-                       str(tmp_path / "my-weights" / "rtdetr-l.pt"), "releases/download")
+    assert_clear_error(
+        rc,
+        err,
+        "rtdetr-l.pt",
+        "not found",
+        "Tried:",
+        str(tmp_path / "rtdetr-l.pt"),
+        str(tmp_path / "my-weights" / "rtdetr-l.pt"),
+        "releases/download",
+    )
     assert err.count("error:") == 1
 
 
 def test_weights_found_in_clipce_weights(tmp_path, monkeypatch):
-    from clipce_rtdetr.model import resolve_model
+    from clipce_rtdetr.models.rtdetr.model import resolve_model
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w").mkdir()
@@ -221,7 +257,13 @@ def test_missing_dataset(capsys, tmp_path, monkeypatch):
 
 
 def _yaml(path: Path, **extra) -> Path:
-    data = {"path": str(path.parent / "absent"), "train": "images/train", "val": "images/val", "names": {0: "a"}, **extra}
+    data = {
+        "path": str(path.parent / "absent"),
+        "train": "images/train",
+        "val": "images/val",
+        "names": {0: "a"},
+        **extra,
+    }
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -239,7 +281,9 @@ def test_download_script_not_run_without_allow_download(capsys, tmp_path):
     assert_clear_error(rc, err, "download:", "allow_download=True")
     assert not marker.exists(), "the YAML's download script ran without allow_download=True"
     # With the explicit key the script runs (data stays missing: still a clear error, no traceback).
-    rc, _, err = run_cli(capsys, "val", f"model={TINY_MODEL}", f"data={y}", "imgsz=64", "device=cpu", "allow_download=True")
+    rc, _, err = run_cli(
+        capsys, "val", f"model={TINY_MODEL}", f"data={y}", "imgsz=64", "device=cpu", "allow_download=True"
+    )
     assert marker.exists(), "allow_download=True did not run the download script"
     assert rc == 2 and "Traceback" not in err
 
@@ -263,9 +307,17 @@ def test_gpu_device_without_cuda(capsys, monkeypatch):
     assert_clear_error(rc, err, "device=0 asks for a CUDA GPU", "device=cpu")
 
 
-@pytest.mark.parametrize("name, content", [("empty.pt", b""), ("text.pt", b"hello, not a checkpoint"),
-                                           ("dict.pt", None), ("bad.yaml", b"backbone: [[-1, 1, NoSuchLayer, []]]\nhead: []\n"),
-                                           ("empty.yaml", b""), ("garbled.yaml", b"backbone: [\n")])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("empty.pt", b""),
+        ("text.pt", b"hello, not a checkpoint"),
+        ("dict.pt", None),
+        ("bad.yaml", b"backbone: [[-1, 1, NoSuchLayer, []]]\nhead: []\n"),
+        ("empty.yaml", b""),
+        ("garbled.yaml", b"backbone: [\n"),
+    ],
+)
 def test_broken_model_files_are_named(capsys, tmp_path, name, content):
     import torch
 
@@ -275,7 +327,7 @@ def test_broken_model_files_are_named(capsys, tmp_path, name, content):
     else:
         f.write_bytes(content)
     rc, _, err = run_cli(capsys, "val", f"model={f}", "data=hazy-shapes")
-    assert_clear_error(rc, err, f"cannot be loaded as an RT-DETR model", str(f))
+    assert_clear_error(rc, err, "cannot be loaded as an RT-DETR model", str(f))
 
 
 def test_resume_true_skips_finished_runs(capsys, tmp_path, monkeypatch):
@@ -291,7 +343,10 @@ def test_resume_true_skips_finished_runs(capsys, tmp_path, monkeypatch):
     (tmp_path / "runs" / "a" / "weights").mkdir(parents=True)
     (tmp_path / "runs" / "b" / "weights").mkdir(parents=True)
     torch.save({"epoch": 3, "optimizer": {"state": {}}}, tmp_path / "runs" / "a" / "weights" / "last.pt")
-    shutil.copy(Path(clipce_rtdetr.__file__).parents[1] / "weights" / "rtdetr-tiny-shapes.pt", tmp_path / "runs" / "b" / "weights" / "last.pt")
+    shutil.copy(
+        Path(clipce_rtdetr.__file__).parents[1] / "weights" / "rtdetr-tiny-shapes.pt",
+        tmp_path / "runs" / "b" / "weights" / "last.pt",
+    )
     newest, finished = latest_unfinished_run()
     assert Path(newest).parts[-3] == "a" and [Path(f).parts[-3] for f in finished] == ["b"]
     (tmp_path / "runs" / "a" / "weights" / "last.pt").unlink()

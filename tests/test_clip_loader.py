@@ -11,7 +11,13 @@ import time
 import pytest
 import torch
 
-from clipce_rtdetr.clip_loader import file_sha256, load_clip, make_random_clip, parse_clip_spec, register_project_configs
+from clipce_rtdetr.clip.loader import (
+    file_sha256,
+    load_clip,
+    make_random_clip,
+    parse_clip_spec,
+    register_project_configs,
+)
 from clipce_rtdetr.errors import ClipCEError
 
 
@@ -27,7 +33,10 @@ def tiny_files(tmp_path_factory):
         ("ViT-B-32:openai", ("ViT-B-32", "openai")),
         ("ViT-B-32", ("ViT-B-32", None)),
         ("ViT-B-32:", ("ViT-B-32", None)),
-        ("ViT-B-32-quickgelu:/a:b/open_clip_pytorch_model.bin", ("ViT-B-32-quickgelu", "/a:b/open_clip_pytorch_model.bin")),
+        (
+            "ViT-B-32-quickgelu:/a:b/open_clip_pytorch_model.bin",
+            ("ViT-B-32-quickgelu", "/a:b/open_clip_pytorch_model.bin"),
+        ),
         ("ViT-B-32:C:\\w\\m.pt", ("ViT-B-32", "C:\\w\\m.pt")),
         ("ViT-B/32:openai", ("ViT-B-32", "openai")),
         ("local-dir:/snap/x", ("local-dir:/snap/x", None)),
@@ -56,7 +65,9 @@ def test_tiny_clip_file_roundtrip(tiny_files):
     ea, eb = a.encode_images(x, batch_size=2), b.encode_images(x, batch_size=3)
     with torch.no_grad():
         er = torch.nn.functional.normalize(ref.encode_image(x), dim=-1)
-    assert torch.allclose(ea, eb, atol=1e-6, rtol=0) and torch.allclose(ea, er, atol=1e-6)  # batch sizes may pick other kernels
+    assert torch.allclose(ea, eb, atol=1e-6, rtol=0) and torch.allclose(
+        ea, er, atol=1e-6
+    )  # batch sizes may pick other kernels
     assert a.random_weights and b.random_weights
     assert torch.allclose(ea.norm(dim=1), torch.ones(3), atol=1e-5)
     t = a.encode_texts(["a photo of a car.", "a photo of fog."])
@@ -126,11 +137,17 @@ def test_tag_from_filled_hf_cache(tiny_files, tmp_path, monkeypatch):
     monkeypatch.setitem(
         op._PRETRAINED,
         "clipce-tiny",
-        {"faketag": op._pcfg(hf_hub="clipce/tiny-test/", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), quick_gelu=True)},
+        {
+            "faketag": op._pcfg(
+                hf_hub="clipce/tiny-test/", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), quick_gelu=True
+            )
+        },
     )
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # must not touch the network either way
-    path = _fake_hf_cache(tmp_path / "hub", "clipce/tiny-test", "open_clip_pytorch_model.bin", tiny_files[2] / "tiny.pt")
+    path = _fake_hf_cache(
+        tmp_path / "hub", "clipce/tiny-test", "open_clip_pytorch_model.bin", tiny_files[2] / "tiny.pt"
+    )
     b = load_clip("clipce-tiny:faketag")
     assert b.weights == str(path) and b.fingerprint == "clipce-tiny:faketag"
     assert b.mean == (0.5, 0.5, 0.5) and b.std == (0.25, 0.25, 0.25)  # the tag's preprocessing
@@ -163,7 +180,10 @@ def test_snapshot_folder(tiny_files, tmp_path):
     register_project_configs()
     snap = tmp_path / "snap"
     snap.mkdir()
-    cfg = {"model_cfg": open_clip.get_model_config("clipce-tiny"), "preprocess_cfg": {"mean": [0.1, 0.2, 0.3], "std": [0.3, 0.2, 0.1]}}
+    cfg = {
+        "model_cfg": open_clip.get_model_config("clipce-tiny"),
+        "preprocess_cfg": {"mean": [0.1, 0.2, 0.3], "std": [0.3, 0.2, 0.1]},
+    }
     (snap / "open_clip_config.json").write_text(json.dumps(cfg))
     (snap / "open_clip_pytorch_model.bin").write_bytes((tiny_files[2] / "tiny.pt").read_bytes())
     a = load_clip(f"local-dir:{snap}")
@@ -209,23 +229,37 @@ def test_corrupt_weights_file(tmp_path):
 @pytest.mark.parametrize("spec", ["ViT-B-32", "ViT-B-32:", "RN50 :  "])
 def test_train_refuses_a_clip_without_weights(spec, tiny_hazy_shapes, tmp_path):
     """A real model name with no weights would train on random CLIP scores: refused before a run folder exists."""
-    from clipce_rtdetr.clip_loader import require_weights
-    from clipce_rtdetr.trainer import ClipCETrainer
+    from clipce_rtdetr.clip.loader import require_weights
+    from clipce_rtdetr.models.rtdetr.train import ClipCETrainer
 
     with pytest.raises(ClipCEError, match="names no weights"):
         require_weights(spec)
     with pytest.raises(ClipCEError, match="names no weights"):
-        ClipCETrainer(overrides={"model": "rtdetr-l.yaml", "data": str(tiny_hazy_shapes), "clip": spec,
-                                 "project": str(tmp_path), "name": "x"})
+        ClipCETrainer(
+            overrides={
+                "model": "rtdetr-l.yaml",
+                "data": str(tiny_hazy_shapes),
+                "clip": spec,
+                "project": str(tmp_path),
+                "name": "x",
+            }
+        )
     assert not (tmp_path / "x").exists()
     require_weights("clipce-tiny")  # the project's test/demo config, random on purpose
     require_weights("ViT-B-32:openai")
 
 
 def test_unknown_profile_refused_before_a_run_folder(tiny_hazy_shapes, tmp_path):
-    from clipce_rtdetr.trainer import ClipCETrainer
+    from clipce_rtdetr.models.rtdetr.train import ClipCETrainer
 
     with pytest.raises(ClipCEError, match="nosuchprofile"):
-        ClipCETrainer(overrides={"model": "rtdetr-l.yaml", "data": str(tiny_hazy_shapes), "ame_profile": "nosuchprofile",
-                                 "project": str(tmp_path), "name": "x"})
+        ClipCETrainer(
+            overrides={
+                "model": "rtdetr-l.yaml",
+                "data": str(tiny_hazy_shapes),
+                "ame_profile": "nosuchprofile",
+                "project": str(tmp_path),
+                "name": "x",
+            }
+        )
     assert not (tmp_path / "x").exists()

@@ -18,7 +18,7 @@ DEMO = REPO / "weights" / "demo-clip-hazy-shapes.safetensors"
 def _demo_model() -> str | None:
     from safetensors import safe_open
 
-    from clipce_rtdetr.clip_train import META_KEY
+    from clipce_rtdetr.clip.train import META_KEY
 
     if not DEMO.is_file():
         return None
@@ -27,7 +27,7 @@ def _demo_model() -> str | None:
 
 
 def test_clean_file_mirrors_images_folder(tmp_path):
-    from clipce_rtdetr.clip_train import clean_file, clean_root, with_clean_images
+    from clipce_rtdetr.clip.train import clean_file, clean_root, with_clean_images
 
     root = tmp_path / "clean"
     assert clean_file(str(tmp_path / "images" / "train" / "a.png"), root) == root / "train" / "a.png"
@@ -41,8 +41,8 @@ def test_clean_file_mirrors_images_folder(tmp_path):
 
 
 def test_clip_train_saves_reloads_and_refuses_overwrite(tiny_hazy_shapes, tmp_path):
-    from clipce_rtdetr.clip_loader import load_clip
-    from clipce_rtdetr.clip_train import clip_train
+    from clipce_rtdetr.clip.loader import load_clip
+    from clipce_rtdetr.clip.train import clip_train
 
     out = tmp_path / "clip.safetensors"
     rep = clip_train(str(tiny_hazy_shapes), "clipce-tiny", out, epochs=2, batch=32, seed=0, half=True, progress=False)
@@ -67,11 +67,19 @@ def test_clip_train_saves_reloads_and_refuses_overwrite(tiny_hazy_shapes, tmp_pa
 
 
 def test_clip_train_cli_keys(tiny_hazy_shapes, tmp_path):
-    from clipce_rtdetr.clip_train import run_clip_train
+    from clipce_rtdetr.clip.train import run_clip_train
 
     out = tmp_path / "cli.safetensors"
-    args = {"data": str(tiny_hazy_shapes), "clip": "clipce-tiny", "epochs": 1, "batch": 64, "out": str(out),
-            "images": "clean", "clip_jitter": 0.0, "report": str(tmp_path / "rep")}
+    args = {
+        "data": str(tiny_hazy_shapes),
+        "clip": "clipce-tiny",
+        "epochs": 1,
+        "batch": 64,
+        "out": str(out),
+        "images": "clean",
+        "clip_jitter": 0.0,
+        "report": str(tmp_path / "rep"),
+    }
     assert run_clip_train(args) == out and (tmp_path / "rep.md").is_file()
     with pytest.raises(ClipCEError, match="exist_ok"):
         run_clip_train(args)
@@ -83,8 +91,8 @@ def test_clip_train_cli_keys(tiny_hazy_shapes, tmp_path):
 
 @pytest.mark.skipif(not DEMO.is_file(), reason="demo CLIP not committed")
 def test_demo_clip_spec_names_its_model():
-    from clipce_rtdetr.clip_loader import load_clip
-    from clipce_rtdetr.hazy_shapes import demo_clip_spec
+    from clipce_rtdetr.clip.loader import load_clip
+    from clipce_rtdetr.data.hazy_shapes import demo_clip_spec
 
     spec = demo_clip_spec()
     assert spec.endswith(DEMO.name)
@@ -94,8 +102,8 @@ def test_demo_clip_spec_names_its_model():
 def test_demo_clip_fallback_is_the_same_random_clip_every_time(monkeypatch, tmp_path):
     """Without the committed demo CLIP (e.g. a non-editable install), hazy-shapes falls back to a tiny random CLIP
     made once under $CLIPCE_HOME; the second run must load that same file as the same model."""
-    from clipce_rtdetr import hazy_shapes
-    from clipce_rtdetr.clip_loader import load_clip
+    from clipce_rtdetr.clip.loader import load_clip
+    from clipce_rtdetr.data import hazy_shapes
 
     monkeypatch.setattr("clipce_rtdetr.paths.weights_dirs", lambda: [tmp_path / "none"])
     monkeypatch.setattr(hazy_shapes, "home", lambda: tmp_path / "home")
@@ -108,10 +116,10 @@ def test_demo_clip_fallback_is_the_same_random_clip_every_time(monkeypatch, tmp_
 @pytest.mark.skipif(not DEMO.is_file(), reason="demo CLIP not committed")
 def test_demo_clip_gives_higher_d_to_hazier_crops():
     """Same clean scenes, same boxes, hazed at beta 0 and at a high beta: mean d must rise."""
-    from clipce_rtdetr.ame import AMEScorer
-    from clipce_rtdetr.clip_loader import load_clip
-    from clipce_rtdetr.hazy_shapes import CLASSES, Recipe, render_scene
-    from clipce_rtdetr.physics import apply_haze
+    from clipce_rtdetr.clip.loader import load_clip
+    from clipce_rtdetr.data.hazy_shapes import CLASSES, Recipe, render_scene
+    from clipce_rtdetr.data.physics import apply_haze
+    from clipce_rtdetr.method.ame import AMEScorer
 
     bundle = load_clip(f"{_demo_model()}:{DEMO}")
     assert not bundle.random_weights
@@ -141,7 +149,7 @@ def test_decoded_images_stay_within_their_budget(tmp_path):
     """Jittered crops keep decoded images up to the byte budget; images past it are read again each time."""
     import cv2
 
-    from clipce_rtdetr.clip_train import DecodedImages
+    from clipce_rtdetr.clip.train import DecodedImages
 
     labels = []
     for i in range(3):

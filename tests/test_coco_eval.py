@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clipce_rtdetr.coco_eval import coco_report, dataset_gt, evaluate, map_predictions
+from clipce_rtdetr.eval.coco import coco_report, dataset_gt, evaluate, map_predictions
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 
@@ -21,8 +21,15 @@ def as_predictions(gt, shift=0.0, drop_every=0):
         if a.get("iscrowd") or (drop_every and i % drop_every == 0):
             continue
         x, y, w, h = a["bbox"]
-        out.append({"image_id": Path(names[a["image_id"]]).stem, "file_name": names[a["image_id"]],
-                    "category_id": a["category_id"], "bbox": [x + shift * w, y, w, h], "score": 0.9 - 0.01 * (i % 7)})
+        out.append(
+            {
+                "image_id": Path(names[a["image_id"]]).stem,
+                "file_name": names[a["image_id"]],
+                "category_id": a["category_id"],
+                "bbox": [x + shift * w, y, w, h],
+                "score": 0.9 - 0.01 * (i % 7),
+            }
+        )
     return out
 
 
@@ -34,7 +41,13 @@ def test_perfect_and_shifted(tiny_hazy_shapes, tmp_path):
     assert res["stats"]["AP"] == pytest.approx(1.0) and res["stats"]["AP50"] == pytest.approx(1.0)
     assert all(r["mAP50-95"] == pytest.approx(1.0) for r in res["per_level"])
     assert sum(r["images"] for r in res["per_level"]) == 8
-    for f in ("coco_gt.json", "coco_predictions.json", "coco_metrics.json", "coco_per_level.json", "coco_per_level.png"):
+    for f in (
+        "coco_gt.json",
+        "coco_predictions.json",
+        "coco_metrics.json",
+        "coco_per_level.json",
+        "coco_per_level.png",
+    ):
         assert (tmp_path / f).is_file()
 
     # Shifted boxes and a few misses: our number equals pycocotools run directly on the same files.
@@ -51,7 +64,9 @@ def test_perfect_and_shifted(tiny_hazy_shapes, tmp_path):
     ev.accumulate()
     ev.summarize()
     assert 0 < ours["AP"] < 1
-    assert [ours[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")] == pytest.approx(list(ev.stats[:9]))
+    assert [ours[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")] == pytest.approx(
+        list(ev.stats[:9])
+    )
 
 
 def test_levels_come_from_the_evaluated_split(tmp_path):
@@ -66,17 +81,29 @@ def test_levels_come_from_the_evaluated_split(tmp_path):
         for n in ("a", "b"):
             cv2.imwrite(str(tmp_path / "images" / split / f"{n}.png"), np.zeros((16, 16, 3), np.uint8))
             (tmp_path / "labels" / split / f"{n}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
-    (tmp_path / "rec.csv").write_text("im_file,split,level\nimages/train/a.png,train,heavy\nimages/train/b.png,train,heavy\n"
-                                      "images/val/a.png,val,light\nimages/val/b.png,val,medium\n")
+    (tmp_path / "rec.csv").write_text(
+        "im_file,split,level\nimages/train/a.png,train,heavy\nimages/train/b.png,train,heavy\n"
+        "images/val/a.png,val,light\nimages/val/b.png,val,medium\n"
+    )
     y = tmp_path / "d.yaml"
-    y.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "val": "images/val", "names": {0: "x"}, "degradation": "rec.csv"}))
+    y.write_text(
+        yaml.safe_dump(
+            {
+                "path": str(tmp_path),
+                "train": "images/train",
+                "val": "images/val",
+                "names": {0: "x"},
+                "degradation": "rec.csv",
+            }
+        )
+    )
     assert dataset_gt(y, "val")[1] == {"a.png": "light", "b.png": "medium"}
     assert dataset_gt(y, "train")[1] == {"a.png": "heavy", "b.png": "heavy"}
 
 
 def test_converted_gt_with_crowd(tmp_path):
     """A converted VOC set: difficult objects are iscrowd (ignored), so missing them costs nothing."""
-    from clipce_rtdetr.convert import convert
+    from clipce_rtdetr.data.convert import convert
 
     y = convert("voc", FIX / "voc", tmp_path / "rtts", val_fraction=1.0, progress=False)
     gt, levels = dataset_gt(y, "val")
@@ -85,13 +112,21 @@ def test_converted_gt_with_crowd(tmp_path):
 
 
 def test_val_coco_true_end_to_end(tiny_hazy_shapes, tmp_root):
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
     from tests.conftest import TINY_MODEL
 
-    from clipce_rtdetr.model import ClipCERTDETR
-
     m = ClipCERTDETR(TINY_MODEL)
-    metrics = m.val(data=str(tiny_hazy_shapes), coco=True, imgsz=128, batch=8, device="cpu", workers=0,
-                    project=str(tmp_root / "runs-coco"), name="val", plots=False)
+    metrics = m.val(
+        data=str(tiny_hazy_shapes),
+        coco=True,
+        imgsz=128,
+        batch=8,
+        device="cpu",
+        workers=0,
+        project=str(tmp_root / "runs-coco"),
+        name="val",
+        plots=False,
+    )
     run = tmp_root / "runs-coco" / "val"
     assert {"stats", "per_level"} <= set(metrics.coco)
     preds = json.loads((run / "coco_predictions.json").read_text())
@@ -103,15 +138,21 @@ def test_val_coco_true_end_to_end(tiny_hazy_shapes, tmp_root):
 def test_zero_based_category_ids_are_matched_by_name(tmp_path):
     """A user's COCO file numbering categories from 0: predictions (class + 1, as Ultralytics writes them) are
     matched by class name, so a perfect prediction still scores 1.0 (not the wrong class)."""
-    from clipce_rtdetr.coco_eval import category_map
+    from clipce_rtdetr.eval.coco import category_map
 
-    gt = {"images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 100}],
-          "annotations": [{"id": 1, "image_id": 7, "category_id": 0, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
-                          {"id": 2, "image_id": 7, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0}],
-          "categories": [{"id": 0, "name": "car"}, {"id": 1, "name": "bus"}]}
+    gt = {
+        "images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 0, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [50, 50, 20, 20], "area": 400, "iscrowd": 0},
+        ],
+        "categories": [{"id": 0, "name": "car"}, {"id": 1, "name": "bus"}],
+    }
     names = {0: "car", 1: "bus"}
-    preds = [{"image_id": "a", "file_name": "a.png", "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
-             {"image_id": "a", "file_name": "a.png", "category_id": 2, "bbox": [50, 50, 20, 20], "score": 0.8}]
+    preds = [
+        {"image_id": "a", "file_name": "a.png", "category_id": 1, "bbox": [10, 10, 30, 30], "score": 0.9},
+        {"image_id": "a", "file_name": "a.png", "category_id": 2, "bbox": [50, 50, 20, 20], "score": 0.8},
+    ]
     cats = category_map(gt, names, [1, 2])
     assert cats == {1: 0, 2: 1}
     assert evaluate(gt, map_predictions(preds, gt, cats), verbose=False)["AP"] == pytest.approx(1.0)
@@ -129,8 +170,8 @@ def test_ground_truth_is_what_ultralytics_evaluated(tmp_path, caplog):
     import numpy as np
     import yaml
 
-    from clipce_rtdetr.coco_eval import verified_labels
     from clipce_rtdetr.errors import ClipCEError
+    from clipce_rtdetr.eval.coco import verified_labels
 
     (tmp_path / "images" / "val").mkdir(parents=True)
     (tmp_path / "labels" / "val").mkdir(parents=True)
@@ -153,9 +194,14 @@ def test_ground_truth_is_what_ultralytics_evaluated(tmp_path, caplog):
     y.write_text(yaml.safe_dump({**cfg, "coco_annotations": {"val": "ann.json"}}))
     with pytest.raises(ClipCEError, match="ann.json is not valid JSON"):
         dataset_gt(y, "val")
-    full = {"images": [{"id": i, "file_name": f"{n}.png", "width": 30, "height": 20} for i, n in enumerate(("good", "badlabel", "corrupt"))],
-            "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
-            "categories": [{"id": 1, "name": "x"}]}
+    full = {
+        "images": [
+            {"id": i, "file_name": f"{n}.png", "width": 30, "height": 20}
+            for i, n in enumerate(("good", "badlabel", "corrupt"))
+        ],
+        "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "x"}],
+    }
     (tmp_path / "ann.json").write_text(json.dumps(full))
     gt, _ = dataset_gt(y, "val", labels)
     assert [im["file_name"] for im in gt["images"]] == ["good.png"] and gt["annotations"] == []

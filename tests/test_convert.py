@@ -11,14 +11,17 @@ from typing import Any
 import pytest
 import yaml
 
-from clipce_rtdetr.convert import convert, run_convert, seeded_split
+from clipce_rtdetr.data.convert import convert, run_convert, seeded_split
 from clipce_rtdetr.errors import ClipCEError
 
 FIX = Path(__file__).parent / "fixtures" / "data"
 
 
 def labels(out: Path) -> dict[str, list[list[float]]]:
-    return {p.name: [[float(v) for v in line.split()] for line in p.read_text().splitlines()] for p in sorted(out.glob("labels/*/*.txt"))}
+    return {
+        p.name: [[float(v) for v in line.split()] for line in p.read_text().splitlines()]
+        for p in sorted(out.glob("labels/*/*.txt"))
+    }
 
 
 def yolo(c, x1, y1, x2, y2, w, h):
@@ -41,7 +44,9 @@ def add_voc(src: Path, xml_stem: str, image: str, size: tuple[int, int] | None, 
 
     if size is not None:
         Image.new("RGB", size, (90, 120, 30)).save(src / "JPEGImages" / image)
-    (src / "Annotations" / f"{xml_stem}.xml").write_text(f"<annotation><filename>{image}</filename>{''.join(objects)}</annotation>", encoding="utf-8")
+    (src / "Annotations" / f"{xml_stem}.xml").write_text(
+        f"<annotation><filename>{image}</filename>{''.join(objects)}</annotation>", encoding="utf-8"
+    )
 
 
 def copy_fixture(tmp_path: Path, fmt: str) -> Path:
@@ -51,8 +56,10 @@ def copy_fixture(tmp_path: Path, fmt: str) -> Path:
 
 def snapshot(folder: Path) -> dict[str, Any]:
     """Every path under folder with its content (or symlink target), to compare before and after."""
-    return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def coco_boxes(out: Path, split: str) -> dict[str, list[list[float]]]:
@@ -83,24 +90,35 @@ def test_voc_rtts(tmp_path):
     assert len(crowd) == 1 and crowd[0]["bbox"] == [2, 2, 10, 8]  # difficult: ignored by COCO eval
     s = json.loads((tmp_path / "rtts" / "convert_summary.json").read_text())
     assert s["skipped"] == {
-        "malformed annotation file": 1, "object without name or numeric bndbox": 1, "image file missing": 1,
-        "image file unreadable": 1, "box partly outside the image (clipped)": 1,
-        "difficult object (left out of labels, ignored by COCO eval)": 1}
+        "malformed annotation file": 1,
+        "object without name or numeric bndbox": 1,
+        "image file missing": 1,
+        "image file unreadable": 1,
+        "box partly outside the image (clipped)": 1,
+        "difficult object (left out of labels, ignored by COCO eval)": 1,
+    }
     report = (tmp_path / "rtts" / "convert_report.txt").read_text()
     assert "bad.xml:4" in report  # malformed XML named with its line
 
 
 def test_voc_keep_difficult_split_and_copy(tmp_path):
-    y = convert("voc", FIX / "voc", tmp_path / "o", keep_difficult=True, val_fraction=0.5, seed=3, link=False, progress=False)
+    y = convert(
+        "voc", FIX / "voc", tmp_path / "o", keep_difficult=True, val_fraction=0.5, seed=3, link=False, progress=False
+    )
     lb = labels(tmp_path / "o")
     assert len(lb["a2.txt"]) == 2
     cfg = yaml.safe_load(y.read_text())
     n = {s: len(list((tmp_path / "o" / "images" / s).iterdir())) for s in ("train", "val")}
     assert n["train"] + n["val"] == 4 and n["val"] > 0
     assert not any(p.is_symlink() for p in (tmp_path / "o" / "images").rglob("*"))
-    assert cfg["coco_annotations"] == {"train": "annotations/instances_train.json", "val": "annotations/instances_val.json"}
+    assert cfg["coco_annotations"] == {
+        "train": "annotations/instances_train.json",
+        "val": "annotations/instances_val.json",
+    }
     # Same seed, same split; a convert folder is replaced on rerun.
-    convert("voc", FIX / "voc", tmp_path / "o", keep_difficult=True, val_fraction=0.5, seed=3, link=False, progress=False)
+    convert(
+        "voc", FIX / "voc", tmp_path / "o", keep_difficult=True, val_fraction=0.5, seed=3, link=False, progress=False
+    )
     assert labels(tmp_path / "o") == lb
 
 
@@ -109,13 +127,26 @@ def test_voc_unknown_class_and_mapping(tmp_path):
     shutil.copytree(FIX / "voc", src)
     (src / "Annotations" / "a3.xml").write_text(
         "<annotation><filename>a3.jpg</filename><object><name>truck</name>"
-        "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+        "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"
+    )
     with pytest.raises(ClipCEError, match="'truck' \\(1 objects\\)"):
         convert("voc", src, tmp_path / "o", progress=False)
-    convert("voc", src, tmp_path / "o", names={**{k: k for k in ("person", "bicycle", "car", "motorbike", "bus")}, "truck": "car"},
-            val_fraction=0.0, progress=False)
+    convert(
+        "voc",
+        src,
+        tmp_path / "o",
+        names={**{k: k for k in ("person", "bicycle", "car", "motorbike", "bus")}, "truck": "car"},
+        val_fraction=0.0,
+        progress=False,
+    )
     assert labels(tmp_path / "o")["a3.txt"][0][0] == 2  # truck -> car
-    convert("voc", src, tmp_path / "o2", names={"truck": None, **{k: k for k in ("person", "car", "motorbike", "bus", "bicycle")}}, progress=False)
+    convert(
+        "voc",
+        src,
+        tmp_path / "o2",
+        names={"truck": None, **{k: k for k in ("person", "car", "motorbike", "bus", "bicycle")}},
+        progress=False,
+    )
     assert all(len(v) == 0 for k, v in labels(tmp_path / "o2").items() if k == "a3.txt")
 
 
@@ -124,10 +155,14 @@ def test_exdark_official_split(tmp_path):
     cfg = yaml.safe_load(y.read_text())
     assert len(cfg["names"]) == 12 and cfg["test"] == "images/test"
     out = tmp_path / "ex"
-    assert (out / "labels" / "train" / "2015_00001.txt").exists() and (out / "labels" / "val" / "2015_00002.txt").exists()
+    assert (out / "labels" / "train" / "2015_00001.txt").exists() and (
+        out / "labels" / "val" / "2015_00002.txt"
+    ).exists()
     assert (out / "images" / "test" / "2015_00003.JPG").exists()  # annotation '.jpg.txt' matched case-insensitively
     lb = labels(out)
-    check_boxes(lb["2015_00001.txt"], [yolo(0, 10, 5, 30, 20, 64, 48), yolo(10, 50, 30, 64, 48, 64, 48)])  # People clipped
+    check_boxes(
+        lb["2015_00001.txt"], [yolo(0, 10, 5, 30, 20, 64, 48), yolo(10, 50, 30, 64, 48, 64, 48)]
+    )  # People clipped
     check_boxes(lb["2015_00002.txt"], [yolo(4, 0, 0, 10, 10, 40, 40)])  # malformed lines skipped
     check_boxes(lb["2015_00003.txt"], [yolo(10, 2, 2, 12, 17, 30, 20)])
     s = json.loads((out / "convert_summary.json").read_text())
@@ -140,12 +175,16 @@ def test_exdark_split_list_names_with_spaces(tmp_path):
     src = tmp_path / "ex"
     shutil.copytree(FIX / "exdark", src)
     shutil.copy(src / "ExDark" / "Bicycle" / "2015_00001.png", src / "ExDark" / "Bicycle" / "my bike 1.png")
-    shutil.copy(src / "ExDark_Annno" / "Bicycle" / "2015_00001.png.txt", src / "ExDark_Annno" / "Bicycle" / "my bike 1.png.txt")
+    shutil.copy(
+        src / "ExDark_Annno" / "Bicycle" / "2015_00001.png.txt", src / "ExDark_Annno" / "Bicycle" / "my bike 1.png.txt"
+    )
     with (src / "ExDark" / "imageclasslist.txt").open("a") as f:
         f.write("my bike 1.png 1 2 1 2\n")
     out = tmp_path / "o"
     convert("exdark", src, out, progress=False)
-    assert (out / "labels" / "val" / "my bike 1.txt").is_file() and not (out / "labels" / "train" / "my bike 1.txt").exists()
+    assert (out / "labels" / "val" / "my bike 1.txt").is_file() and not (
+        out / "labels" / "train" / "my bike 1.txt"
+    ).exists()
 
 
 def test_coco_underwater(tmp_path):
@@ -153,7 +192,9 @@ def test_coco_underwater(tmp_path):
     cfg = yaml.safe_load(y.read_text())
     assert cfg["names"] == {0: "holothurian", 1: "echinus", 2: "scallop", 3: "starfish"}
     lb = labels(tmp_path / "duo")
-    check_boxes(lb["u1.txt"], [yolo(0, 5, 5, 15, 25, 60, 40), yolo(3, 50, 30, 60, 40, 60, 40)])  # crowd/unknown/bad left out
+    check_boxes(
+        lb["u1.txt"], [yolo(0, 5, 5, 15, 25, 60, 40), yolo(3, 50, 30, 60, 40, 60, 40)]
+    )  # crowd/unknown/bad left out
     assert lb["u2.txt"] == []
     check_boxes(lb["u3.txt"], [yolo(2, 10.5, 12.25, 30.5, 22.25, 50, 50)])  # box fully outside dropped
     val = json.loads((tmp_path / "duo" / "annotations" / "instances_val.json").read_text())
@@ -172,8 +213,14 @@ def test_coco_malformed_json_and_subset(tmp_path):
     with pytest.raises(ClipCEError, match=r"instances_val.json:2:\d+"):
         convert("coco", src, tmp_path / "o", progress=False)
     # A subset of classes: keep two, drop the rest.
-    convert("coco", FIX / "coco" / "annotations" / "instances_train.json", tmp_path / "sub",
-            names={"starfish": "starfish", "holothurian": "sea cucumber", "*": None}, val_fraction=0.0, progress=False)
+    convert(
+        "coco",
+        FIX / "coco" / "annotations" / "instances_train.json",
+        tmp_path / "sub",
+        names={"starfish": "starfish", "holothurian": "sea cucumber", "*": None},
+        val_fraction=0.0,
+        progress=False,
+    )
     cfg = yaml.safe_load((tmp_path / "sub" / "sub.yaml").read_text())
     assert cfg["names"] == {0: "starfish", 1: "sea cucumber"}
     assert [r[0] for r in labels(tmp_path / "sub")["u1.txt"]] == [1, 0]
@@ -224,7 +271,9 @@ def test_same_stem_images_get_their_own_label_files(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (30, 20)).save(src / "ExDark" / "Bicycle" / "2015_00001.jpg")
-    (src / "ExDark_Annno" / "Bicycle" / "2015_00001.jpg.txt").write_text("% bbGt version=3\nCar 2 2 10 5 0 0 0 0 0 0 0\n")
+    (src / "ExDark_Annno" / "Bicycle" / "2015_00001.jpg.txt").write_text(
+        "% bbGt version=3\nCar 2 2 10 5 0 0 0 0 0 0 0\n"
+    )
     convert("exdark", src, tmp_path / "exo", progress=False)
     lb = labels(tmp_path / "exo")
     check_boxes(lb["2015_00001.txt"], [yolo(4, 2, 2, 12, 7, 30, 20)])
@@ -234,13 +283,24 @@ def test_same_stem_images_get_their_own_label_files(tmp_path):
 
 def test_non_finite_coordinates_are_malformed(tmp_path):
     src = copy_fixture(tmp_path, "voc")
-    add_voc(src, "a3", "a3.jpg", None, voc_object("car", "nan", 1, 9, 9), voc_object("bus", 1, 1, "inf", 9), voc_object("car", 2, 2, 6, 6))
+    add_voc(
+        src,
+        "a3",
+        "a3.jpg",
+        None,
+        voc_object("car", "nan", 1, 9, 9),
+        voc_object("bus", 1, 1, "inf", 9),
+        voc_object("car", 2, 2, 6, 6),
+    )
     out = tmp_path / "o"
     convert("voc", src, out, val_fraction=0.0, progress=False)
     check_boxes(labels(out)["a3.txt"], [yolo(2, 2, 2, 6, 6, 32, 32)])
     assert coco_boxes(out, "train")["a3.jpg"] == [[2, 2, 4, 4]]
     report = (out / "convert_report.txt").read_text()
-    assert "a3.xml object #1 (not a finite number: 'nan')" in report and "a3.xml object #2 (not a finite number: 'inf')" in report
+    assert (
+        "a3.xml object #1 (not a finite number: 'nan')" in report
+        and "a3.xml object #2 (not a finite number: 'inf')" in report
+    )
     # ExDark: a line with 'inf' is a malformed line; COCO: NaN/Infinity (json.dumps writes them) are not a numeric bbox.
     ex = tmp_path / "ex"
     shutil.copytree(FIX / "exdark", ex)
@@ -248,17 +308,27 @@ def test_non_finite_coordinates_are_malformed(tmp_path):
         f.write("Car inf 1 5 5 0 0 0 0 0 0 0\n")
     convert("exdark", ex, tmp_path / "exo", progress=False)
     check_boxes(labels(tmp_path / "exo")["2015_00002.txt"], [yolo(4, 0, 0, 10, 10, 40, 40)])
-    assert "2015_00002.jpg.txt:5 (not a finite number: 'inf': 'Car inf 1 5 5" in (tmp_path / "exo" / "convert_report.txt").read_text()
+    assert (
+        "2015_00002.jpg.txt:5 (not a finite number: 'inf': 'Car inf 1 5 5"
+        in (tmp_path / "exo" / "convert_report.txt").read_text()
+    )
     co = tmp_path / "co"
     shutil.copytree(FIX / "coco", co)
     f = co / "annotations" / "instances_train.json"
     d = json.loads(f.read_text())
-    d["annotations"] += [{"id": 8, "image_id": 2, "category_id": 1, "bbox": [1, 1, float("nan"), 5]},
-                         {"id": 9, "image_id": 2, "category_id": 1, "bbox": [1, float("inf"), 5, 5]}]
+    d["annotations"] += [
+        {"id": 8, "image_id": 2, "category_id": 1, "bbox": [1, 1, float("nan"), 5]},
+        {"id": 9, "image_id": 2, "category_id": 1, "bbox": [1, float("inf"), 5, 5]},
+    ]
     f.write_text(json.dumps(d))
     convert("coco", co, tmp_path / "coo", progress=False)
     assert labels(tmp_path / "coo")["u2.txt"] == [] and coco_boxes(tmp_path / "coo", "train")["u2.jpg"] == []
-    assert json.loads((tmp_path / "coo" / "convert_summary.json").read_text())["skipped"]["annotation without a numeric bbox [x, y, w, h]"] == 3
+    assert (
+        json.loads((tmp_path / "coo" / "convert_summary.json").read_text())["skipped"][
+            "annotation without a numeric bbox [x, y, w, h]"
+        ]
+        == 3
+    )
 
 
 def test_voc_split_files_one_name_per_line(tmp_path):
@@ -274,8 +344,18 @@ def test_voc_split_files_one_name_per_line(tmp_path):
     (sets / "val.txt").write_text("a3\r\nrésumé é\r\nimg.v2\nimg.v3\n", encoding="utf-8")
     out = tmp_path / "o"
     convert("voc", src, out, progress=False)
-    assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == ["a1.txt", "a2.txt", "brouillard_ü.txt", "with space.txt"]
-    assert sorted(p.name for p in (out / "labels" / "val").iterdir()) == ["a3.txt", "img.v2.txt", "img.v3.txt", "résumé é.txt"]
+    assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == [
+        "a1.txt",
+        "a2.txt",
+        "brouillard_ü.txt",
+        "with space.txt",
+    ]
+    assert sorted(p.name for p in (out / "labels" / "val").iterdir()) == [
+        "a3.txt",
+        "img.v2.txt",
+        "img.v3.txt",
+        "résumé é.txt",
+    ]
     check_boxes(labels(out)["résumé é.txt"], [yolo(4, 2, 2, 6, 6, 20, 20)])
     report = (out / "convert_report.txt").read_text()
     assert "(with space)" not in report and "(résumé é)" not in report and "(corrupt)" in report  # corrupt: not listed
@@ -291,25 +371,46 @@ def test_unknown_class_hint_keeps_the_other_classes(tmp_path):
     assert "'*'" not in str(e.value) and "names=\"{'Truck': None}\"" in str(e.value)
     # Dropping or renaming only Truck keeps ExDark's 12 classes.
     y = convert("exdark", src, tmp_path / "drop", names={"Truck": None}, progress=False)
-    assert list(yaml.safe_load(y.read_text())["names"].values()) == ["Bicycle", "Boat", "Bottle", "Bus", "Car", "Cat", "Chair",
-                                                                     "Cup", "Dog", "Motorbike", "People", "Table"]
+    assert list(yaml.safe_load(y.read_text())["names"].values()) == [
+        "Bicycle",
+        "Boat",
+        "Bottle",
+        "Bus",
+        "Car",
+        "Cat",
+        "Chair",
+        "Cup",
+        "Dog",
+        "Motorbike",
+        "People",
+        "Table",
+    ]
     check_boxes(labels(tmp_path / "drop")["2015_00002.txt"], [yolo(4, 0, 0, 10, 10, 40, 40)])
     y = convert("exdark", src, tmp_path / "car", names={"Truck": "Car", "People": "Person"}, progress=False)
     names = yaml.safe_load(y.read_text())["names"]
     assert len(names) == 12 and names[4] == "Car" and names[10] == "Person"  # a renamed class keeps its place
-    check_boxes(labels(tmp_path / "car")["2015_00002.txt"], [yolo(4, 0, 0, 10, 10, 40, 40), yolo(4, 20, 20, 30, 30, 40, 40)])
+    check_boxes(
+        labels(tmp_path / "car")["2015_00002.txt"], [yolo(4, 0, 0, 10, 10, 40, 40), yolo(4, 20, 20, 30, 30, 40, 40)]
+    )
     check_boxes(labels(tmp_path / "car")["2015_00003.txt"], [yolo(10, 2, 2, 12, 17, 30, 20)])
 
 
 def test_flipped_boxes_are_swapped_and_reported(tmp_path):
     src = copy_fixture(tmp_path, "voc")
-    add_voc(src, "a3", "a3.jpg", None, voc_object("car", 20, 4, 6, 10), voc_object("bus", 40, 30, 20, 2))  # 2nd also clipped
+    add_voc(
+        src, "a3", "a3.jpg", None, voc_object("car", 20, 4, 6, 10), voc_object("bus", 40, 30, 20, 2)
+    )  # 2nd also clipped
     out = tmp_path / "o"
     convert("voc", src, out, val_fraction=0.0, progress=False)
     check_boxes(labels(out)["a3.txt"], [yolo(2, 6, 4, 20, 10, 32, 32), yolo(4, 20, 2, 32, 30, 32, 32)])
     s = json.loads((out / "convert_summary.json").read_text())["skipped"]
-    assert s["box corners in the wrong order (swapped and kept)"] == 2 and s["box partly outside the image (clipped)"] == 2
-    assert "a3.xml object #1 ((20.0, 4.0, 6.0, 10.0) -> (6.0, 4.0, 20.0, 10.0))" in (out / "convert_report.txt").read_text()
+    assert (
+        s["box corners in the wrong order (swapped and kept)"] == 2 and s["box partly outside the image (clipped)"] == 2
+    )
+    assert (
+        "a3.xml object #1 ((20.0, 4.0, 6.0, 10.0) -> (6.0, 4.0, 20.0, 10.0))"
+        in (out / "convert_report.txt").read_text()
+    )
     co = tmp_path / "co"
     shutil.copytree(FIX / "coco", co)
     f = co / "annotations" / "instances_train.json"
@@ -319,7 +420,12 @@ def test_flipped_boxes_are_swapped_and_reported(tmp_path):
     convert("coco", co, tmp_path / "coo", progress=False)
     check_boxes(labels(tmp_path / "coo")["u2.txt"], [yolo(0, 20, 10, 50, 30, 60, 40)])
     assert coco_boxes(tmp_path / "coo", "train")["u2.jpg"] == [[20, 10, 30, 20]]
-    assert json.loads((tmp_path / "coo" / "convert_summary.json").read_text())["skipped"]["box corners in the wrong order (swapped and kept)"] == 1
+    assert (
+        json.loads((tmp_path / "coo" / "convert_summary.json").read_text())["skipped"][
+            "box corners in the wrong order (swapped and kept)"
+        ]
+        == 1
+    )
 
 
 def test_unreadable_images_plain_reason_without_heif(tmp_path, monkeypatch):

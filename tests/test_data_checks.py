@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_MODEL
 
-from clipce_rtdetr.data import (
+from clipce_rtdetr.data.dataset import (
     check_label_text,
     load_data_yaml,
     report_label_problems,
@@ -20,8 +21,6 @@ from clipce_rtdetr.data import (
     scan_labels,
 )
 from clipce_rtdetr.errors import ClipCEError
-
-from conftest import TINY_MODEL
 
 SCRIPT = Path(sys.executable).parent / "clipce-rtdetr"
 
@@ -81,7 +80,9 @@ def make_dataset(root: Path, n_train: int = 6, n_val: int = 2) -> Path:
             cv2.imwrite(str(root / "images" / split / f"{i}.png"), (rng.random((64, 64, 3)) * 255).astype(np.uint8))
             (root / "labels" / split / f"{i}.txt").write_text(f"{i % 2} 0.5 0.5 0.3 0.3\n")
     y = root / "data.yaml"
-    y.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": {0: "a", 1: "b"}}))
+    y.write_text(
+        yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": {0: "a", 1: "b"}})
+    )
     return y
 
 
@@ -130,7 +131,13 @@ def test_report_strict_raises_and_lenient_warns(bad_dataset):
 
 
 def test_many_problems_are_capped_in_the_message():
-    report = {"errors": [f"f.txt:{i}: bad" for i in range(1, 26)], "warnings": [], "empty": [], "missing": [], "corrupt": []}
+    report = {
+        "errors": [f"f.txt:{i}: bad" for i in range(1, 26)],
+        "warnings": [],
+        "empty": [],
+        "missing": [],
+        "corrupt": [],
+    }
     with pytest.raises(ClipCEError) as e:
         report_label_problems(report, strict=True)
     assert "f.txt:10:" in str(e.value) and "f.txt:11:" not in str(e.value) and "15 more" in str(e.value)
@@ -183,9 +190,26 @@ def test_txt_list_split(tmp_path):
 def test_training_on_bad_data_warns_by_name_and_does_not_crash(bad_dataset, tmp_path):
     """Ultralytics names a corrupt image only as "No module named 'pi_heif'"; the project names it properly."""
     r = subprocess.run(
-        [str(SCRIPT), "train", f"model={TINY_MODEL}", f"data={bad_dataset}", "epochs=1", "imgsz=64", "batch=4",
-         "device=cpu", "workers=0", "clipce=none", f"project={tmp_path / 'runs'}", "name=bad", "plots=False", "val=False"],
-        capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+        [
+            str(SCRIPT),
+            "train",
+            f"model={TINY_MODEL}",
+            f"data={bad_dataset}",
+            "epochs=1",
+            "imgsz=64",
+            "batch=4",
+            "device=cpu",
+            "workers=0",
+            "clipce=none",
+            f"project={tmp_path / 'runs'}",
+            "name=bad",
+            "plots=False",
+            "val=False",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
     )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]

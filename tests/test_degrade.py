@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 import yaml
 
-from clipce_rtdetr import physics
-from clipce_rtdetr.degrade import degrade, degrade_array, prior_depth, ranges_for, read_image, run_degrade, sample_params
+from clipce_rtdetr.data import physics
+from clipce_rtdetr.data.degrade import (
+    degrade,
+    degrade_array,
+    prior_depth,
+    ranges_for,
+    read_image,
+    run_degrade,
+    sample_params,
+)
 from clipce_rtdetr.errors import ClipCEError
 
 
@@ -29,10 +37,16 @@ def test_haze_physics(scene):
     t = physics.transmission(np.array([0.0, 1.0, 5.0, 30.0]), 0.1)
     assert t[0] == 1.0 and np.all(np.diff(t) < 0)
     # Mean contrast over rows (depth is constant along a row of the horizon prior) falls with beta.
-    contrast = [np.mean([physics.rms_contrast(row) for row in physics.apply_haze(img, depth, b, 0.9)]) for b in (0, 0.02, 0.05, 0.1, 0.2)]
+    contrast = [
+        np.mean([physics.rms_contrast(row) for row in physics.apply_haze(img, depth, b, 0.9)])
+        for b in (0, 0.02, 0.05, 0.1, 0.2)
+    ]
     assert np.all(np.diff(contrast) < 0)
-    for out in (physics.apply_haze(img, depth, 0.3, 1.0), physics.apply_lowlight(img, 4, 0.01, 0.05, 1),
-                physics.apply_underwater(img, depth, physics.WATER_ATTENUATION_RGB, (0.1, 0.5, 0.6))):
+    for out in (
+        physics.apply_haze(img, depth, 0.3, 1.0),
+        physics.apply_lowlight(img, 4, 0.01, 0.05, 1),
+        physics.apply_underwater(img, depth, physics.WATER_ATTENUATION_RGB, (0.1, 0.5, 0.6)),
+    ):
         assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     c = physics.centre_distance_depth(48, 64)
     assert c[24, 32] > c[0, 0] >= 0  # IA-YOLO: farthest at the centre
@@ -55,7 +69,11 @@ def test_lowlight_and_underwater_physics(scene):
 def test_params_deterministic_and_levels():
     r = ranges_for("haze", "heavy", {})
     p = sample_params("haze", "heavy", r, 7, "images/val/a.jpg")
-    assert p == sample_params("haze", "heavy", r, 7, "images/val/a.jpg") != sample_params("haze", "heavy", r, 8, "images/val/a.jpg")
+    assert (
+        p
+        == sample_params("haze", "heavy", r, 7, "images/val/a.jpg")
+        != sample_params("haze", "heavy", r, 8, "images/val/a.jpg")
+    )
     assert 0.11 <= p["beta"] <= 0.16 and p["level"] == "heavy"
     r = ranges_for("haze", "custom", {"beta_range": [0.01, 0.02], "airlight_range": [0.5, 0.5]})
     p = sample_params("haze", "custom", r, 0, "x.png")
@@ -75,7 +93,12 @@ def test_bit_depths_gray_rgba(dtype, shape):
         assert np.array_equal(out[..., 3], img[..., 3])  # alpha kept
     if len(shape) == 2:
         with pytest.raises(ValueError, match="grayscale"):
-            degrade_array(img, "underwater", sample_params("underwater", "medium", ranges_for("underwater", "medium", {}), 0, "x"), prior_depth("horizon", 32, 40))
+            degrade_array(
+                img,
+                "underwater",
+                sample_params("underwater", "medium", ranges_for("underwater", "medium", {}), 0, "x"),
+                prior_depth("horizon", 32, 40),
+            )
     with pytest.raises(ValueError, match="float32"):
         degrade_array(img.astype(np.float32), "haze", p, None)
 
@@ -90,7 +113,10 @@ def test_degrade_dataset_reproducible(tiny_hazy_shapes, tmp_path, kind):
     y = degrade(tiny_hazy_shapes, tmp_path / kind, kind=kind, level="heavy", seed=1, processes=1, progress=False)
     cfg = yaml.safe_load(y.read_text())
     root = Path(tiny_hazy_shapes).parent
-    assert cfg["degradation"] == "degradation.csv" and cfg["names"] == yaml.safe_load(Path(tiny_hazy_shapes).read_text())["names"]
+    assert (
+        cfg["degradation"] == "degradation.csv"
+        and cfg["names"] == yaml.safe_load(Path(tiny_hazy_shapes).read_text())["names"]
+    )
     rows = read_rows(tmp_path / kind)
     assert len(rows) == 32 and {r["level"] for r in rows} == {"heavy"}
     # Labels copied unchanged.
@@ -103,10 +129,14 @@ def test_degrade_dataset_reproducible(tiny_hazy_shapes, tmp_path, kind):
     if kind == "haze":
         want = physics.apply_haze(src, physics.horizon_depth(h, w), float(r["beta"]), float(r["airlight"]))
     elif kind == "lowlight":
-        want = physics.apply_lowlight(src[..., ::-1], float(r["gamma"]), float(r["shot"]), float(r["read"]), int(r["noise_seed"]))[..., ::-1]
+        want = physics.apply_lowlight(
+            src[..., ::-1], float(r["gamma"]), float(r["shot"]), float(r["read"]), int(r["noise_seed"])
+        )[..., ::-1]
     else:
         d = physics.normalised_depth(physics.horizon_depth(h, w)) * float(r["distance"])
-        want = physics.apply_underwater(src, d, [float(r[f"atten_{c}"]) for c in "rgb"], [float(r[f"veil_{c}"]) for c in "rgb"])
+        want = physics.apply_underwater(
+            src, d, [float(r[f"atten_{c}"]) for c in "rgb"], [float(r[f"veil_{c}"]) for c in "rgb"]
+        )
     got = cv2.imread(str(tmp_path / kind / r["im_file"]))[..., ::-1].astype(np.float32) / 255
     assert np.abs(got - want).max() <= 1.01 / 255 + 1e-6
 
@@ -148,10 +178,17 @@ def test_refusals_and_depth_folder(tiny_hazy_shapes, tmp_path):
     with pytest.raises(ClipCEError, match="needs out="):
         run_degrade({"data": str(tiny_hazy_shapes)})
     # hazy-shapes ships its depth maps (16-bit PNG, depth_scale 0.001 in its YAML): depth=depth uses them.
-    y = run_degrade({"data": str(tiny_hazy_shapes), "out": str(tmp_path / "d"), "depth": "depth", "level": "light", "processes": 1})
+    y = run_degrade(
+        {"data": str(tiny_hazy_shapes), "out": str(tmp_path / "d"), "depth": "depth", "level": "light", "processes": 1}
+    )
     r = read_rows(tmp_path / "d")[0]
     src = cv2.imread(str(root / r["im_file"])).astype(np.float32) / 255
-    d = cv2.imread(str(root / "depth" / Path(r["im_file"]).relative_to("images")), cv2.IMREAD_UNCHANGED).astype(np.float32) * 0.001
+    d = (
+        cv2.imread(str(root / "depth" / Path(r["im_file"]).relative_to("images")), cv2.IMREAD_UNCHANGED).astype(
+            np.float32
+        )
+        * 0.001
+    )
     want = physics.apply_haze(src, d, float(r["beta"]), float(r["airlight"]))
     got = cv2.imread(str(tmp_path / "d" / r["im_file"])).astype(np.float32) / 255
     assert np.abs(got - want).max() <= 1.01 / 255 + 1e-6
@@ -257,20 +294,26 @@ def test_absolute_splits_and_list_files_point_at_the_copy(tmp_path):
     before = (src / "train.txt").read_bytes()
     y = tmp_path / "elsewhere" / "data.yaml"  # the YAML outside the dataset folder, out= beside the YAML
     y.parent.mkdir()
-    y.write_text(yaml.safe_dump({"path": str(src), "train": str(src / "train.txt"), "val": str(src / "images" / "val"), "names": {0: "x"}}))
+    y.write_text(
+        yaml.safe_dump(
+            {"path": str(src), "train": str(src / "train.txt"), "val": str(src / "images" / "val"), "names": {0: "x"}}
+        )
+    )
     new = degrade(y, y.parent / "hazy", progress=False)
     assert (src / "train.txt").read_bytes() == before
     cfg = yaml.safe_load(new.read_text())
     out = y.parent / "hazy"
     assert cfg["path"] == str(out.resolve()) and cfg["train"] == "train.txt" and cfg["val"] == "images/val"
     listed = [(out / line).resolve() for line in (out / "train.txt").read_text().split()]
-    assert listed == [(out / "images" / "train" / f"{n}.png").resolve() for n in "ab"] and all(p.is_file() for p in listed)
+    assert listed == [(out / "images" / "train" / f"{n}.png").resolve() for n in "ab"] and all(
+        p.is_file() for p in listed
+    )
 
 
 def test_nested_folders_and_the_root_as_a_split_keep_their_paths(tmp_path):
     """A split folder with nested subfolders, and the dataset folder itself as a split: every image is recorded and
     written at its own path inside the dataset (the same path relative_to_root gives), labels beside it."""
-    from clipce_rtdetr.data import relative_to_root
+    from clipce_rtdetr.data.dataset import relative_to_root
 
     src = tmp_path / "src"
     _small_dataset(src, splits=("train/day", "train/night"))
@@ -281,7 +324,9 @@ def test_nested_folders_and_the_root_as_a_split_keep_their_paths(tmp_path):
     ims = sorted((src / "images").rglob("*.png"))
     want = {relative_to_root(im, src) for im in ims}
     assert len(ims) == 6 and {r["im_file"] for r in read_rows(out)} == want
-    assert all((out / r).is_file() and (out / r.replace("images/", "labels/")).with_suffix(".txt").is_file() for r in want)
+    assert all(
+        (out / r).is_file() and (out / r.replace("images/", "labels/")).with_suffix(".txt").is_file() for r in want
+    )
 
 
 def test_linked_images_from_convert_are_degraded(tmp_path):
@@ -300,7 +345,9 @@ def test_linked_images_from_convert_are_degraded(tmp_path):
     degrade(y, tmp_path / "hazy", progress=False)
     for n in "abc":
         dst = tmp_path / "hazy" / "images" / "train" / f"{n}.png"
-        assert dst.is_file() and not dst.is_symlink() and (tmp_path / "hazy" / "labels" / "train" / f"{n}.txt").is_file()
+        assert (
+            dst.is_file() and not dst.is_symlink() and (tmp_path / "hazy" / "labels" / "train" / f"{n}.txt").is_file()
+        )
 
 
 def test_failed_images_are_reported_and_retried(tmp_path):
@@ -309,16 +356,31 @@ def test_failed_images_are_reported_and_retried(tmp_path):
     src = tmp_path / "src"
     _small_dataset(src, splits=("val",))
     (src / "images" / "val" / "b.png").write_bytes(b"")  # broken
-    gt = {"images": [{"id": i, "file_name": f"{n}.png", "width": 32, "height": 24} for i, n in enumerate("abc")],
-          "annotations": [{"id": i, "image_id": i, "category_id": 0, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0} for i in range(3)],
-          "categories": [{"id": 0, "name": "x"}]}
+    gt = {
+        "images": [{"id": i, "file_name": f"{n}.png", "width": 32, "height": 24} for i, n in enumerate("abc")],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 0, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0} for i in range(3)
+        ],
+        "categories": [{"id": 0, "name": "x"}],
+    }
     (src / "annotations").mkdir()
     (src / "annotations" / "val.json").write_text(json.dumps(gt))
     y = src / "d.yaml"
-    y.write_text(yaml.safe_dump({"path": str(src), "train": "images/val", "val": "images/val", "names": {0: "x"},
-                                 "coco_annotations": {"val": "annotations/val.json"}}))
+    y.write_text(
+        yaml.safe_dump(
+            {
+                "path": str(src),
+                "train": "images/val",
+                "val": "images/val",
+                "names": {0: "x"},
+                "coco_annotations": {"val": "annotations/val.json"},
+            }
+        )
+    )
     out = tmp_path / "hazy"
-    with pytest.raises(ClipCEError, match=r"(?s)1 of 3 images could not be degraded.*b\.png: empty file.*rerun the same command"):
+    with pytest.raises(
+        ClipCEError, match=r"(?s)1 of 3 images could not be degraded.*b\.png: empty file.*rerun the same command"
+    ):
         degrade(y, out, progress=False)
     assert sorted(p.name for p in (out / "images" / "val").iterdir()) == ["a.png", "c.png"]
     copied = json.loads((out / "annotations" / "val.json").read_text())
@@ -330,12 +392,14 @@ def test_failed_images_are_reported_and_retried(tmp_path):
 
 
 def test_refused_run_leaves_no_settings_and_depth_by_stem_only_when_unambiguous(tmp_path):
-    from clipce_rtdetr.degrade import depth_index, find_depth
+    from clipce_rtdetr.data.degrade import depth_index, find_depth
 
     src = tmp_path / "src"
     _small_dataset(src)
     y = src / "d.yaml"
-    y.write_text(yaml.safe_dump({"path": str(src), "train": str(tmp_path / "outside"), "val": "images/val", "names": {0: "x"}}))
+    y.write_text(
+        yaml.safe_dump({"path": str(src), "train": str(tmp_path / "outside"), "val": "images/val", "names": {0: "x"}})
+    )
     (tmp_path / "outside").mkdir()
     cv2.imwrite(str(tmp_path / "outside" / "z.png"), np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ClipCEError, match="outside the dataset folder"):
@@ -351,9 +415,16 @@ def test_refused_run_leaves_no_settings_and_depth_by_stem_only_when_unambiguous(
     assert find_depth(flat, idx, Path("images/val/b.png")) is None
 
 
-@pytest.mark.parametrize("kind,key,value", [("lowlight", "gamma_range", [0, 0]), ("lowlight", "gamma_range", [0.5, 2]),
-                                            ("haze", "airlight_range", [0.5, 3]), ("haze", "beta_range", [-0.1, 0.2]),
-                                            ("underwater", "distance_range", [3, 1])])
+@pytest.mark.parametrize(
+    "kind,key,value",
+    [
+        ("lowlight", "gamma_range", [0, 0]),
+        ("lowlight", "gamma_range", [0.5, 2]),
+        ("haze", "airlight_range", [0.5, 3]),
+        ("haze", "beta_range", [-0.1, 0.2]),
+        ("underwater", "distance_range", [3, 1]),
+    ],
+)
 def test_explicit_ranges_outside_physics_are_refused(kind, key, value):
     with pytest.raises(ClipCEError, match=rf"'{key}=.*must be \[min, max\] with"):
         ranges_for(kind, "medium", {key: value})

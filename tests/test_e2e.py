@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY_MODEL
 
 pytestmark = pytest.mark.slow  # selectable with -m slow; never deselected by default
@@ -24,7 +23,9 @@ COMMON = ["imgsz=64", "device=cpu", "workers=0"]
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: int = 300) -> str:
-    r = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=os.environ.copy())
+    r = subprocess.run(
+        [str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=os.environ.copy()
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, f"clipce-rtdetr {' '.join(args)} failed ({r.returncode}):\n{out[-4000:]}"
     assert "Traceback" not in out
@@ -38,8 +39,18 @@ def sha(p: Path) -> str:
 @pytest.fixture(scope="module")
 def trained(tiny_hazy_shapes, tmp_path_factory):
     project = tmp_path_factory.mktemp("e2e-runs")
-    out = cli("train", f"model={TINY_MODEL}", f"data={tiny_hazy_shapes}", "epochs=1", "batch=8", "clipce=none",
-              f"project={project}", "name=e2e", "plots=False", *COMMON)
+    out = cli(
+        "train",
+        f"model={TINY_MODEL}",
+        f"data={tiny_hazy_shapes}",
+        "epochs=1",
+        "batch=8",
+        "clipce=none",
+        f"project={project}",
+        "name=e2e",
+        "plots=False",
+        *COMMON,
+    )
     return project, project / "e2e", out
 
 
@@ -57,17 +68,40 @@ def test_existing_run_folder_gets_a_new_suffix(trained, tiny_hazy_shapes):
     project, run, _ = trained
     best = run / "weights" / "best.pt"
     before = sha(best)
-    cli("train", f"model={TINY_MODEL}", f"data={tiny_hazy_shapes}", "epochs=1", "batch=8", "clipce=none",
-        f"project={project}", "name=e2e", "plots=False", "val=False", *COMMON)
-    new = [p.name for p in project.iterdir() if p.name.startswith("e2e") and p.name != "e2e" and (p / "weights" / "last.pt").is_file()]
+    cli(
+        "train",
+        f"model={TINY_MODEL}",
+        f"data={tiny_hazy_shapes}",
+        "epochs=1",
+        "batch=8",
+        "clipce=none",
+        f"project={project}",
+        "name=e2e",
+        "plots=False",
+        "val=False",
+        *COMMON,
+    )
+    new = [
+        p.name
+        for p in project.iterdir()
+        if p.name.startswith("e2e") and p.name != "e2e" and (p / "weights" / "last.pt").is_file()
+    ]
     assert len(new) == 1, new  # Ultralytics 8.4 names it e2e-2
     assert sha(best) == before, "the first run's best.pt was overwritten"
 
 
 def test_val(trained, tiny_hazy_shapes):
     project, run, _ = trained
-    out = cli("val", f"model={run / 'weights' / 'best.pt'}", f"data={tiny_hazy_shapes}", "batch=8",
-              f"project={project}", "name=val", "plots=False", *COMMON)
+    out = cli(
+        "val",
+        f"model={run / 'weights' / 'best.pt'}",
+        f"data={tiny_hazy_shapes}",
+        "batch=8",
+        f"project={project}",
+        "name=val",
+        "plots=False",
+        *COMMON,
+    )
     assert "all" in out and "mAP50" in out
     assert (project / "val").is_dir()
 
@@ -78,9 +112,20 @@ def test_predict(trained, tiny_hazy_shapes, tmp_path):
     src.mkdir()
     for p in sorted((tiny_hazy_shapes.parent / "images" / "val").glob("*.png"))[:2]:
         (src / p.name).write_bytes(p.read_bytes())
-    cli("predict", f"model={run / 'weights' / 'best.pt'}", f"source={src}", "save=True", "save_txt=True", "conf=0.0",
-        f"project={project}", "name=pred", *COMMON)
-    saved = sorted(p.name for p in (project / "pred").glob("*.png")) + sorted(p.name for p in (project / "pred").glob("*.jpg"))
+    cli(
+        "predict",
+        f"model={run / 'weights' / 'best.pt'}",
+        f"source={src}",
+        "save=True",
+        "save_txt=True",
+        "conf=0.0",
+        f"project={project}",
+        "name=pred",
+        *COMMON,
+    )
+    saved = sorted(p.name for p in (project / "pred").glob("*.png")) + sorted(
+        p.name for p in (project / "pred").glob("*.jpg")
+    )
     assert len(saved) == 2, list((project / "pred").rglob("*"))
     labels = list((project / "pred" / "labels").glob("*.txt"))
     assert len(labels) == 2 and all(f.read_text().strip() for f in labels)  # conf=0: some boxes written
@@ -112,7 +157,7 @@ def test_best_pt_loads_in_fresh_process_without_clipce(trained, tiny_hazy_shapes
         import sys
         sys.modules["clipce_rtdetr"] = None  # any reference to the package in the checkpoint fails to import
         from ultralytics import RTDETR
-        model = RTDETR({str(run / 'weights' / 'best.pt')!r})
+        model = RTDETR({str(run / "weights" / "best.pt")!r})
         res = model.predict({str(img)!r}, imgsz=64, device="cpu", conf=0.0, verbose=False)
         assert len(res) == 1 and len(res[0].boxes) > 0, res
         assert model.names == {{0: "circle", 1: "square", 2: "triangle", 3: "star", 4: "cross"}}, model.names

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL
 
 from clipce_rtdetr.errors import ClipCEError
-from conftest import TINY_MODEL
 
 
 @pytest.fixture(scope="module")
 def tiny_pt(tmp_path_factory) -> Path:
     """A random-weights tiny RT-DETR checkpoint, saved the way Ultralytics saves one (Model.save)."""
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     path = tmp_path_factory.mktemp("export") / "tiny.pt"
     ClipCERTDETR(TINY_MODEL).save(path)
@@ -26,7 +26,7 @@ def _files(folder: Path) -> set[str]:
 
 
 def test_onnx_export_parity(tiny_pt):
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     model = ClipCERTDETR(tiny_pt)
     f = model.export(format="onnx", imgsz=64)
@@ -38,8 +38,8 @@ def test_onnx_export_parity(tiny_pt):
 
 
 def test_export_check_fails_over_tolerance(tiny_pt, monkeypatch):
-    import clipce_rtdetr.export as ex
-    from clipce_rtdetr.model import ClipCERTDETR
+    import clipce_rtdetr.deploy.export as ex
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     real = ex.onnx_outputs
 
@@ -55,8 +55,8 @@ def test_export_check_fails_over_tolerance(tiny_pt, monkeypatch):
 
 
 def test_engine_export_without_gpu_writes_nothing(tiny_pt, monkeypatch):
-    import clipce_rtdetr.export as ex
-    from clipce_rtdetr.model import ClipCERTDETR
+    import clipce_rtdetr.deploy.export as ex
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     monkeypatch.setattr(ex, "cuda_available", lambda: False)  # as on this CPU machine, also when run on a GPU box
     before = _files(tiny_pt.parent)
@@ -71,7 +71,7 @@ def test_engine_export_without_gpu_writes_nothing(tiny_pt, monkeypatch):
     [("onx", "Did you mean format=onnx"), ("banana", "Unknown export format 'banana'"), ("pt", "already in PyTorch")],
 )
 def test_unknown_formats(tiny_pt, fmt, match):
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     before = _files(tiny_pt.parent)
     with pytest.raises(ClipCEError, match=match):
@@ -80,7 +80,7 @@ def test_unknown_formats(tiny_pt, fmt, match):
 
 
 def test_int8_needs_calibration_data(tiny_pt):
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     with pytest.raises(ClipCEError, match="calibration images"):
         ClipCERTDETR(tiny_pt).export(format="onnx", quantize=8, imgsz=64)
@@ -88,7 +88,7 @@ def test_int8_needs_calibration_data(tiny_pt):
 
 def test_export_of_an_exported_model_and_bad_paths(tmp_path):
     from clipce_rtdetr.cli import entrypoint
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     fake = tmp_path / "model.onnx"
     fake.write_bytes(b"not really onnx")
@@ -101,7 +101,7 @@ def test_export_of_an_exported_model_and_bad_paths(tmp_path):
 
 
 def test_compare_detections_tolerates_swapped_near_ties():
-    from clipce_rtdetr.export import compare_detections
+    from clipce_rtdetr.deploy.export import compare_detections
 
     ref = np.array([[0.5, 0.5, 0.2, 0.2, 0.9, 1], [0.3, 0.3, 0.1, 0.1, 0.50001, 2], [0.7, 0.7, 0.1, 0.1, 0.5, 2]])
     out = ref[[0, 2, 1]].copy()  # the two near-equal scores swapped places
@@ -114,8 +114,8 @@ def test_compare_detections_tolerates_swapped_near_ties():
 def test_export_check_source_globs_and_bad_sources(tiny_pt, tmp_path, monkeypatch):
     import cv2
 
-    from clipce_rtdetr.export import sample_images
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.deploy.export import sample_images
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     src = tmp_path / "srcdir"
     src.mkdir()
@@ -126,7 +126,11 @@ def test_export_check_source_globs_and_bad_sources(tiny_pt, tmp_path, monkeypatc
     assert len(sample_images(f"{src}/*.png")) == 3  # absolute glob (Path().glob rejects it)
     assert len(sample_images("srcdir/*.png")) == 3 and len(sample_images("srcdir/**/*.png")) == 3
     before = _files(tiny_pt.parent)
-    for source, why in ((tmp_path / "nope", "does not exist"), (f"{src}/*.jpg", "matches no file"), (src / "notes.txt", "no image")):
+    for source, why in (
+        (tmp_path / "nope", "does not exist"),
+        (f"{src}/*.jpg", "matches no file"),
+        (src / "notes.txt", "no image"),
+    ):
         with pytest.raises(ClipCEError, match=f"export_check_source=.*{why}.*Nothing was written"):
             ClipCERTDETR(tiny_pt).export(format="onnx", imgsz=64, export_check_source=str(source))
     assert _files(tiny_pt.parent) == before  # checked before the exporter wrote anything
@@ -134,7 +138,7 @@ def test_export_check_source_globs_and_bad_sources(tiny_pt, tmp_path, monkeypatc
 
 def test_quantized_check_covers_confident_detections():
     """FP16/INT8: the check compares detections at or above the score floor (top 10 when none reach it)."""
-    from clipce_rtdetr.export import QUANT_CHECK_CONF, compare_detections, confident
+    from clipce_rtdetr.deploy.export import QUANT_CHECK_CONF, compare_detections, confident
 
     ref = np.array([[0.5, 0.5, 0.2, 0.2, 0.9, 1], [0.3, 0.3, 0.1, 0.1, 0.02, 2], [0.7, 0.7, 0.1, 0.1, 0.01, 2]])
     out = ref.copy()

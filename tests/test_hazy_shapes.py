@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from clipce_rtdetr import hazy_shapes as hs
-from clipce_rtdetr.data import read_degradation
-from clipce_rtdetr.hazy_shapes import CLASSES, Recipe, generate, haze_level, make_sample, render_scene
-from clipce_rtdetr.physics import apply_haze, rms_contrast, transmission
+from clipce_rtdetr.data import hazy_shapes as hs
+from clipce_rtdetr.data.dataset import read_degradation
+from clipce_rtdetr.data.hazy_shapes import CLASSES, Recipe, generate, haze_level, make_sample, render_scene
+from clipce_rtdetr.data.physics import apply_haze, rms_contrast, transmission
 
 SMALL = Recipe(seed=3, n_train=4, n_val=2, size=64, max_objects=4)
 
@@ -62,7 +62,9 @@ def test_generate_is_byte_identical_for_a_seed(tmp_path):
     assert sum(k.startswith("images/") for k in d1) == SMALL.n_train + SMALL.n_val
     y3 = generate(tmp_path / "c", dataclasses.replace(SMALL, seed=SMALL.seed + 1), progress=False)
     d3 = tree_digest(y3.parent)
-    assert {k: v for k, v in d3.items() if k.startswith("images/")} != {k: v for k, v in d1.items() if k.startswith("images/")}
+    assert {k: v for k, v in d3.items() if k.startswith("images/")} != {
+        k: v for k, v in d1.items() if k.startswith("images/")
+    }
 
 
 # ------------------------------------------------------------------------------ files and labels
@@ -112,7 +114,9 @@ def test_pixel_boxes_are_tight_and_inside_many_scenes():
 
 def test_haze_csv_records_beta_and_airlight_per_image(tiny_hazy_shapes):
     root = tiny_hazy_shapes.parent
-    recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads((root / "recipe.json").read_text()).items()})
+    recipe = Recipe(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads((root / "recipe.json").read_text()).items()}
+    )
     with open(root / "haze.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     images = sorted(str(p.relative_to(root)) for p in (root / "images").rglob("*.png"))
@@ -141,9 +145,17 @@ def test_hazed_file_is_clean_file_hazed_with_recorded_beta_and_depth(tiny_hazy_s
         split = stem.split("_")[0]
         clean = load_rgb(root / "clean" / split / f"{stem}.png")
         hazy = load_rgb(root / "images" / split / f"{stem}.png")
-        depth = cv2.imread(str(root / "depth" / split / f"{stem}.png"), cv2.IMREAD_UNCHANGED).astype(np.float32) * data["depth_scale"]
+        depth = (
+            cv2.imread(str(root / "depth" / split / f"{stem}.png"), cv2.IMREAD_UNCHANGED).astype(np.float32)
+            * data["depth_scale"]
+        )
         assert depth.min() >= 1.0 - 1e-3 and depth.max() <= 40 + 1e-3
-        expect = apply_haze(clean, depth, float(rows[f"images/{split}/{stem}.png"]["beta"]), float(rows[f"images/{split}/{stem}.png"]["airlight"]))
+        expect = apply_haze(
+            clean,
+            depth,
+            float(rows[f"images/{split}/{stem}.png"]["beta"]),
+            float(rows[f"images/{split}/{stem}.png"]["airlight"]),
+        )
         assert np.abs(expect - hazy).max() <= 2.5 / 255
         assert np.abs(clean - hazy).mean() > 0.01  # and it is really hazed
 
@@ -289,7 +301,7 @@ def test_generate_mode_from_cli(tmp_path, capsys, monkeypatch):
 
 
 def test_data_hazy_shapes_resolves_to_generator(monkeypatch, tmp_path):
-    from clipce_rtdetr.data import resolve_data
+    from clipce_rtdetr.data.dataset import resolve_data
 
     fake = tmp_path / "hazy-shapes.yaml"
     monkeypatch.setattr(hs, "generate", lambda *a, **k: fake)

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from clipce_rtdetr import data
+from clipce_rtdetr.data import dataset as data
 from clipce_rtdetr.errors import ClipCEError
 
 

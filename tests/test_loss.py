@@ -9,7 +9,7 @@ import torch
 from ultralytics.models.utils.loss import RTDETRDetectionLoss
 from ultralytics.nn.tasks import RTDETRDetectionModel
 
-from clipce_rtdetr.loss import ClipCEDetectionLoss
+from clipce_rtdetr.models.rtdetr.loss import ClipCEDetectionLoss
 from tests.conftest import TINY_MODEL
 
 NC = 5

@@ -12,7 +12,7 @@ from ultralytics.cfg import get_cfg
 from ultralytics.models.rtdetr.train import RTDETRDataset
 from ultralytics.utils import DEFAULT_CFG
 
-from clipce_rtdetr.object_ids import as_object_id_dataset, object_offsets, split_object_ids
+from clipce_rtdetr.method.object_ids import as_object_id_dataset, object_offsets, split_object_ids
 
 N_IMG, PER_IMG = 8, 3
 
@@ -33,7 +33,9 @@ def unique_class_dataset(tmp_path_factory):
                 break  # one image without objects
             x1, y1 = rng.integers(0, 80), rng.integers(0, 50)
             w, h = rng.integers(20, 45), rng.integers(20, 45)
-            cv2.rectangle(img, (int(x1), int(y1)), (int(x1 + w), int(y1 + h)), tuple(int(v) for v in rng.integers(0, 255, 3)), -1)
+            cv2.rectangle(
+                img, (int(x1), int(y1)), (int(x1 + w), int(y1 + h)), tuple(int(v) for v in rng.integers(0, 255, 3)), -1
+            )
             lines.append(f"{c} {(x1 + w / 2) / 128:.5f} {(y1 + h / 2) / 96:.5f} {w / 128:.5f} {h / 96:.5f}")
             c += 1
         cv2.imwrite(str(root / "images" / f"im{i}.jpg"), img)
@@ -43,15 +45,32 @@ def unique_class_dataset(tmp_path_factory):
 
 def _dataset(root, nc, **hyp):
     args = get_cfg(DEFAULT_CFG, {"imgsz": 96, **hyp})
-    ds = RTDETRDataset(img_path=str(root / "images"), imgsz=96, batch_size=4, augment=True, hyp=args, rect=False,
-                       data={"names": {i: f"c{i}" for i in range(nc)}, "channels": 3}, prefix="ids: ")
+    ds = RTDETRDataset(
+        img_path=str(root / "images"),
+        imgsz=96,
+        batch_size=4,
+        augment=True,
+        hyp=args,
+        rect=False,
+        data={"names": {i: f"c{i}" for i in range(nc)}, "channels": 3},
+        prefix="ids: ",
+    )
     return as_object_id_dataset(ds, args), args
 
 
 @pytest.mark.parametrize(
     "hyp",
     [
-        {"mosaic": 1.0, "mixup": 1.0, "degrees": 10.0, "translate": 0.2, "scale": 0.5, "shear": 5.0, "fliplr": 0.5, "flipud": 0.5},
+        {
+            "mosaic": 1.0,
+            "mixup": 1.0,
+            "degrees": 10.0,
+            "translate": 0.2,
+            "scale": 0.5,
+            "shear": 5.0,
+            "fliplr": 0.5,
+            "flipud": 0.5,
+        },
         {"mosaic": 1.0, "cutmix": 1.0, "scale": 0.9, "fliplr": 0.5},
         {"mosaic": 0.0, "mixup": 0.0, "scale": 0.2, "translate": 0.4},  # no mosaic: perspective/letterbox path
     ],

@@ -23,7 +23,9 @@ SKIP_PARTS = {".git", ".venv", "venv", "build", "dist", "runs", "__pycache__", "
 
 def source_files() -> list[Path]:
     if (REPO / ".git").exists() and shutil.which("git"):
-        r = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True)
+        r = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, check=True
+        )
         return [Path(p) for p in r.stdout.decode().split("\0") if p and (REPO / p).is_file()]
     return [
         p.relative_to(REPO)
@@ -40,10 +42,25 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copy2(REPO / rel, src / rel)
     out = tmp_path_factory.mktemp("wheel")
     r = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert r.returncode == 0, f"wheel build failed from a clean copy of the repository:\n{(r.stdout + r.stderr)[-3000:]}"
+    assert r.returncode == 0, (
+        f"wheel build failed from a clean copy of the repository:\n{(r.stdout + r.stderr)[-3000:]}"
+    )
     wheels = list(out.glob("clipce_rtdetr-*.whl"))
     assert len(wheels) == 1, list(out.iterdir())
     return wheels[0]
@@ -104,13 +121,17 @@ def test_wheel_metadata(wheel):
 def test_installed_wheel_finds_its_cfg(wheel, tmp_path):
     """Non-editable install: paths resolve inside site-packages, not to a checkout."""
     target = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     code = (
         "import clipce_rtdetr, clipce_rtdetr.paths as p\n"
         "from clipce_rtdetr.config import project_defaults\n"
-        "from clipce_rtdetr.model import resolve_model\n"
+        "from clipce_rtdetr.models.rtdetr.model import resolve_model\n"
         "print(clipce_rtdetr.__file__); print(p.DEFAULT_CFG_PATH); print(resolve_model('rtdetr-tiny.yaml'))\n"
         "print(p.DATASETS_DIR); print(p.PROMPTS_DIR)\n"
         "assert project_defaults()['clipce']\n"
@@ -139,9 +160,13 @@ def test_import_leaves_the_users_ultralytics_settings_alone(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
     settings_file = next(cfg.rglob("settings.json"))
     before = settings_file.read_text()
-    probe = ("import os, clipce_rtdetr; from ultralytics.utils import SETTINGS; "
-             "print(SETTINGS['sync'], SETTINGS['mlflow'], SETTINGS['wandb'], os.environ.get('WANDB_DISABLED'))")
-    out = subprocess.run([sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True, timeout=120).stdout.split()
+    probe = (
+        "import os, clipce_rtdetr; from ultralytics.utils import SETTINGS; "
+        "print(SETTINGS['sync'], SETTINGS['mlflow'], SETTINGS['wandb'], os.environ.get('WANDB_DISABLED'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, check=True, capture_output=True, text=True, timeout=120
+    ).stdout.split()
     assert out[-4:] == ["False", "True", "True", "None"]
     assert settings_file.read_text() == before and json.loads(before)["mlflow"] is True
 
@@ -156,6 +181,11 @@ def test_offline_font_stand_in_is_removed_when_online(tmp_path):
     assert stand_in and (tmp_path / "Arial.Unicode.ttf").is_file()
     (tmp_path / "Arial.Unicode.ttf").write_bytes(b"the user's own font")
     _install_font(tmp_path, offline=False)
-    assert not (tmp_path / "Arial.ttf").exists() and (tmp_path / "Arial.Unicode.ttf").read_bytes() == b"the user's own font"
+    assert (
+        not (tmp_path / "Arial.ttf").exists()
+        and (tmp_path / "Arial.Unicode.ttf").read_bytes() == b"the user's own font"
+    )
     _install_font(tmp_path, offline=True)
-    assert (tmp_path / "Arial.ttf").read_bytes() == stand_in and (tmp_path / "Arial.Unicode.ttf").read_bytes() == b"the user's own font"
+    assert (tmp_path / "Arial.ttf").read_bytes() == stand_in and (
+        tmp_path / "Arial.Unicode.ttf"
+    ).read_bytes() == b"the user's own font"

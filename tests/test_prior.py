@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from clipce_rtdetr.prior import box_means, dark_channel, depth_map, prior_scores, prior_weights, prior_weights_batch
+from clipce_rtdetr.method.prior import (
+    box_means,
+    dark_channel,
+    depth_map,
+    prior_scores,
+    prior_weights,
+    prior_weights_batch,
+)
 
 
 def _hazy_scene(h=120, w=160, seed=0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clipce_rtdetr.errors import ClipCEError
-from clipce_rtdetr.prompts import available_profiles, build_prompts, check_templates, load_profile
+from clipce_rtdetr.method.prompts import available_profiles, build_prompts, check_templates, load_profile
 
 RTTS = ["person", "bicycle", "car", "motorbike", "bus"]
 
@@ -50,7 +50,9 @@ def test_templates_override_aliases_and_underscores():
 
 def test_user_profile_with_classes(tmp_path):
     f = tmp_path / "mine.yaml"
-    f.write_text("templates: ['a hazy photo of a {}.']\nnegatives: ['a photo of smoke.']\nclasses:\n  car: automobile\n  bus: bus\n")
+    f.write_text(
+        "templates: ['a hazy photo of a {}.']\nnegatives: ['a photo of smoke.']\nclasses:\n  car: automobile\n  bus: bus\n"
+    )
     ps = build_prompts(str(f), ["car", "bus"])
     assert ps.positives == [["a hazy photo of a automobile."], ["a hazy photo of a bus."]]
     assert ps.negatives(1) == ["a hazy photo of a automobile.", "a photo of smoke."]

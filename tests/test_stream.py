@@ -44,7 +44,7 @@ def saved_video(predictor) -> Path:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     """Tiny checkpoint (.pt), its ONNX export, a 12-frame video and a truncated 20-frame video."""
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     d = tmp_path_factory.mktemp("stream")
     pt = d / "tiny.pt"
@@ -58,22 +58,26 @@ def media(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_predict_video_pt(media):
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import run_predict
+    from clipce_rtdetr.deploy.stream import run_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     model = ClipCERTDETR(media["pt"])
-    summary = run_predict(model, "predict", {"source": str(media["video"]), "imgsz": 64, "verbose": False, "stream": True})
+    summary = run_predict(
+        model, "predict", {"source": str(media["video"]), "imgsz": 64, "verbose": False, "stream": True}
+    )
     assert summary["frames"] == 12 and summary["fps"] > 0 and summary["latency_ms_median"] > 0
     assert count_frames(saved_video(model.predictor)) == 12
     assert model.predictor.live_fps > 0
 
 
 def test_track_video_onnx(media):
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import stream_predict
+    from clipce_rtdetr.deploy.stream import stream_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     model = ClipCERTDETR(media["onnx"])
-    gen = stream_predict(model, str(media["video"]), mode="track", imgsz=64, save=True, verbose=False, tracker="bytetrack.yaml")
+    gen = stream_predict(
+        model, str(media["video"]), mode="track", imgsz=64, save=True, verbose=False, tracker="bytetrack.yaml"
+    )
     assert inspect.isgenerator(gen)
     results = list(gen)
     assert len(results) == 12 and all(r.orig_shape == (H, W) for r in results)
@@ -82,7 +86,7 @@ def test_track_video_onnx(media):
 
 
 def test_python_api_stays_a_generator(media):
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     gen = ClipCERTDETR(media["pt"]).predict(str(media["video"]), stream=True, imgsz=64, verbose=False)
     assert inspect.isgenerator(gen)
@@ -91,13 +95,13 @@ def test_python_api_stays_a_generator(media):
 
 
 def test_truncated_video_ends_early_and_output_is_playable(media):
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import run_predict
+    from clipce_rtdetr.deploy.stream import run_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     model = ClipCERTDETR(media["pt"])
     summary = run_predict(model, "predict", {"source": str(media["truncated"]), "imgsz": 64, "verbose": False})
     assert 0 < summary["frames"] < 20
-    (read, declared), = model.predictor.live.videos.values()
+    ((read, declared),) = model.predictor.live.videos.values()
     assert read == summary["frames"] and declared == 20
     assert count_frames(saved_video(model.predictor)) == summary["frames"]
 
@@ -152,8 +156,8 @@ def camera(monkeypatch):
 
 
 def test_stream_reconnects_then_ends_with_clear_message(media, camera):
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import StreamLostError, run_predict
+    from clipce_rtdetr.deploy.stream import StreamLostError, run_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     # 6 frames, drop; 1st reconnection fails; 2nd gives 5 frames, drop; never comes back.
     camera.script = [6, None, 5]
@@ -171,8 +175,8 @@ def test_stream_reconnects_then_ends_with_clear_message(media, camera):
 
 
 def test_stream_that_never_opens(media, camera):
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import StreamLostError, run_predict
+    from clipce_rtdetr.deploy.stream import StreamLostError, run_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     camera.script = []
     with pytest.raises(StreamLostError, match="Gave up after 1 retries"):
@@ -182,8 +186,8 @@ def test_stream_that_never_opens(media, camera):
 
 def test_bad_inputs(media, tmp_path):
     from clipce_rtdetr.cli import entrypoint
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import run_predict, stream_predict
+    from clipce_rtdetr.deploy.stream import run_predict, stream_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     assert entrypoint(["predict", f"model={tmp_path / 'missing.pt'}", f"source={media['video']}"]) == 2
     with pytest.raises(FileNotFoundError):
@@ -205,8 +209,8 @@ def ultra_log(caplog):
 
 
 def test_bad_tracker_configs_name_the_file(media, tmp_path):
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import stream_predict
+    from clipce_rtdetr.deploy.stream import stream_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     garbled = tmp_path / "garb.yaml"
     garbled.write_text("tracker_type: bytetrack\nfoo: [1, 2\n  bar: :\n")
@@ -215,13 +219,15 @@ def test_bad_tracker_configs_name_the_file(media, tmp_path):
     model = ClipCERTDETR(media["pt"])
     with pytest.raises(ClipCEError, match=r"garb\.yaml, line 3: invalid YAML"):
         next(stream_predict(model, str(media["video"]), mode="track", imgsz=64, tracker=str(garbled)))
-    with pytest.raises(ClipCEError, match=r"partial\.yaml lacks track_high_thresh.*track_buffer.*track_bufer.*trackers/bytetrack\.yaml"):
+    with pytest.raises(
+        ClipCEError, match=r"partial\.yaml lacks track_high_thresh.*track_buffer.*track_bufer.*trackers/bytetrack\.yaml"
+    ):
         next(stream_predict(model, str(media["video"]), mode="track", imgsz=64, tracker=str(partial)))
 
 
 def test_nothing_saved_is_never_reported_as_saved(media, tmp_path, camera, ultra_log):
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import StreamLostError, run_predict
+    from clipce_rtdetr.deploy.stream import StreamLostError, run_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not a jpeg")
@@ -237,8 +243,8 @@ def test_nothing_saved_is_never_reported_as_saved(media, tmp_path, camera, ultra
 
 
 def test_txt_source_names_list_file_and_line(media, tmp_path):
-    from clipce_rtdetr.model import ClipCERTDETR
-    from clipce_rtdetr.stream import run_predict
+    from clipce_rtdetr.deploy.stream import run_predict
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     lst = tmp_path / "sources.txt"
     lst.write_text(f"{media['video']}\n\nmissing.jpg\n")
@@ -246,14 +252,16 @@ def test_txt_source_names_list_file_and_line(media, tmp_path):
         run_predict(ClipCERTDETR(media["pt"]), "predict", {"source": str(lst), "imgsz": 64})
     ok = media["video"].parent / "list.txt"
     ok.write_text(f"{media['video'].name}\n")  # relative to the list's folder, as Ultralytics resolves it
-    summary = run_predict(ClipCERTDETR(media["pt"]), "predict", {"source": str(ok), "imgsz": 64, "save": False, "verbose": False})
+    summary = run_predict(
+        ClipCERTDETR(media["pt"]), "predict", {"source": str(ok), "imgsz": 64, "save": False, "verbose": False}
+    )
     assert summary["frames"] == 12
 
 
 def test_python_api_checks_source_lists_and_trackers(media, tmp_path):
     """model.predict / model.track (not only the CLI and stream_predict) name the list file and line, and the
     broken tracker file."""
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     lst = tmp_path / "sources.txt"
     lst.write_text(f"{media['video']}\nmissing.jpg\n")
@@ -275,8 +283,8 @@ def test_per_frame_tracking_checks_the_tracker_once(media, monkeypatch):
     it (the first frame), not on every frame."""
     import numpy as np
 
-    from clipce_rtdetr import stream
-    from clipce_rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.deploy import stream
+    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     calls = []
     real = stream.check_tracker_cfg

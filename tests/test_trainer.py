@@ -22,7 +22,7 @@ FAST = dict(epochs=1, imgsz=64, batch=8, device="cpu", workers=0, plots=False, v
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_root) -> str:
-    from clipce_rtdetr.clip_loader import make_random_clip
+    from clipce_rtdetr.clip.loader import make_random_clip
 
     return make_random_clip(tmp_root / "clip" / "tiny-clip.safetensors")
 
@@ -32,8 +32,14 @@ def fame_run(tiny_hazy_shapes, tiny_clip, tmp_root):
     model = ClipCERTDETR(TINY_MODEL)
     seen = []  # trainer.metrics as logging integrations and user callbacks see it
     model.add_callback("on_fit_epoch_end", lambda tr: seen.append(dict(tr.metrics)))
-    model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, clipce="fame", project=str(tmp_root / "runs"), name="fame",
-                **{**FAST, "plots": True})
+    model.train(
+        data=str(tiny_hazy_shapes),
+        clip=tiny_clip,
+        clipce="fame",
+        project=str(tmp_root / "runs"),
+        name="fame",
+        **{**FAST, "plots": True},
+    )
     model.trainer.metrics_seen_by_callbacks = seen
     return Path(model.trainer.save_dir), model.trainer
 
@@ -71,18 +77,20 @@ class Block:
             raise ImportError('clipce_rtdetr is blocked in this test')
 sys.meta_path.insert(0, Block())
 from ultralytics import RTDETR
-r = RTDETR({str(save_dir / 'weights' / 'best.pt')!r}).predict({str(img)!r}, imgsz=64, verbose=False)
+r = RTDETR({str(save_dir / "weights" / "best.pt")!r}).predict({str(img)!r}, imgsz=64, verbose=False)
 print('OK', len(r), r[0].boxes.data.shape[1])
 """
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OK 1 6" in out.stdout
 
 
 def test_embedding_cache_reused_and_keyed(fame_run, tiny_hazy_shapes, tiny_clip):
-    from clipce_rtdetr import embedding_cache as ec
-    from clipce_rtdetr.clip_loader import load_clip
+    from clipce_rtdetr.clip.loader import load_clip
+    from clipce_rtdetr.method import embedding_cache as ec
 
     # The file the fame run wrote, found by its key (other tests add caches for other settings beside it).
     labels, files = _labels(tiny_hazy_shapes)
@@ -120,7 +128,7 @@ def _labels(tiny_hazy_shapes):
 
 
 def test_cache_rebuilds_on_change_and_corruption(tiny_hazy_shapes, tmp_path, caplog):
-    from clipce_rtdetr import embedding_cache as ec
+    from clipce_rtdetr.method import embedding_cache as ec
 
     labels, _ = _labels(tiny_hazy_shapes)
     files = [str(tmp_path / "labels" / "train" / "a.txt")]
@@ -138,7 +146,9 @@ def test_cache_rebuilds_on_change_and_corruption(tiny_hazy_shapes, tmp_path, cap
     calls = b.calls
     ec.dataset_embeddings(changed, files, b, 0.1, progress=False)
     assert b.calls > calls  # a changed dataset rebuilds
-    path = ec.cache_path_for(files, ec.cache_key(b.fingerprint, 0.1, b.image_size, b.mean, b.std, ec.labels_hash(labels)))
+    path = ec.cache_path_for(
+        files, ec.cache_key(b.fingerprint, 0.1, b.image_size, b.mean, b.std, ec.labels_hash(labels))
+    )
     path.write_bytes(path.read_bytes()[:50])  # truncate
     calls = b.calls
     rebuilt = ec.dataset_embeddings(labels, files, b, 0.1, progress=False)
@@ -146,7 +156,7 @@ def test_cache_rebuilds_on_change_and_corruption(tiny_hazy_shapes, tmp_path, cap
 
 
 def test_old_caches_are_pruned(tiny_hazy_shapes, tmp_path, monkeypatch):
-    from clipce_rtdetr import embedding_cache as ec
+    from clipce_rtdetr.method import embedding_cache as ec
 
     monkeypatch.setattr(ec, "KEEP_CACHES", 2)
     labels, _ = _labels(tiny_hazy_shapes)
@@ -158,7 +168,11 @@ def test_old_caches_are_pruned(tiny_hazy_shapes, tmp_path, monkeypatch):
     paths = []
     for i, context in enumerate((0.1, 0.2, 0.3)):
         ec.dataset_embeddings(labels, files, b, context, progress=False)
-        paths.append(ec.cache_path_for(files, ec.cache_key(b.fingerprint, context, b.image_size, b.mean, b.std, ec.labels_hash(labels))))
+        paths.append(
+            ec.cache_path_for(
+                files, ec.cache_key(b.fingerprint, context, b.image_size, b.mean, b.std, ec.labels_hash(labels))
+            )
+        )
         os.utime(paths[-1], (1000 + i, 1000 + i))  # distinct, ordered "last used" times
         if i == 1:
             ec.dataset_embeddings(labels, files, b, 0.1, progress=False)  # reusing 0.1 makes it the most recent
@@ -166,10 +180,19 @@ def test_old_caches_are_pruned(tiny_hazy_shapes, tmp_path, monkeypatch):
 
 
 def test_resume_restores_every_clipce_key(tiny_hazy_shapes, tiny_clip, tmp_root):
-    from clipce_rtdetr.trainer import ClipCETrainer
+    from clipce_rtdetr.models.rtdetr.train import ClipCETrainer
 
-    custom = dict(clipce="ame", ame_alpha=0.5, ame_form="linear", ame_context=0.2, ame_temperature=2.0, fame_gamma=2.0,
-                  clipce_terms="final", ame_profile="lowlight", ame_templates=["a blurry photo of a {}."])
+    custom = dict(
+        clipce="ame",
+        ame_alpha=0.5,
+        ame_form="linear",
+        ame_context=0.2,
+        ame_temperature=2.0,
+        fame_gamma=2.0,
+        clipce_terms="final",
+        ame_profile="lowlight",
+        ame_templates=["a blurry photo of a {}."],
+    )
 
     class Stop(Exception):
         pass
@@ -180,8 +203,14 @@ def test_resume_restores_every_clipce_key(tiny_hazy_shapes, tiny_clip, tmp_root)
     model = ClipCERTDETR(TINY_MODEL)
     model.add_callback("on_model_save", stop_after_first_save)
     with pytest.raises(Stop):
-        model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, project=str(tmp_root / "runs"), name="resume",
-                    **{**FAST, "epochs": 2}, **custom)
+        model.train(
+            data=str(tiny_hazy_shapes),
+            clip=tiny_clip,
+            project=str(tmp_root / "runs"),
+            name="resume",
+            **{**FAST, "epochs": 2},
+            **custom,
+        )
     last = Path(model.trainer.save_dir) / "weights" / "last.pt"
     trainer = ClipCETrainer(overrides={"model": str(last), "resume": str(last)})
     for k, v in custom.items():
@@ -199,8 +228,15 @@ def test_resume_restores_every_clipce_key(tiny_hazy_shapes, tiny_clip, tmp_root)
 @pytest.mark.parametrize("mode,extra", [("prior", {}), ("ame", {"ame_crops": "batch"})])
 def test_other_modes_train(tiny_hazy_shapes, tiny_clip, tmp_root, mode, extra):
     model = ClipCERTDETR(TINY_MODEL)
-    model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, clipce=mode, project=str(tmp_root / "runs"), name=mode,
-                **FAST, **extra)
+    model.train(
+        data=str(tiny_hazy_shapes),
+        clip=tiny_clip,
+        clipce=mode,
+        project=str(tmp_root / "runs"),
+        name=mode,
+        **FAST,
+        **extra,
+    )
     rows = list(csv.DictReader(open(Path(model.trainer.save_dir) / "results.csv")))
     assert float(rows[-1]["clipce/ame_w"]) >= 1.0
     if mode == "ame":  # no FAME: the applied weight is the AME weight
@@ -209,13 +245,20 @@ def test_other_modes_train(tiny_hazy_shapes, tiny_clip, tmp_root, mode, extra):
 
 @pytest.mark.parametrize(
     "bad,err",
-    [({"ame_alpha": -1.0}, ConfigError), ({"fame_gamma": -0.5}, ConfigError), ({"ame_profile": "fog-nope"}, ClipCEError),
-     ({"ame_templates": ["a photo of a cat."]}, ClipCEError), ({"clipce": "bogus"}, ConfigError)],
+    [
+        ({"ame_alpha": -1.0}, ConfigError),
+        ({"fame_gamma": -0.5}, ConfigError),
+        ({"ame_profile": "fog-nope"}, ClipCEError),
+        ({"ame_templates": ["a photo of a cat."]}, ClipCEError),
+        ({"clipce": "bogus"}, ConfigError),
+    ],
 )
 def test_bad_settings_rejected_before_training(tiny_hazy_shapes, tiny_clip, tmp_root, bad, err):
     model = ClipCERTDETR(TINY_MODEL)
     with pytest.raises(err):
-        model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, project=str(tmp_root / "runs"), name="bad", **FAST, **bad)
+        model.train(
+            data=str(tiny_hazy_shapes), clip=tiny_clip, project=str(tmp_root / "runs"), name="bad", **FAST, **bad
+        )
     assert model.trainer is None or not (Path(model.trainer.save_dir) / "results.csv").exists()
 
 
@@ -223,10 +266,11 @@ def test_ddp_launch_carries_clipce_keys(tiny_hazy_shapes, tiny_clip, monkeypatch
     """Ultralytics re-launches DDP workers from vars(trainer.args): the CLIP-CE keys must be there then, and only then."""
     import ultralytics.engine.trainer as ut
 
-    from clipce_rtdetr.trainer import ClipCETrainer
+    from clipce_rtdetr.models.rtdetr.train import ClipCETrainer
 
-    trainer = ClipCETrainer(overrides={"model": TINY_MODEL, "data": str(tiny_hazy_shapes), "clip": tiny_clip,
-                                       "ame_alpha": 0.7, **FAST})
+    trainer = ClipCETrainer(
+        overrides={"model": TINY_MODEL, "data": str(tiny_hazy_shapes), "clip": tiny_clip, "ame_alpha": 0.7, **FAST}
+    )
     seen = {}
 
     def fake_command(tr):
@@ -242,10 +286,18 @@ def test_ddp_launch_carries_clipce_keys(tiny_hazy_shapes, tiny_clip, monkeypatch
 
 
 def test_ame_inspection_outputs(tiny_hazy_shapes, tiny_clip, tmp_root):
-    from clipce_rtdetr.ame_inspect import run_ame_inspection
+    from clipce_rtdetr.eval.ame_inspect import run_ame_inspection
 
-    out = run_ame_inspection({"data": str(tiny_hazy_shapes), "clip": tiny_clip, "split": "val",
-                              "project": str(tmp_root / "runs"), "name": "ame", "ame_alpha": 2.0})
+    out = run_ame_inspection(
+        {
+            "data": str(tiny_hazy_shapes),
+            "clip": tiny_clip,
+            "split": "val",
+            "project": str(tmp_root / "runs"),
+            "name": "ame",
+            "ame_alpha": 2.0,
+        }
+    )
     rows = list(csv.DictReader(open(out / "ame.csv")))
     assert list(rows[0]) == ["im_file", "index", "cls", "name", "x1", "y1", "x2", "y2", "q", "d", "w"]
     for r in rows:
@@ -265,8 +317,8 @@ def test_ame_inspection_outputs(tiny_hazy_shapes, tiny_clip, tmp_root):
 
 def test_weights_carry_no_gradient_into_clip(tiny_clip):
     """Online (batch-mode) scoring: weights are detached and CLIP's parameters never require or receive gradients."""
-    from clipce_rtdetr.ame import AMEScorer
-    from clipce_rtdetr.clip_loader import load_clip
+    from clipce_rtdetr.clip.loader import load_clip
+    from clipce_rtdetr.method.ame import AMEScorer
 
     bundle = load_clip(tiny_clip)
     scorer = AMEScorer(bundle, ["circle", "square"], "haze")
@@ -293,7 +345,7 @@ def test_train_rejects_a_list_of_datasets(tiny_hazy_shapes):
 
 
 def test_object_without_id_keeps_weight_one():
-    from clipce_rtdetr.trainer import ClipCETrainer
+    from clipce_rtdetr.models.rtdetr.train import ClipCETrainer
 
     trainer = object.__new__(ClipCETrainer)  # only the weight table is exercised
     trainer.device = torch.device("cpu")

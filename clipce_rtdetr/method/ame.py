@@ -11,14 +11,15 @@ Pipeline for N ground-truth objects:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from clipce_rtdetr.errors import ClipCEError
-from clipce_rtdetr.prompts import Profile, PromptSet, build_prompts
+from clipce_rtdetr.method.prompts import Profile, PromptSet, build_prompts
 
 MIN_BOX = 2.0  # px: a box smaller than this on a side (after clamping to the image) is not scored: w = 1
 FORMS = ("exp", "linear")
@@ -42,7 +43,7 @@ class TextBank:
     def nc(self) -> int:
         return int(self.pos_index.numel())
 
-    def to(self, device: str | torch.device) -> "TextBank":
+    def to(self, device: str | torch.device) -> TextBank:
         return TextBank(self.text.to(device), self.pos_index.to(device), self.neg_mask.to(device), self.rows)
 
 
@@ -58,7 +59,7 @@ def pool_text_rows(emb: torch.Tensor, nc: int, n_tpl: int) -> torch.Tensor:
     """(nc*T + S, D) normalised prompt embeddings -> (nc + S, D): each class's templates averaged and re-normalised,
     scene negatives as they are (the row layout of TextBank; clip-train builds its rows with it too)."""
     pos = F.normalize(emb[: nc * n_tpl].view(nc, n_tpl, -1).mean(1), dim=-1)
-    return torch.cat([pos, emb[nc * n_tpl:]], 0)
+    return torch.cat([pos, emb[nc * n_tpl :]], 0)
 
 
 def build_text_bank(bundle: Any, prompts: PromptSet) -> TextBank:
@@ -116,7 +117,9 @@ def crop_boxes(
     pad = torch.cat([wh, wh], 1) * boxes.new_tensor([-context, -context, context, context])
     big = torch.minimum((boxes + pad).clamp(min=0), lim)
     rois = torch.cat([batch_idx.to(dev, torch.float32).reshape(-1, 1), big], 1)
-    crops = roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True)
+    crops = roi_align(
+        images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True
+    )
     return crops, valid
 
 
@@ -240,9 +243,13 @@ class AMEScorer:
         n = cls.numel()
         # Checked where it costs no device sync (dataset scoring on CPU); batches were validated when loaded.
         if n and cls.device.type == "cpu" and (int(cls.min()) < 0 or int(cls.max()) >= self.bank.nc):
-            raise ClipCEError(f"class id out of range 0..{self.bank.nc - 1} in AME scoring (got {int(cls.min())}..{int(cls.max())}).")
+            raise ClipCEError(
+                f"class id out of range 0..{self.bank.nc - 1} in AME scoring (got {int(cls.min())}..{int(cls.max())})."
+            )
         cls = cls.to(self.device)
-        q = ame_q(img_emb, cls, self.bank.text, self.bank.pos_index, self.bank.neg_mask, self.logit_scale, self.temperature)
+        q = ame_q(
+            img_emb, cls, self.bank.text, self.bank.pos_index, self.bank.neg_mask, self.logit_scale, self.temperature
+        )
         if valid is not None:
             q = torch.where(valid.to(self.device).reshape(-1), q, torch.ones_like(q))
         d = 1.0 - q

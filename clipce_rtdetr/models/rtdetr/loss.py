@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ultralytics.models.utils.loss import RTDETRDetectionLoss
 from ultralytics.utils.torch_utils import autocast
 
-from clipce_rtdetr.ame import fame_weights
+from clipce_rtdetr.method.ame import fame_weights
 
 
 class ClipCEDetectionLoss(RTDETRDetectionLoss):

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from clipce_rtdetr.ame import MIN_BOX
+from clipce_rtdetr.method.ame import MIN_BOX
 
 PATCH, OMEGA, TOP, T0 = 15, 0.95, 0.001, 0.1
 
@@ -46,11 +46,13 @@ def airlight(img: np.ndarray, dark: np.ndarray, top: float = TOP) -> np.ndarray:
     img = _as_float_hwc(img)
     flat = dark.reshape(-1)
     k = max(1, int(round(flat.size * top)))
-    idx = np.argpartition(flat, flat.size - k)[flat.size - k:]
+    idx = np.argpartition(flat, flat.size - k)[flat.size - k :]
     return img.reshape(-1, img.shape[2])[idx].mean(axis=0)
 
 
-def transmission(img: np.ndarray, patch: int = PATCH, omega: float = OMEGA, top: float = TOP, t0: float = T0) -> np.ndarray:
+def transmission(
+    img: np.ndarray, patch: int = PATCH, omega: float = OMEGA, top: float = TOP, t0: float = T0
+) -> np.ndarray:
     """t = 1 - omega * dark(I / A), clamped to [t0, 1]."""
     img = _as_float_hwc(img)
     A = np.maximum(airlight(img, dark_channel(img, patch), top), 1e-3).astype(np.float32)
@@ -58,7 +60,9 @@ def transmission(img: np.ndarray, patch: int = PATCH, omega: float = OMEGA, top:
     return np.clip(t, t0, 1.0).astype(np.float32)
 
 
-def depth_map(img: np.ndarray, patch: int = PATCH, omega: float = OMEGA, top: float = TOP, t0: float = T0) -> np.ndarray:
+def depth_map(
+    img: np.ndarray, patch: int = PATCH, omega: float = OMEGA, top: float = TOP, t0: float = T0
+) -> np.ndarray:
     """(H,W) float32 relative depth = -log t (>= 0): larger where the haze is denser."""
     return (-np.log(transmission(img, patch, omega, top, t0))).astype(np.float32)
 
@@ -101,7 +105,9 @@ def prior_weights(img, boxes_xyxy, a: float = 1.5, **kw) -> np.ndarray:
     return prior_scores(img, boxes_xyxy, a, **kw)[1]
 
 
-def prior_weights_batch(images: torch.Tensor, boxes_xyxy: torch.Tensor, batch_idx: torch.Tensor, a: float = 1.5, **kw) -> torch.Tensor:
+def prior_weights_batch(
+    images: torch.Tensor, boxes_xyxy: torch.Tensor, batch_idx: torch.Tensor, a: float = 1.5, **kw
+) -> torch.Tensor:
     """A batch (B,3,H,W) in [0,1], boxes (N,4) pixels, batch_idx (N,) -> w (N,) fp32 on the images' device.
     One depth map per image (loop over images, vectorised over boxes)."""
     n = boxes_xyxy.shape[0]
@@ -116,4 +122,13 @@ def prior_weights_batch(images: torch.Tensor, boxes_xyxy: torch.Tensor, batch_id
     return w.to(images.device)
 
 
-__all__ = ["dark_channel", "airlight", "transmission", "depth_map", "box_means", "prior_scores", "prior_weights", "prior_weights_batch"]
+__all__ = [
+    "dark_channel",
+    "airlight",
+    "transmission",
+    "depth_map",
+    "box_means",
+    "prior_scores",
+    "prior_weights",
+    "prior_weights_batch",
+]

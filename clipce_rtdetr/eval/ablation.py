@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -75,8 +76,14 @@ def plot_summary(summary: dict[str, Any], out_dir: Path, weights: dict[str, np.n
         fig, ax = plt.subplots(figsize=(1.5 + 1.5 * len(groups), 3.4))
         x, wbar = np.arange(len(groups)), 0.8 / max(len(series), 1)
         for k, (label, ms) in enumerate(series.items()):
-            ax.bar(x + (k - (len(series) - 1) / 2) * wbar, [m for m, _ in ms], wbar, yerr=[s_ for _, s_ in ms],
-                   capsize=2, label=label)
+            ax.bar(
+                x + (k - (len(series) - 1) / 2) * wbar,
+                [m for m, _ in ms],
+                wbar,
+                yerr=[s_ for _, s_ in ms],
+                capsize=2,
+                label=label,
+            )
         ax.set_xticks(x, groups)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -86,13 +93,23 @@ def plot_summary(summary: dict[str, Any], out_dir: Path, weights: dict[str, np.n
         fig.savefig(paths[-1], dpi=130)
         plt.close(fig)
 
-    grouped_bars(methods, {m: [summary[me][m] for me in methods] for m in METRICS},
-                 "mAP (mean ± std over seeds)", "mAP per method", "ablation_map.png")
+    grouped_bars(
+        methods,
+        {m: [summary[me][m] for me in methods] for m in METRICS},
+        "mAP (mean ± std over seeds)",
+        "mAP per method",
+        "ablation_map.png",
+    )
     levels = list(dict.fromkeys(lv for e in summary.values() for lv in e["per_level"]))
     if levels:
         missing = {"mAP50": (0.0, 0.0)}
-        grouped_bars(levels, {me: [summary[me]["per_level"].get(lv, missing)["mAP50"] for lv in levels] for me in methods},
-                     "mAP50 (mean ± std)", "mAP50 per haze level", "ablation_per_level.png")
+        grouped_bars(
+            levels,
+            {me: [summary[me]["per_level"].get(lv, missing)["mAP50"] for lv in levels] for me in methods},
+            "mAP50 (mean ± std)",
+            "mAP50 per haze level",
+            "ablation_per_level.png",
+        )
 
     if weights:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -110,27 +127,52 @@ def plot_summary(summary: dict[str, Any], out_dir: Path, weights: dict[str, np.n
     return paths
 
 
-def run_one(method: str, seed: int, data: str, model: str, train_kwargs: dict[str, Any], project: Path) -> dict[str, Any]:
+def run_one(
+    method: str, seed: int, data: str, model: str, train_kwargs: dict[str, Any], project: Path
+) -> dict[str, Any]:
     """Train one (method, seed) and evaluate it with COCO metrics per level."""
     from clipce_rtdetr import ClipCERTDETR
 
     det = ClipCERTDETR(model)
     t0 = time.time()
-    det.train(data=data, clipce=method, seed=seed, deterministic=True, project=str(project), name=f"{method}-s{seed}",
-              exist_ok=True, **train_kwargs)
+    det.train(
+        data=data,
+        clipce=method,
+        seed=seed,
+        deterministic=True,
+        project=str(project),
+        name=f"{method}-s{seed}",
+        exist_ok=True,
+        **train_kwargs,
+    )
     train_s = time.time() - t0
     table = getattr(det.trainer, "weight_table", None)
     weights = table.float().cpu().numpy() if table is not None else np.zeros(0)
-    metrics = det.val(data=data, coco=True, imgsz=train_kwargs.get("imgsz", 640), batch=train_kwargs.get("batch", 16),
-                      device=train_kwargs.get("device"), project=str(project), name=f"{method}-s{seed}-val", exist_ok=True,
-                      plots=False, verbose=False)
+    metrics = det.val(
+        data=data,
+        coco=True,
+        imgsz=train_kwargs.get("imgsz", 640),
+        batch=train_kwargs.get("batch", 16),
+        device=train_kwargs.get("device"),
+        project=str(project),
+        name=f"{method}-s{seed}-val",
+        exist_ok=True,
+        plots=False,
+        verbose=False,
+    )
     coco = metrics.coco
     return {
-        "method": method, "seed": seed, "train_seconds": round(train_s, 1),
-        "mAP50": coco["stats"]["AP50"], "mAP50-95": coco["stats"]["AP"],
-        "ultralytics_mAP50": float(metrics.box.map50), "ultralytics_mAP50-95": float(metrics.box.map),
-        "per_level": {r["level"]: {"mAP50": r["mAP50"], "mAP50-95": r["mAP50-95"], "images": r["images"]}
-                      for r in coco.get("per_level", [])},
+        "method": method,
+        "seed": seed,
+        "train_seconds": round(train_s, 1),
+        "mAP50": coco["stats"]["AP50"],
+        "mAP50-95": coco["stats"]["AP"],
+        "ultralytics_mAP50": float(metrics.box.map50),
+        "ultralytics_mAP50-95": float(metrics.box.map),
+        "per_level": {
+            r["level"]: {"mAP50": r["mAP50"], "mAP50-95": r["mAP50-95"], "images": r["images"]}
+            for r in coco.get("per_level", [])
+        },
         "weights": weights,
     }
 
@@ -155,22 +197,32 @@ def save_run(project: Path, method: str, seed: int, settings: str, run: dict[str
     f = _run_file(project, method, seed)
     f.parent.mkdir(parents=True, exist_ok=True)
     tmp = f.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"settings": settings, "run": {**run, "weights": np.asarray(run["weights"]).tolist()}}, default=str))
+    tmp.write_text(
+        json.dumps({"settings": settings, "run": {**run, "weights": np.asarray(run["weights"]).tolist()}}, default=str)
+    )
     tmp.replace(f)
 
 
-def run_ablation_grid(methods: list[str], seeds: list[int], data: str, model: str, train_kwargs: dict[str, Any],
-                      out_dir: Path, project: Path) -> dict[str, Any]:
+def run_ablation_grid(
+    methods: list[str],
+    seeds: list[int],
+    data: str,
+    model: str,
+    train_kwargs: dict[str, Any],
+    out_dir: Path,
+    project: Path,
+) -> dict[str, Any]:
     """Every (method, seed); writes ablation.json, ablation.md and plots to out_dir; returns the summary.
 
     Each finished run is recorded in `project/<method>-s<seed>.json`; rerunning the same grid reuses those."""
-    from clipce_rtdetr.data import resolve_data
-    from clipce_rtdetr.hazy_shapes import demo_clip_for
+    from clipce_rtdetr.data.dataset import resolve_run_data
 
-    if {"ame", "fame"} & set(methods) and (spec := demo_clip_for(data, train_kwargs)):
-        train_kwargs = {**train_kwargs, "clip": spec}
-    data = resolve_data(data)
-    settings = json.dumps({"data": str(data), "model": str(model), "train_kwargs": train_kwargs}, sort_keys=True, default=str)
+    resolved = resolve_run_data({**train_kwargs, "data": data}, needs_clip=bool({"ame", "fame"} & set(methods)))
+    data = resolved.pop("data")
+    train_kwargs = resolved
+    settings = json.dumps(
+        {"data": str(data), "model": str(model), "train_kwargs": train_kwargs}, sort_keys=True, default=str
+    )
     runs, weights = [], {}
     for seed in seeds:
         for method in methods:
@@ -184,11 +236,21 @@ def run_ablation_grid(methods: list[str], seeds: list[int], data: str, model: st
             if len(w) and method not in weights:
                 weights[method] = w
             runs.append(r)
-            print(f"[ablation] {method} seed={seed}: mAP50={r['mAP50']:.4f} mAP50-95={r['mAP50-95']:.4f} ({r['train_seconds']}s)", flush=True)
+            print(
+                f"[ablation] {method} seed={seed}: mAP50={r['mAP50']:.4f} mAP50-95={r['mAP50-95']:.4f} ({r['train_seconds']}s)",
+                flush=True,
+            )
     summary = aggregate(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"data": data, "model": model, "train_kwargs": train_kwargs, "methods": methods, "seeds": seeds,
-              "runs": runs, "summary": summary}
+    record = {
+        "data": data,
+        "model": model,
+        "train_kwargs": train_kwargs,
+        "methods": methods,
+        "seeds": seeds,
+        "runs": runs,
+        "summary": summary,
+    }
     (out_dir / "ablation.json").write_text(json.dumps(record, indent=2, default=str))
     table = markdown_table(summary)
     (out_dir / "ablation.md").write_text(
@@ -202,9 +264,7 @@ def run_ablation_grid(methods: list[str], seeds: list[int], data: str, model: st
 
 def run_ablation(overrides: dict[str, Any]) -> dict[str, Any]:
     """`clipce-rtdetr ablation ...` (CLI entry)."""
-    from clipce_rtdetr.config import check_overrides
-
-    from clipce_rtdetr.config import CHOICES
+    from clipce_rtdetr.config import CHOICES, check_overrides
     from clipce_rtdetr.errors import ConfigError
 
     ultra, proj = check_overrides(overrides)
@@ -216,5 +276,12 @@ def run_ablation(overrides: dict[str, Any]) -> dict[str, Any]:
     out_dir = Path(proj["out"] or "ablation-results")
     project = Path(ultra.pop("project", None) or out_dir / "runs")
     given_proj = {k: v for k, v in overrides.items() if k in proj and not k.startswith("ablation_") and k != "out"}
-    return run_ablation_grid(list(proj["ablation_methods"]), [int(s) for s in proj["ablation_seeds"]], data, model,
-                             {**ultra, **given_proj}, out_dir, project)
+    return run_ablation_grid(
+        list(proj["ablation_methods"]),
+        [int(s) for s in proj["ablation_seeds"]],
+        data,
+        model,
+        {**ultra, **given_proj},
+        out_dir,
+        project,
+    )

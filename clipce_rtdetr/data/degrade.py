@@ -25,8 +25,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from clipce_rtdetr import physics
-from clipce_rtdetr.data import IMG_SUFFIXES, dataset_root, image_files, load_data_yaml, relative_to_root, split_paths
+from clipce_rtdetr.data import physics
+from clipce_rtdetr.data.dataset import (
+    IMG_SUFFIXES,
+    dataset_root,
+    image_files,
+    load_data_yaml,
+    relative_to_root,
+    split_paths,
+)
 from clipce_rtdetr.errors import ClipCEError
 
 KINDS = ("haze", "lowlight", "underwater")
@@ -35,11 +42,19 @@ KINDS = ("haze", "lowlight", "underwater")
 LEVELS: dict[str, dict[str, tuple[float, float]]] = {
     "haze": {"light": (0.02, 0.06), "medium": (0.06, 0.11), "heavy": (0.11, 0.16)},  # beta
     "lowlight": {"light": (1.5, 2.5), "medium": (2.5, 3.5), "heavy": (3.5, 5.0)},  # gamma
-    "underwater": {"light": (1.0, 3.0), "medium": (3.0, 6.0), "heavy": (6.0, 10.0)},  # distance (m) at the farthest pixel
+    "underwater": {
+        "light": (1.0, 3.0),
+        "medium": (3.0, 6.0),
+        "heavy": (6.0, 10.0),
+    },  # distance (m) at the farthest pixel
 }
 MAIN_PARAM = {"haze": "beta", "lowlight": "gamma", "underwater": "distance"}
 AIRLIGHT = (0.7, 1.0)
-NOISE = {"light": ((0.0005, 0.002), (0.002, 0.005)), "medium": ((0.001, 0.004), (0.004, 0.01)), "heavy": ((0.002, 0.008), (0.008, 0.02))}
+NOISE = {
+    "light": ((0.0005, 0.002), (0.002, 0.005)),
+    "medium": ((0.001, 0.004), (0.004, 0.01)),
+    "heavy": ((0.002, 0.008), (0.008, 0.02)),
+}
 VEIL_RGB = ((0.05, 0.20), (0.35, 0.60), (0.45, 0.75))  # blue-green veiling light
 TURBIDITY = (0.8, 1.25)  # factor on physics.WATER_ATTENUATION_RGB
 FIELDS = {
@@ -64,9 +79,11 @@ def level_of(kind: str, value: float) -> str:
 
 def ranges_for(kind: str, level: str, cfg: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """Sampling ranges: the named level's, replaced by any explicit *_range key."""
-    explicit = {"haze": {"beta": cfg.get("beta_range"), "airlight": cfg.get("airlight_range")},
-                "lowlight": {"gamma": cfg.get("gamma_range")},
-                "underwater": {"distance": cfg.get("distance_range")}}[kind]
+    explicit = {
+        "haze": {"beta": cfg.get("beta_range"), "airlight": cfg.get("airlight_range")},
+        "lowlight": {"gamma": cfg.get("gamma_range")},
+        "underwater": {"distance": cfg.get("distance_range")},
+    }[kind]
     main = MAIN_PARAM[kind]
     if level == "custom" and explicit.get(main) is None:
         raise ClipCEError(f"level=custom needs {main}_range=[min,max] for kind={kind}.")
@@ -75,18 +92,26 @@ def ranges_for(kind: str, level: str, cfg: dict[str, Any]) -> dict[str, tuple[fl
     for k, v in explicit.items():
         if v is not None:
             lo, hi, why = RANGE_LIMITS[k]
-            if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
-                    and lo <= v[0] <= v[1] <= hi):
-                raise ClipCEError(f"'{k}_range={v}' must be [min, max] with {lo:g} <= min <= max{f' <= {hi:g}' if hi < float('inf') else ''} ({why}).")
+            if not (
+                isinstance(v, (list, tuple))
+                and len(v) == 2
+                and all(isinstance(x, (int, float)) for x in v)
+                and lo <= v[0] <= v[1] <= hi
+            ):
+                raise ClipCEError(
+                    f"'{k}_range={v}' must be [min, max] with {lo:g} <= min <= max{f' <= {hi:g}' if hi < float('inf') else ''} ({why})."
+                )
             r[k] = (float(v[0]), float(v[1]))
     return r
 
 
 # Physically meaningful bounds of the explicit ranges: (lowest, highest, why).
-RANGE_LIMITS = {"beta": (0.0, float("inf"), "scattering per depth unit; 0 is no haze"),
-                "airlight": (0.0, 1.0, "atmospheric light as a fraction of white"),
-                "gamma": (1.0, float("inf"), "I = J ** gamma darkens only for gamma >= 1; 1 with no noise is the input"),
-                "distance": (0.0, float("inf"), "metres of water at the farthest pixel")}
+RANGE_LIMITS = {
+    "beta": (0.0, float("inf"), "scattering per depth unit; 0 is no haze"),
+    "airlight": (0.0, 1.0, "atmospheric light as a fraction of white"),
+    "gamma": (1.0, float("inf"), "I = J ** gamma darkens only for gamma >= 1; 1 with no noise is the input"),
+    "distance": (0.0, float("inf"), "metres of water at the farthest pixel"),
+}
 
 
 def sample_params(kind: str, level: str, ranges: dict[str, tuple[float, float]], seed: int, rel: str) -> dict[str, Any]:
@@ -115,7 +140,11 @@ def read_image(path: Path) -> np.ndarray:
     import cv2
 
     buf = np.fromfile(str(path), dtype=np.uint8)  # works with non-ASCII paths
-    flags = cv2.IMREAD_UNCHANGED if path.suffix.lower() in (".png", ".tif", ".tiff", ".webp") else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    flags = (
+        cv2.IMREAD_UNCHANGED
+        if path.suffix.lower() in (".png", ".tif", ".tiff", ".webp")
+        else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    )
     if not buf.size:
         raise ValueError("empty file (0 bytes)")
     img = cv2.imdecode(buf, flags)
@@ -158,8 +187,9 @@ def _prior_max(source: str, h: int, w: int) -> float:
     return float(prior_depth(source, h, w).max())
 
 
-def _fast_u8(colour: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool,
-             depth_max: float | None) -> np.ndarray | None:
+def _fast_u8(
+    colour: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool, depth_max: float | None
+) -> np.ndarray | None:
     """The uint8 fast path (physics.*_u8, within one grey level of the float path); None where it does not apply."""
     if kind == "lowlight":
         return physics.lowlight_u8(colour, p["gamma"], p["shot"], p["read"], p["noise_seed"])
@@ -176,8 +206,15 @@ def _fast_u8(colour: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray
     return physics.apply_underwater_u8(colour, depth, att, veil, scale=float(np.float32(p["distance"]) / np.float32(m)))
 
 
-def degrade_array(img: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool = True,
-                  fast: bool = True, depth_max: float | None = None) -> np.ndarray:
+def degrade_array(
+    img: np.ndarray,
+    kind: str,
+    p: dict[str, Any],
+    depth: np.ndarray | None,
+    bgr: bool = True,
+    fast: bool = True,
+    depth_max: float | None = None,
+) -> np.ndarray:
     """Apply the degradation with parameters p to an 8/16-bit image (gray, BGR or BGRA); same dtype back.
 
     8-bit images take the uint8 fast path (within one grey level of the float reference, fast=False);
@@ -210,7 +247,9 @@ def degrade_array(img: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarr
         out = physics.apply_lowlight(j, p["gamma"], p["shot"], p["read"], p["noise_seed"])
     else:
         if j.ndim != 3:
-            raise ValueError("grayscale image: underwater needs colour (attenuation differs per channel); convert it to RGB first")
+            raise ValueError(
+                "grayscale image: underwater needs colour (attenuation differs per channel); convert it to RGB first"
+            )
         att, veil = [p[f"atten_{c}"] for c in "rgb"], [p[f"veil_{c}"] for c in "rgb"]
         if bgr:
             att, veil = att[::-1], veil[::-1]
@@ -306,13 +345,21 @@ def find_depth(folder: Path, index: dict[str, list[Path]], rel: Path, stem_uniqu
     return maps[0] if stem_unique and len(maps) == 1 else None
 
 
-def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = "medium", seed: int = 0,
-            depth: str = "horizon", ranges: dict[str, Any] | None = None, processes: int = 0,
-            progress: bool = True) -> Path:
+def degrade(
+    data: str | Path,
+    out: str | Path,
+    kind: str = "haze",
+    level: str = "medium",
+    seed: int = 0,
+    depth: str = "horizon",
+    ranges: dict[str, Any] | None = None,
+    processes: int = 0,
+    progress: bool = True,
+) -> Path:
     """Write a degraded copy of dataset `data` into `out`; return the new dataset YAML path."""
     from tqdm import tqdm
 
-    from clipce_rtdetr.data import resolve_data
+    from clipce_rtdetr.data.dataset import resolve_data
 
     if kind not in KINDS:
         raise ClipCEError(f"kind={kind} is not valid; use one of {', '.join(KINDS)}.")
@@ -321,7 +368,9 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
     root, out = dataset_root(cfg, yaml_path), Path(out)
     # The YAML's own folder may hold out= (a project folder beside its dataset YAMLs): only the images' root counts.
     if _inside(out, root) or _inside(root, out):
-        raise ClipCEError(f"out={out} overlaps the source dataset {root}; degrade never writes into its source. Choose another out= folder.")
+        raise ClipCEError(
+            f"out={out} overlaps the source dataset {root}; degrade never writes into its source. Choose another out= folder."
+        )
     rng = ranges_for(kind, level, ranges or {})
     depth = str(depth or "horizon")
     dfolder = None
@@ -332,20 +381,30 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
         if _inside(out, dfolder):
             raise ClipCEError(f"out={out} is inside the depth folder {dfolder}; choose another out= folder.")
     depth_scale = float(cfg.get("depth_scale", 1.0)) if dfolder is not None else 1.0
-    settings = {"source": str(yaml_path.resolve()), "kind": kind, "level": level, "seed": int(seed),
-                "ranges": {k: list(v) for k, v in rng.items()}, "depth": str(dfolder.resolve()) if dfolder else depth,
-                "depth_scale": depth_scale}
+    settings = {
+        "source": str(yaml_path.resolve()),
+        "kind": kind,
+        "level": level,
+        "seed": int(seed),
+        "ranges": {k: list(v) for k, v in rng.items()},
+        "depth": str(dfolder.resolve()) if dfolder else depth,
+        "depth_scale": depth_scale,
+    }
     sfile = out / SETTINGS_FILE
     if sfile.exists():
         old = json.loads(sfile.read_text())
         if old != settings:
             diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
-            raise ClipCEError(f"out={out} holds a degrade run with other settings ({diff}). Use the same settings to resume, or another out= folder.")
+            raise ClipCEError(
+                f"out={out} holds a degrade run with other settings ({diff}). Use the same settings to resume, or another out= folder."
+            )
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ClipCEError(f"out={out} exists, is not an empty folder and is not a degrade run; choose a new folder.")
 
     # Every image of every split, its path inside the dataset kept; nothing is written until all are listed.
-    new_cfg = {k: v for k, v in cfg.items() if k not in ("download", "clean", "depth", "depth_scale", "degradation", "path")}
+    new_cfg = {
+        k: v for k, v in cfg.items() if k not in ("download", "clean", "depth", "depth_scale", "degradation", "path")
+    }
     images: list[tuple[str, Path, str]] = []  # (split, image, path inside root)
     lists: dict[Path, list[str]] = {}  # list files to write: new file -> paths inside root
     for split in ("train", "val", "test"):
@@ -359,14 +418,18 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
             for im in image_files(entry):
                 rel = relative_to_root(im, root)
                 if rel is None:
-                    raise ClipCEError(f"{im} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it.")
+                    raise ClipCEError(
+                        f"{im} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it."
+                    )
                 images.append((split, im, rel))
                 rels.append(rel)
             if entry.suffix == ".txt":  # a list file: the same list, pointing at the degraded copies
                 inside = inside or f"{split}{f'_{i}' if i else ''}.txt"  # a list kept outside the dataset folder
                 lists[out / inside] = rels
             elif inside is None:
-                raise ClipCEError(f"{entry} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it.")
+                raise ClipCEError(
+                    f"{entry} (split {split}) is outside the dataset folder {root}; degrade keeps relative paths, so images must lie under it."
+                )
             new_entries.append(inside)
         new_cfg[split] = new_entries if isinstance(raw, list) else new_entries[0]
     if not images:
@@ -380,8 +443,15 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
             continue
         seen.add(rel)
         p = sample_params(kind, level, rng, seed, rel)
-        rows.append({"im_file": rel, "split": split, "kind": kind, "level": p["level"],
-                     **{f: (f"{p[f]:.6f}" if isinstance(p[f], float) else p[f]) for f in FIELDS[kind]}})
+        rows.append(
+            {
+                "im_file": rel,
+                "split": split,
+                "kind": kind,
+                "level": p["level"],
+                **{f: (f"{p[f]:.6f}" if isinstance(p[f], float) else p[f]) for f in FIELDS[kind]},
+            }
+        )
         dst = out / rel
         if os.path.exists(dst):
             done += 1
@@ -392,15 +462,19 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
 
     lsrcs = img2label_paths([str(t[1]) for t in todo])
     ldsts = img2label_paths([str(t[2]) for t in todo])
-    jobs = [(rel, im, dst, Path(ls), Path(ld), kind, p, depth, dpath, depth_scale)
-            for (rel, im, dst, p, dpath), ls, ld in zip(todo, lsrcs, ldsts)]
+    jobs = [
+        (rel, im, dst, Path(ls), Path(ld), kind, p, depth, dpath, depth_scale)
+        for (rel, im, dst, p, dpath), ls, ld in zip(todo, lsrcs, ldsts)
+    ]
     folders = {x.parent for j in jobs for x in (j[2], j[4])}
 
     out.mkdir(parents=True, exist_ok=True)
     sfile.write_text(json.dumps(settings, indent=2))
     for lst, rels in lists.items():
         lst.parent.mkdir(parents=True, exist_ok=True)
-        lst.write_text("".join("./" + Path(os.path.relpath(out / r, lst.parent)).as_posix() + "\n" for r in rels), encoding="utf-8")
+        lst.write_text(
+            "".join("./" + Path(os.path.relpath(out / r, lst.parent)).as_posix() + "\n" for r in rels), encoding="utf-8"
+        )
     for folder in folders:  # once here, not per image in the workers
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -424,7 +498,9 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
     else:
         import multiprocessing as mp
 
-        with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(min(n_proc, len(jobs)), initializer=_init_worker) as pool:
+        with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
+            min(n_proc, len(jobs)), initializer=_init_worker
+        ) as pool:
             it = pool.imap_unordered(process, jobs, chunksize=max(1, min(16, len(jobs) // (n_proc * 8))))
             results = list(tqdm(it, total=len(jobs), desc=desc, disable=not progress, unit="img"))
     failed = {rel for rel, e in results if e}  # the rest of the images exist: done before or now
@@ -441,18 +517,32 @@ def degrade(data: str | Path, out: str | Path, kind: str = "haze", level: str = 
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["im_file"])
         writer.writeheader()
         writer.writerows(rows)
-    new_cfg = {"path": str(out.resolve()), **new_cfg, "degradation": CSV_FILE,
-               "degraded": {k: v for k, v in settings.items() if k != "source"} | {"from": settings["source"]}}
+    new_cfg = {
+        "path": str(out.resolve()),
+        **new_cfg,
+        "degradation": CSV_FILE,
+        "degraded": {k: v for k, v in settings.items() if k != "source"} | {"from": settings["source"]},
+    }
     new_yaml = out / f"{out.resolve().name}.yaml"
-    new_yaml.write_text(f"# made by 'clipce-rtdetr degrade kind={kind} level={level}'\n" + yaml.safe_dump(new_cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    new_yaml.write_text(
+        f"# made by 'clipce-rtdetr degrade kind={kind} level={level}'\n"
+        + yaml.safe_dump(new_cfg, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
     levels = {}
     for r in rows:
         levels[r["level"]] = levels.get(r["level"], 0) + 1
-    LOGGER.info(f"Degraded {len(rows)} images ({', '.join(f'{k}: {v}' for k, v in levels.items())}); parameters in {out / CSV_FILE}.\nDataset YAML: {new_yaml}")
+    LOGGER.info(
+        f"Degraded {len(rows)} images ({', '.join(f'{k}: {v}' for k, v in levels.items())}); parameters in {out / CSV_FILE}.\nDataset YAML: {new_yaml}"
+    )
     if errors:  # the rest is kept; a rerun of the same command retries only these
-        raise ClipCEError(f"{len(errors)} of {len(seen)} images could not be degraded and are missing from {out} (and from its "
-                          "COCO ground truth):\n  " + "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
-                          + "\nFix or remove them and rerun the same command: finished images are kept and skipped.")
+        raise ClipCEError(
+            f"{len(errors)} of {len(seen)} images could not be degraded and are missing from {out} (and from its "
+            "COCO ground truth):\n  "
+            + "\n  ".join(errors[:10])
+            + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
+            + "\nFix or remove them and rerun the same command: finished images are kept and skipped."
+        )
     return new_yaml
 
 
@@ -479,8 +569,20 @@ def run_degrade(overrides: dict[str, Any]) -> Path:
 
     ultra, cfg = check_overrides(overrides)
     if not cfg.get("out"):
-        raise ClipCEError("degrade needs out=DIR, e.g. 'clipce-rtdetr degrade data=hazy-shapes kind=haze level=heavy out=hazy-heavy'.")
+        raise ClipCEError(
+            "degrade needs out=DIR, e.g. 'clipce-rtdetr degrade data=hazy-shapes kind=haze level=heavy out=hazy-heavy'."
+        )
     if not ultra.get("data"):
-        raise ClipCEError("degrade needs data=path/to/data.yaml (a YOLO dataset YAML; convert COCO datasets first with 'clipce-rtdetr convert format=coco').")
-    return degrade(ultra["data"], cfg["out"], kind=cfg["kind"], level=cfg["level"], seed=int(ultra.get("seed", 0)),
-                   depth=cfg["depth"], ranges=cfg, processes=int(cfg["processes"]))
+        raise ClipCEError(
+            "degrade needs data=path/to/data.yaml (a YOLO dataset YAML; convert COCO datasets first with 'clipce-rtdetr convert format=coco')."
+        )
+    return degrade(
+        ultra["data"],
+        cfg["out"],
+        kind=cfg["kind"],
+        level=cfg["level"],
+        seed=int(ultra.get("seed", 0)),
+        depth=cfg["depth"],
+        ranges=cfg,
+        processes=int(cfg["processes"]),
+    )

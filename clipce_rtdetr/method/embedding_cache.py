@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -53,10 +53,12 @@ def read_rgb(path: str) -> np.ndarray:
     return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
 
 
-def iter_source_crops(labels: list[dict], size: int, context: float, device="cpu") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def iter_source_crops(
+    labels: list[dict], size: int, context: float, device="cpu"
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Yield (first object id, crops (n,3,S,S) float in [0,1], valid (n,)) image by image, in dataset order."""
-    from clipce_rtdetr.ame import crop_boxes
-    from clipce_rtdetr.object_ids import object_offsets
+    from clipce_rtdetr.method.ame import crop_boxes
+    from clipce_rtdetr.method.object_ids import object_offsets
 
     for lb, offset in zip(labels, object_offsets(labels)):
         n = len(lb["cls"])
@@ -68,14 +70,16 @@ def iter_source_crops(labels: list[dict], size: int, context: float, device="cpu
             yield int(offset), crops, valid
 
 
-def compute_embeddings(labels: list[dict], bundle, context: float, batch_size: int = 64, device="cpu", progress: bool = True):
+def compute_embeddings(
+    labels: list[dict], bundle, context: float, batch_size: int = 64, device="cpu", progress: bool = True
+):
     """CLIP image embeddings (N, D) fp16 and valid mask (N,) for every object of `labels`.
 
     Crops are gathered across images and encoded `batch_size` at a time (one CLIP forward per chunk).
     """
     from tqdm import tqdm
 
-    from clipce_rtdetr.ame import normalise
+    from clipce_rtdetr.method.ame import normalise
 
     n_obj = sum(len(lb["cls"]) for lb in labels)
     emb, valid_all = None, torch.zeros(n_obj, dtype=torch.bool)
@@ -120,8 +124,16 @@ def spec_key(spec: dict) -> str:
 
 
 def cache_key(bundle_fingerprint: str, context: float, image_size: int, mean, std, lhash: str) -> str:
-    return spec_key({"clip": bundle_fingerprint, "context": round(float(context), 6), "size": int(image_size),
-                     "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std], "labels": lhash})
+    return spec_key(
+        {
+            "clip": bundle_fingerprint,
+            "context": round(float(context), 6),
+            "size": int(image_size),
+            "mean": [round(float(m), 6) for m in mean],
+            "std": [round(float(s), 6) for s in std],
+            "labels": lhash,
+        }
+    )
 
 
 def _touch(path: Path) -> None:
@@ -135,9 +147,11 @@ def prune_caches(path: Path, keep: int | None = None) -> list[Path]:
     """Delete all but the `keep` most recently used `<split>.clipce-*.pt` caches beside `path` (they are derived
     data, rebuilt on demand), so sweeping settings does not fill the dataset's disk. Returns what was deleted."""
     keep = KEEP_CACHES if keep is None else keep
-    siblings = sorted(path.parent.glob(f"{path.name.split('.clipce-')[0]}.clipce-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    siblings = sorted(
+        path.parent.glob(f"{path.name.split('.clipce-')[0]}.clipce-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     gone = []
-    for old in siblings[max(keep, 1):]:
+    for old in siblings[max(keep, 1) :]:
         if old == path:
             continue
         try:
@@ -146,7 +160,9 @@ def prune_caches(path: Path, keep: int | None = None) -> list[Path]:
         except OSError:  # in use on another node, read-only: harmless
             pass
     if gone:
-        LOGGER.info(f"CLIP-CE: removed {len(gone)} older embedding cache(s) beside {path.name} (keeping the {keep} last used).")
+        LOGGER.info(
+            f"CLIP-CE: removed {len(gone)} older embedding cache(s) beside {path.name} (keeping the {keep} last used)."
+        )
     return gone
 
 
@@ -176,8 +192,15 @@ def load_or_build(label_files: list[str] | None, key: str, build: Callable[[], d
     return data
 
 
-def dataset_embeddings(labels: list[dict], label_files: list[str] | None, bundle, context: float,
-                       batch_size: int = 64, device="cpu", progress: bool = True) -> dict:
+def dataset_embeddings(
+    labels: list[dict],
+    label_files: list[str] | None,
+    bundle,
+    context: float,
+    batch_size: int = 64,
+    device="cpu",
+    progress: bool = True,
+) -> dict:
     """Embeddings of every ground-truth object of a dataset, from the disk cache when it is valid."""
     key = cache_key(bundle.fingerprint, context, bundle.image_size, bundle.mean, bundle.std, labels_hash(labels))
 
@@ -188,11 +211,13 @@ def dataset_embeddings(labels: list[dict], label_files: list[str] | None, bundle
     return load_or_build(label_files, key, build)
 
 
-def dataset_prior_weights(labels: list[dict], label_files: list[str] | None, a: float, progress: bool = True) -> torch.Tensor:
+def dataset_prior_weights(
+    labels: list[dict], label_files: list[str] | None, a: float, progress: bool = True
+) -> torch.Tensor:
     """`clipce=prior` weights (N,) of every object, from source images, cached like the embeddings."""
     from tqdm import tqdm
 
-    from clipce_rtdetr import prior
+    from clipce_rtdetr.method import prior
 
     key = spec_key({"prior": [a, prior.PATCH, prior.OMEGA, prior.TOP, prior.T0], "labels": labels_hash(labels)})
 
@@ -216,18 +241,30 @@ def object_classes(labels: list[dict]) -> torch.Tensor:
 
 def make_scorer(a: dict, names: list[str], device, batch_size: int | None = None):
     """Load CLIP (`a["clip"]`) and build the AMEScorer from the CLIP-CE settings `a`."""
-    from clipce_rtdetr.ame import AMEScorer
-    from clipce_rtdetr.clip_loader import load_clip
+    from clipce_rtdetr.clip.loader import load_clip
+    from clipce_rtdetr.method.ame import AMEScorer
 
     bundle = load_clip(a["clip"], device=device)
     if bundle.random_weights:
-        LOGGER.warning(f"CLIP-CE: clip={a['clip']} has random weights; its AME scores are uninformative (tests and demos only).")
-    return AMEScorer(bundle, names, a["ame_profile"], a["ame_templates"], a["ame_context"], a["ame_temperature"],
-                     a["ame_alpha"], a["ame_form"], batch_size=batch_size or a["ame_batch"])
+        LOGGER.warning(
+            f"CLIP-CE: clip={a['clip']} has random weights; its AME scores are uninformative (tests and demos only)."
+        )
+    return AMEScorer(
+        bundle,
+        names,
+        a["ame_profile"],
+        a["ame_templates"],
+        a["ame_context"],
+        a["ame_temperature"],
+        a["ame_alpha"],
+        a["ame_form"],
+        batch_size=batch_size or a["ame_batch"],
+    )
 
 
-def score_dataset(labels: list[dict], label_files: list[str] | None, names: list[str], a: dict, device,
-                  progress: bool = True):
+def score_dataset(
+    labels: list[dict], label_files: list[str] | None, names: list[str], a: dict, device, progress: bool = True
+):
     """AME (q, d, w) of every object of a dataset from its source-image crops (embeddings cached on disk).
 
     Returns (q, d, w, scorer); all (N,) in the global object order.

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from clipce_rtdetr.data import IMG_SUFFIXES
+from clipce_rtdetr.data.dataset import IMG_SUFFIXES
 from clipce_rtdetr.errors import ClipCEError
 
 # Format aliases Ultralytics' Exporter accepts besides the names in export_formats()["Argument"].
@@ -57,7 +57,9 @@ def normalize_format(fmt: Any) -> str:
     if f in fmts:
         return f
     if f in ("pt", "pytorch"):
-        raise ClipCEError("The model is already in PyTorch format; choose an export format, e.g. format=onnx or format=engine.")
+        raise ClipCEError(
+            "The model is already in PyTorch format; choose an export format, e.g. format=onnx or format=engine."
+        )
     near = get_close_matches(f, fmts, n=1, cutoff=0.6)
     hint = f" Did you mean format={near[0]}?" if near else ""
     raise ClipCEError(f"Unknown export format '{fmt}'.{hint} Valid formats are: {', '.join(fmts)}.")
@@ -86,7 +88,11 @@ def preflight(model, fmt: str, kwargs: dict[str, Any], proj: dict[str, Any]) -> 
     if fmt == "engine":
         dev = str(kwargs.get("device") if kwargs.get("device") is not None else "").lower()
         if dev in ("cpu", "mps") or not cuda_available():
-            why = f"device={dev} was requested" if dev in ("cpu", "mps") else "no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is False)"
+            why = (
+                f"device={dev} was requested"
+                if dev in ("cpu", "mps")
+                else "no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is False)"
+            )
             raise ClipCEError(
                 f"TensorRT engine export needs an NVIDIA GPU, and {why}. Nothing was written.\n"
                 "An engine is built for the GPU it will run on: export ONNX here (clipce-rtdetr export model=best.pt format=onnx) "
@@ -282,7 +288,9 @@ def check_export(model, exported: str, fmt: str, exporter_info: dict[str, Any], 
         "tolerance": tol,
     }
     report["score_floor"] = floor
-    report["passed"] = report["max_box_diff"] <= tol and report["max_score_diff"] <= tol and report["unmatched_class"] == 0
+    report["passed"] = (
+        report["max_box_diff"] <= tol and report["max_score_diff"] <= tol and report["unmatched_class"] == 0
+    )
     which = f"detections scoring >= {floor:g}" if floor else f"top-{report['detections_per_image']} detections"
     msg = (
         f"Export check ({report['runtime']} vs PyTorch, {report['images']} images at {exporter_info['imgsz'][0]}x{exporter_info['imgsz'][1]}, "
@@ -319,7 +327,7 @@ def export_checked(model, proj: dict[str, Any], **kwargs: Any) -> str:
 
         kwargs["quantize"] = QUANTIZE_ALIASES.get(str(kwargs["quantize"]).lower(), kwargs["quantize"])
     if kwargs.get("data") and fmt in ("onnx", "engine"):
-        from clipce_rtdetr.data import resolve_data  # project dataset names (hazy-shapes, ...) -> YAML path
+        from clipce_rtdetr.data.dataset import resolve_data  # project dataset names (hazy-shapes, ...) -> YAML path
 
         kwargs["data"] = resolve_data(kwargs["data"], allow_download=bool(proj.get("allow_download")))
     preflight(model, fmt, kwargs, proj)

@@ -67,7 +67,7 @@ def parse_clip_spec(spec: str) -> tuple[str, str | None]:
     spec = spec.strip()
     for schema in ("local-dir:", "hf-hub:"):
         if spec.startswith(schema):
-            if not spec[len(schema):].strip():
+            if not spec[len(schema) :].strip():
                 raise ClipCEError(f"clip={spec} names no folder/repository after '{schema}'.")
             return spec, None
     model, sep, pretrained = spec.partition(":")
@@ -261,7 +261,9 @@ def _missing_tag_error(model: str, tag: str, cfg: dict) -> ClipCEError:
         f"- or pass a weights file directly: clip={model}{suffix}:/path/to/open_clip_pytorch_model.bin "
         f"(files in {', '.join(str(d) for d in weights_dirs())} are found by name)"
     )
-    lines.append(f"- or set CLIPCE_CLIP_DOWNLOAD=1 on a connected machine to let open_clip download it.\nSee {README_HINT}.")
+    lines.append(
+        f"- or set CLIPCE_CLIP_DOWNLOAD=1 on a connected machine to let open_clip download it.\nSee {README_HINT}."
+    )
     return ClipCEError("\n".join(lines))
 
 
@@ -287,7 +289,7 @@ class ClipBundle:
     dtype: torch.dtype = torch.float32
     embed_dim: int = 0
 
-    def to(self, device: str | torch.device) -> "ClipBundle":
+    def to(self, device: str | torch.device) -> ClipBundle:
         """Move to another device: half precision (open_clip's fp16 conversion) on CUDA, fp32 elsewhere."""
         from open_clip.model import convert_weights_to_lp
 
@@ -349,8 +351,8 @@ def _unknown_model_error(model: str) -> ClipCEError:
         near = [n for n in names if n.lower().startswith(model.lower()[:4])][:5]
     hint = f" Close names: {', '.join(near)}." if near else ""
     return ClipCEError(
-        f"clip={model}: unknown open_clip model name.{hint} All names: python -c \"import open_clip; "
-        f"print(open_clip.list_models())\". See {README_HINT}."
+        f'clip={model}: unknown open_clip model name.{hint} All names: python -c "import open_clip; '
+        f'print(open_clip.list_models())". See {README_HINT}.'
     )
 
 
@@ -361,7 +363,7 @@ def _resolve(model: str, pretrained: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {"model_name": model, "pretrained": None, "weights": None, "force": {}, "quick_gelu": False}
 
     if model.startswith("hf-hub:"):  # only from a filled HF cache: turn it into its snapshot folder
-        repo_id = model[len("hf-hub:"):]
+        repo_id = model[len("hf-hub:") :]
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -379,7 +381,7 @@ def _resolve(model: str, pretrained: str | None) -> dict[str, Any]:
         out["model_name"] = model
 
     if model.startswith("local-dir:"):
-        folder = Path(os.path.expanduser(model[len("local-dir:"):]))
+        folder = Path(os.path.expanduser(model[len("local-dir:") :]))
         if not folder.is_dir():
             raise ClipCEError(f"clip={model}: folder not found: {folder}. See {README_HINT}.")
         return _resolve_folder(folder, None, out)
@@ -399,7 +401,9 @@ def _resolve(model: str, pretrained: str | None) -> dict[str, Any]:
             try:
                 found = Path(open_clip.download_pretrained(tag_cfg))
             except Exception as e:
-                raise ClipCEError(f"clip={model}:{pretrained}: download failed ({e}).\n{_missing_tag_error(model, pretrained, tag_cfg)}") from None
+                raise ClipCEError(
+                    f"clip={model}:{pretrained}: download failed ({e}).\n{_missing_tag_error(model, pretrained, tag_cfg)}"
+                ) from None
         out["pretrained"] = str(found)
         out["weights"] = str(found)
         out["tag"] = pretrained
@@ -418,11 +422,17 @@ def _resolve(model: str, pretrained: str | None) -> dict[str, Any]:
                 f"(also looked in {where}). Put the file there or fix the path. See {README_HINT}."
             )
         tags = open_clip.list_pretrained_tags_by_model(model)
-        hint = f" Tags for {model}: {', '.join(tags)}." if tags else f" {model} has no open_clip tags: pass a weights file."
+        hint = (
+            f" Tags for {model}: {', '.join(tags)}."
+            if tags
+            else f" {model} has no open_clip tags: pass a weights file."
+        )
         near = get_close_matches(pretrained, tags, n=3, cutoff=0.5)
         if near:
             hint = f" Did you mean {', '.join(near)}?" + hint
-        raise ClipCEError(f"clip={model}:{pretrained}: '{pretrained}' is neither an open_clip tag of {model} nor an existing file.{hint} See {README_HINT}.")
+        raise ClipCEError(
+            f"clip={model}:{pretrained}: '{pretrained}' is neither an open_clip tag of {model} nor an existing file.{hint} See {README_HINT}."
+        )
     if local.is_dir():
         return _resolve_folder(local, model, out)
     if local.suffix.lower() not in WEIGHT_SUFFIXES + (".npz",):
@@ -438,15 +448,26 @@ def _resolve_folder(folder: Path, model: str | None, out: dict[str, Any]) -> dic
     ckpt = _find_checkpoint_in_dir(folder)
     if (folder / "open_clip_config.json").is_file():
         if ckpt is None:
-            raise ClipCEError(f"clip: snapshot folder {folder} has open_clip_config.json but no weights file "
-                              f"({', '.join(WEIGHT_SUFFIXES)}). Copy the whole snapshot. See {README_HINT}.")
-        out.update(model_name=f"local-dir:{folder}", pretrained=None, weights=ckpt, config_file=str(folder / "open_clip_config.json"))
+            raise ClipCEError(
+                f"clip: snapshot folder {folder} has open_clip_config.json but no weights file "
+                f"({', '.join(WEIGHT_SUFFIXES)}). Copy the whole snapshot. See {README_HINT}."
+            )
+        out.update(
+            model_name=f"local-dir:{folder}",
+            pretrained=None,
+            weights=ckpt,
+            config_file=str(folder / "open_clip_config.json"),
+        )
         return out
     if model is None or model.startswith("local-dir:"):
-        raise ClipCEError(f"clip=local-dir:{folder}: no open_clip_config.json in the folder. Pass the model name instead: "
-                          f"clip=MODEL:{folder}. See {README_HINT}.")
+        raise ClipCEError(
+            f"clip=local-dir:{folder}: no open_clip_config.json in the folder. Pass the model name instead: "
+            f"clip=MODEL:{folder}. See {README_HINT}."
+        )
     if ckpt is None:
-        raise ClipCEError(f"clip={model}:{folder}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) in the folder. See {README_HINT}.")
+        raise ClipCEError(
+            f"clip={model}:{folder}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) in the folder. See {README_HINT}."
+        )
     out.update(pretrained=ckpt, weights=ckpt)
     return out
 
@@ -564,4 +585,14 @@ def make_random_clip(path: str | Path, model_name: str = TINY_CLIP, seed: int = 
     return f"{model_name}:{path.resolve()}"
 
 
-__all__ = ["ClipBundle", "load_clip", "make_random_clip", "parse_clip_spec", "require_weights", "register_project_configs", "file_sha256", "is_random_weights_file", "TINY_CLIP"]
+__all__ = [
+    "ClipBundle",
+    "load_clip",
+    "make_random_clip",
+    "parse_clip_spec",
+    "require_weights",
+    "register_project_configs",
+    "file_sha256",
+    "is_random_weights_file",
+    "TINY_CLIP",
+]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 
 def plot_weight_history(csv_file: str | Path, keys: Sequence[str], on_plot: Callable | None = None) -> Path | None:
@@ -70,7 +70,7 @@ def plot_crop_grid(out: str | Path, rows: list[dict], q, d, context: float, k: i
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from clipce_rtdetr.embedding_cache import read_rgb
+    from clipce_rtdetr.method.embedding_cache import read_rgb
 
     d = np.asarray(d)
     order = np.argsort(-d)
@@ -91,7 +91,9 @@ def plot_crop_grid(out: str | Path, rows: list[dict], q, d, context: float, k: i
             if xb > xa and yb > ya:
                 ax.imshow(im[ya:yb, xa:xb])
             ax.set_title(f"{row['name']}\nq={float(q[idx[c]]):.2f} d={float(d[idx[c]]):.2f}", fontsize=7)
-        axes[r, 0].text(-0.1, 0.5, title, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=9)
+        axes[r, 0].text(
+            -0.1, 0.5, title, transform=axes[r, 0].transAxes, rotation=90, va="center", ha="right", fontsize=9
+        )
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -68,57 +68,56 @@ class ClipCERTDETR(RTDETR):
             if not isinstance(path, (str, Path)):
                 raise
             raise ClipCEError(
-                f"model={model}: {path} cannot be loaded as an RT-DETR model ({type(e).__name__}: {str(e).strip()[:300]}). "
-                "Expected an Ultralytics RT-DETR checkpoint (.pt, e.g. runs/detect/train/weights/best.pt), a model config "
-                "(.yaml, e.g. rtdetr-l.yaml) or, for predict/val, an exported .onnx/.engine file."
+                f"model={model}: {path} cannot be loaded as an RT-DETR model "
+                f"({type(e).__name__}: {str(e).strip()[:300]}). Expected an Ultralytics RT-DETR checkpoint "
+                "(.pt, e.g. runs/detect/train/weights/best.pt), a model config (.yaml, e.g. rtdetr-l.yaml) or, for predict/val, an exported .onnx/.engine file."
             ) from None
 
     @property
     def task_map(self) -> dict:
-        from clipce_rtdetr.trainer import ClipCETrainer
+        from clipce_rtdetr.models.rtdetr.train import ClipCETrainer
 
         task_map = super().task_map
         task_map["detect"] = {**task_map["detect"], "trainer": ClipCETrainer}
         return task_map
 
     def train(self, trainer=None, **kwargs: Any):
-        from clipce_rtdetr.data import resolve_data
+        from clipce_rtdetr.data.dataset import resolve_run_data
 
         check_overrides(kwargs)
         if isinstance(kwargs.get("data"), (list, tuple)):
-            raise ClipCEError("data= must be one dataset for CLIP-CE training (Ultralytics' multi-dataset fine-tuning "
-                              "is not supported); train on each dataset in turn.")
+            raise ClipCEError(
+                "data= must be one dataset for CLIP-CE training (Ultralytics' multi-dataset fine-tuning "
+                "is not supported); train on each dataset in turn."
+            )
         # With resume, a resumable checkpoint brings its own data and CLIP; data= given anyway is resolved, since
         # Ultralytics starts a new run from it when the checkpoint turns out not to be resumable.
         if not kwargs.get("resume") or kwargs.get("data"):
-            from clipce_rtdetr.hazy_shapes import demo_clip_for
-
-            if kwargs.get("clipce", "fame") in ("ame", "fame") and (spec := demo_clip_for(kwargs.get("data"), kwargs)):
-                kwargs["clip"] = spec
-            kwargs["data"] = resolve_data(kwargs.get("data"), allow_download=bool(kwargs.get("allow_download")))
+            needs_clip = kwargs.get("clipce", "fame") in ("ame", "fame")
+            kwargs = resolve_run_data(kwargs, needs_clip, allow_download=bool(kwargs.get("allow_download")))
         return super().train(trainer=trainer, **kwargs)
 
     def val(self, validator=None, **kwargs: Any):
-        from clipce_rtdetr.data import resolve_data
+        from clipce_rtdetr.data.dataset import resolve_data
 
         ultra, proj = check_overrides(kwargs)
         data = ultra.get("data") or self.overrides.get("data")
         ultra["data"] = resolve_data(data, allow_download=proj["allow_download"], splits=(ultra.get("split") or "val",))
         if proj["coco"]:
-            from clipce_rtdetr.coco_eval import val_with_coco  # issue: COCO-standard evaluation
+            from clipce_rtdetr.eval.coco import val_with_coco  # issue: COCO-standard evaluation
 
             return val_with_coco(self, validator=validator, **ultra)
         return super().val(validator=validator, **ultra)
 
     def predict(self, source=None, stream: bool = False, predictor=None, **kwargs: Any):
-        from clipce_rtdetr.stream import check_source_list
+        from clipce_rtdetr.deploy.stream import check_source_list
 
         ultra, _ = check_overrides(kwargs)
         check_source_list(source)  # a .txt/.csv list of sources: each entry checked, file and line named
         return super().predict(source=source, stream=stream, predictor=predictor, **ultra)
 
     def track(self, source=None, stream: bool = False, persist: bool = False, **kwargs: Any):
-        from clipce_rtdetr.stream import check_tracking
+        from clipce_rtdetr.deploy.stream import check_tracking
 
         ultra, _ = check_overrides(kwargs)
         if not (persist and hasattr(self.predictor, "trackers")):  # when Ultralytics (re)reads it: not per frame
@@ -127,6 +126,6 @@ class ClipCERTDETR(RTDETR):
 
     def export(self, **kwargs: Any) -> str:
         ultra, proj = check_overrides(kwargs)
-        from clipce_rtdetr.export import export_checked
+        from clipce_rtdetr.deploy.export import export_checked
 
         return export_checked(self, proj, **ultra)

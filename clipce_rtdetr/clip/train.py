@@ -84,7 +84,9 @@ def clean_root(data: dict, images: str | None) -> Path | None:
     if not p.is_absolute() and not p.exists():
         p = root / p
     if not p.is_dir():
-        raise ClipCEError(f"clip-train images={images}: folder not found ({p}). Use images=clean, images=images or a folder of clean copies.")
+        raise ClipCEError(
+            f"clip-train images={images}: folder not found ({p}). Use images=clean, images=images or a folder of clean copies."
+        )
     return p
 
 
@@ -92,7 +94,7 @@ def clean_file(im_file: str, root: Path) -> Path:
     """The clean copy of an image: the path after its last `images/` folder, under `root`."""
     parts = Path(im_file).parts
     idx = [i for i, p in enumerate(parts) if p == "images"]
-    rel = Path(*parts[idx[-1] + 1:]) if idx else Path(parts[-1])
+    rel = Path(*parts[idx[-1] + 1 :]) if idx else Path(parts[-1])
     return root / rel
 
 
@@ -114,16 +116,23 @@ def with_clean_images(labels: list[dict], root: Path | None) -> list[dict]:
     return out
 
 
-def gather_crops(labels: list[dict], size: int, context: float, device="cpu", desc: str = "crops", progress: bool = True,
-                 keep: bool = True):
+def gather_crops(
+    labels: list[dict],
+    size: int,
+    context: float,
+    device="cpu",
+    desc: str = "crops",
+    progress: bool = True,
+    keep: bool = True,
+):
     """All ground-truth crops of `labels`, as AME makes them -> (crops (N,3,S,S) fp16 in [0,1] on CPU, cls (N,),
     valid (N,), object image index (N,)). fp16 keeps memory at half of fp32; the source images are 8-bit.
     keep=False returns no crops (an empty tensor): training with box jitter crops anew each batch and needs
     only valid / cls / image index, not ~S*S*6 bytes per object held for the whole run."""
     from tqdm import tqdm
 
-    from clipce_rtdetr.embedding_cache import iter_source_crops, object_classes
-    from clipce_rtdetr.object_ids import object_offsets
+    from clipce_rtdetr.method.embedding_cache import iter_source_crops, object_classes
+    from clipce_rtdetr.method.object_ids import object_offsets
 
     crops, valid, img_of = [], [], []
     starts = object_offsets(labels)
@@ -139,15 +148,20 @@ def gather_crops(labels: list[dict], size: int, context: float, device="cpu", de
     bar.close()
     cls = object_classes(labels)
     if not valid:
-        return torch.zeros(0, 3, size, size, dtype=torch.float16), cls, torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
+        return (
+            torch.zeros(0, 3, size, size, dtype=torch.float16),
+            cls,
+            torch.zeros(0, dtype=torch.bool),
+            torch.zeros(0, dtype=torch.long),
+        )
     out = torch.cat(crops) if crops else torch.zeros(0, 3, size, size, dtype=torch.float16)
     return out, cls, torch.cat(valid), torch.cat(img_of)
 
 
 def object_levels(data: dict, labels: list[dict]) -> list[str | None] | None:
     """Degradation level of each object's image from the dataset's `degradation:` CSV (None when absent)."""
-    from clipce_rtdetr.data import read_degradation, relative_to_root
-    from clipce_rtdetr.hazy_shapes import haze_level
+    from clipce_rtdetr.data.dataset import read_degradation, relative_to_root
+    from clipce_rtdetr.data.hazy_shapes import haze_level
 
     if not data.get("degradation"):
         return None
@@ -176,7 +190,7 @@ class DecodedImages:
         self.labels, self.budget, self.used, self.kept = labels, budget, 0, {}
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from clipce_rtdetr.embedding_cache import read_rgb
+        from clipce_rtdetr.method.embedding_cache import read_rgb
 
         t = self.kept.get(i)
         if t is None:
@@ -186,11 +200,18 @@ class DecodedImages:
         return t
 
 
-def jittered_crops(images: DecodedImages, img_idx: torch.Tensor, boxes: torch.Tensor, size: int, context: float,
-                   jitter: float, gen: torch.Generator) -> torch.Tensor:
+def jittered_crops(
+    images: DecodedImages,
+    img_idx: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    context: float,
+    jitter: float,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """Augmented crops: each box's centre moved by up to `jitter` x its size and its width/height scaled by
     exp(U(-jitter, jitter)), then cropped exactly as AME crops (`ame.crop_boxes`, same context and size)."""
-    from clipce_rtdetr.ame import crop_boxes
+    from clipce_rtdetr.method.ame import crop_boxes
 
     n = len(boxes)
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)
@@ -209,7 +230,7 @@ def jittered_crops(images: DecodedImages, img_idx: torch.Tensor, boxes: torch.Te
 # ---------------------------------------------------------------------------------------------
 def text_classes(model: torch.nn.Module, tokens: torch.Tensor, nc: int, n_tpl: int) -> torch.Tensor:
     """Text rows as AME builds them (ame.pool_text_rows), with gradients: (nc + S, D) L2-normalised."""
-    from clipce_rtdetr.ame import pool_text_rows
+    from clipce_rtdetr.method.ame import pool_text_rows
 
     return pool_text_rows(F.normalize(model.encode_text(tokens).float(), dim=-1), nc, n_tpl)
 
@@ -226,7 +247,11 @@ def set_trainable(model: torch.nn.Module, train_text: bool) -> list[tuple[str, t
     """Image tower (+ text tower when train_text) + logit_scale trainable; returns the trainable (name, param)."""
     out = []
     for name, p in model.named_parameters():
-        on = _is_image_param(name) or name.startswith("logit_scale") or (train_text and not name.startswith("logit_bias"))
+        on = (
+            _is_image_param(name)
+            or name.startswith("logit_scale")
+            or (train_text and not name.startswith("logit_bias"))
+        )
         p.requires_grad_(on)
         if on:
             out.append((name, p))
@@ -241,21 +266,25 @@ def _random_start(pretrained: str | None) -> bool:
 # Evaluation
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(bundle, scorer, crops: torch.Tensor, cls: torch.Tensor, valid: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+def evaluate(
+    bundle, scorer, crops: torch.Tensor, cls: torch.Tensor, valid: torch.Tensor, batch: int
+) -> dict[str, torch.Tensor]:
     """Zero-shot prediction (argmax over the class prompts) and AME d of crops (N,3,S,S) in [0,1]."""
-    from clipce_rtdetr.ame import normalise
+    from clipce_rtdetr.method.ame import normalise
 
     emb = torch.zeros(len(crops), scorer.bank.text.shape[1])
     for i in range(0, len(crops), batch):
-        x = normalise(crops[i:i + batch].float(), bundle.mean, bundle.std)
-        emb[i:i + batch] = bundle.encode_images(x, batch).float().cpu()
+        x = normalise(crops[i : i + batch].float(), bundle.mean, bundle.std)
+        emb[i : i + batch] = bundle.encode_images(x, batch).float().cpu()
     nc = scorer.bank.nc
     pred = (emb.to(scorer.device) @ scorer.bank.text[:nc].T).argmax(1).cpu()
     q, d, w = (t.cpu() for t in scorer.score_embeddings(emb.to(scorer.device), cls, valid))
     return {"pred": pred, "d": d, "w": w}
 
 
-def summarise(res_clean: dict, res_deg: dict | None, cls: torch.Tensor, valid: torch.Tensor, levels: list | None) -> dict[str, Any]:
+def summarise(
+    res_clean: dict, res_deg: dict | None, cls: torch.Tensor, valid: torch.Tensor, levels: list | None
+) -> dict[str, Any]:
     """Accuracies and mean d overall and per degradation level (valid objects only)."""
 
     def stats(mask: torch.Tensor) -> dict[str, Any]:
@@ -274,12 +303,15 @@ def summarise(res_clean: dict, res_deg: dict | None, cls: torch.Tensor, valid: t
 
     out = {"all": stats(torch.ones_like(valid))}
     if levels is not None:
-        from clipce_rtdetr.hazy_shapes import HAZE_LEVELS
+        from clipce_rtdetr.data.hazy_shapes import HAZE_LEVELS
 
         order = [n for n, _, _ in HAZE_LEVELS]
         present = [lv for lv in dict.fromkeys(levels) if lv is not None]
         lv_arr = np.array([str(x) for x in levels])
-        out["levels"] = {lv: stats(torch.from_numpy(lv_arr == lv)) for lv in sorted(present, key=lambda x: (order.index(x) if x in order else 99, x))}
+        out["levels"] = {
+            lv: stats(torch.from_numpy(lv_arr == lv))
+            for lv in sorted(present, key=lambda x: (order.index(x) if x in order else 99, x))
+        }
     return out
 
 
@@ -319,8 +351,10 @@ def write_report(stem: Path, report: dict[str, Any]) -> list[Path]:
         "|---|---|---|---|---|",
     ]
     for name, s in (("before training", b["all"]), ("after training", a["all"])):
-        lines.append(f"| {name} | {_fmt(s.get('acc_clean'), True)} | {_fmt(s.get('acc_degraded'), True)} | "
-                     f"{_fmt(s.get('d_clean'))} | {_fmt(s.get('d_degraded'))} |")
+        lines.append(
+            f"| {name} | {_fmt(s.get('acc_clean'), True)} | {_fmt(s.get('acc_degraded'), True)} | "
+            f"{_fmt(s.get('d_clean'))} | {_fmt(s.get('d_degraded'))} |"
+        )
     if "levels" in a:
         lines += [
             "",
@@ -335,8 +369,10 @@ def write_report(stem: Path, report: dict[str, Any]) -> list[Path]:
         ]
         for lv, s in a["levels"].items():
             sb = b["levels"].get(lv, {})
-            lines.append(f"| {lv} | {s['n']} | {_fmt(s.get('d_degraded'))} | {_fmt(s.get('d_clean'))} | {_fmt(s.get('w_degraded'))} | "
-                         f"{_fmt(s.get('acc_degraded'), True)} | {_fmt(s.get('acc_clean'), True)} | {_fmt(sb.get('d_degraded'))} |")
+            lines.append(
+                f"| {lv} | {s['n']} | {_fmt(s.get('d_degraded'))} | {_fmt(s.get('d_clean'))} | {_fmt(s.get('w_degraded'))} | "
+                f"{_fmt(s.get('acc_degraded'), True)} | {_fmt(s.get('acc_clean'), True)} | {_fmt(sb.get('d_degraded'))} |"
+            )
         rising = r.get("d_rises_with_level")
         if rising is not None:
             lines += ["", f"Mean d on degraded crops rises with the level: **{'yes' if rising else 'NO'}**."]
@@ -365,7 +401,9 @@ def write_report(stem: Path, report: dict[str, Any]) -> list[Path]:
     src_b = b.get("levels", {"all": b["all"]})
     x = np.arange(len(groups))
     for ax, key, title in ((axes[1], "d", "mean AME d"), (axes[2], "acc", "zero-shot accuracy")):
-        for k, (lab, dat, suffix) in enumerate((("degraded", src, "_degraded"), ("clean", src, "_clean"), ("degraded, before", src_b, "_degraded"))):
+        for k, (lab, dat, suffix) in enumerate(
+            (("degraded", src, "_degraded"), ("clean", src, "_clean"), ("degraded, before", src_b, "_degraded"))
+        ):
             vals = [dat.get(g, {}).get(key + suffix, np.nan) for g in groups]
             ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=lab, alpha=0.5 if "before" in lab else 1.0)
         ax.set_xticks(x, groups)
@@ -412,24 +450,28 @@ def clip_train(
     from tqdm import tqdm
     from ultralytics.utils import LOGGER
 
-    from clipce_rtdetr.ame import AMEScorer, check_params, normalise
-    from clipce_rtdetr.ame_inspect import load_split_labels
-    from clipce_rtdetr.clip_loader import file_sha256, load_clip, parse_clip_spec
-    from clipce_rtdetr.data import resolve_data
-    from clipce_rtdetr.embedding_cache import source_boxes_xyxy
-    from clipce_rtdetr.hazy_shapes import HAZE_LEVELS
-    from clipce_rtdetr.prompts import build_prompts
+    from clipce_rtdetr.clip.loader import file_sha256, load_clip, parse_clip_spec
+    from clipce_rtdetr.data.dataset import resolve_data
+    from clipce_rtdetr.data.hazy_shapes import HAZE_LEVELS
+    from clipce_rtdetr.eval.ame_inspect import load_split_labels
+    from clipce_rtdetr.method.ame import AMEScorer, check_params, normalise
+    from clipce_rtdetr.method.embedding_cache import source_boxes_xyxy
+    from clipce_rtdetr.method.prompts import build_prompts
 
     # ---- arguments, checked before any work
     out = Path(out).expanduser()
     if out.suffix.lower() != ".safetensors":
-        raise ClipCEError(f"clip-train out={out}: the weights file must end in .safetensors (it is loaded with clip=MODEL:{out}).")
+        raise ClipCEError(
+            f"clip-train out={out}: the weights file must end in .safetensors (it is loaded with clip=MODEL:{out})."
+        )
     stem = Path(report).expanduser() if report else out.with_suffix("")
     stem = stem.with_suffix("") if stem.suffix.lower() in (".json", ".md", ".png") else stem
     targets = [out] + [stem.with_suffix(s) for s in (".json", ".md", ".png")]
     existing = [str(p) for p in targets if p.exists()]
     if existing and not exist_ok:
-        raise ClipCEError(f"clip-train: {', '.join(existing)} already exist(s); pass exist_ok=True to overwrite, or choose another out=.")
+        raise ClipCEError(
+            f"clip-train: {', '.join(existing)} already exist(s); pass exist_ok=True to overwrite, or choose another out=."
+        )
     if int(epochs) < 1 or int(batch) < 1:
         raise ClipCEError(f"clip-train: epochs={epochs} and batch={batch} must be >= 1.")
     if not 0 <= float(fliplr) <= 1:
@@ -478,13 +520,21 @@ def clip_train(
         f"{'both towers' if train_text else 'the image tower'}; crops from {root or 'the images themselves'}"
     )
 
-    crops, cls, valid, img_of = gather_crops(train_src, size, context, "cpu", "train crops", progress, keep=not jitter > 0)
+    crops, cls, valid, img_of = gather_crops(
+        train_src, size, context, "cpu", "train crops", progress, keep=not jitter > 0
+    )
     keep = valid.nonzero().view(-1)
     if len(keep) == 0:
         raise ClipCEError(f"clip-train: no usable ground-truth box (>= 2 px) in the train split of {data_yaml}.")
-    ev_clean, ev_cls, ev_valid, _ = gather_crops(eval_clean, size, context, "cpu", f"{eval_split} clean crops", progress)
+    ev_clean, ev_cls, ev_valid, _ = gather_crops(
+        eval_clean, size, context, "cpu", f"{eval_split} clean crops", progress
+    )
     degraded = root is not None
-    ev_deg = gather_crops(eval_labels, size, context, "cpu", f"{eval_split} degraded crops", progress)[0] if degraded else None
+    ev_deg = (
+        gather_crops(eval_labels, size, context, "cpu", f"{eval_split} degraded crops", progress)[0]
+        if degraded
+        else None
+    )
     levels = object_levels(data_cfg, eval_labels)
 
     def eval_all(b) -> dict[str, Any]:
@@ -526,8 +576,12 @@ def clip_train(
         perm = keep[torch.randperm(len(keep), generator=gen)]
         tot_loss, tot_ok, seen = 0.0, 0, 0
         for i in range(0, len(perm), int(batch)):
-            idx = perm[i:i + int(batch)]
-            x = jittered_crops(decoded, img_of[idx], obj_boxes[idx], size, context, jitter, gen) if jitter > 0 else crops[idx]
+            idx = perm[i : i + int(batch)]
+            x = (
+                jittered_crops(decoded, img_of[idx], obj_boxes[idx], size, context, jitter, gen)
+                if jitter > 0
+                else crops[idx]
+            )
             x = x.to(device).float()
             if fliplr > 0:
                 flip = torch.rand(len(idx), generator=gen) < fliplr
@@ -552,8 +606,14 @@ def clip_train(
             tot_loss += float(loss.detach()) * len(idx)
             tot_ok += int((logits[:, :nc].argmax(1) == y).sum())
             seen += len(idx)
-        history.append({"epoch": epoch + 1, "loss": tot_loss / seen, "acc": tot_ok / seen, "lr": sched.get_last_lr()[0]})
-        bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{tot_ok / seen:.3f}", scale=f"{float(model.logit_scale.detach().exp()):.1f}")
+        history.append(
+            {"epoch": epoch + 1, "loss": tot_loss / seen, "acc": tot_ok / seen, "lr": sched.get_last_lr()[0]}
+        )
+        bar.set_postfix(
+            loss=f"{tot_loss / seen:.3f}",
+            acc=f"{tot_ok / seen:.3f}",
+            scale=f"{float(model.logit_scale.detach().exp()):.1f}",
+        )
     bar.close()
     train_time = time.time() - t0
     model.eval()
@@ -561,12 +621,32 @@ def clip_train(
     # ---- save (atomic), then reload exactly as a user would
     from safetensors.torch import save_file
 
-    recipe = {"clip": clip, "model": model_name, "data": Path(data_yaml).name, "epochs": int(epochs), "batch": int(batch),
-              "lr": lr, "seed": int(seed), "fliplr": float(fliplr), "jitter": float(jitter), "rgb_shuffle": float(rgb_shuffle), "images": str(images or "auto"), "profile": prompts.profile, "templates": prompts.templates,
-              "scene_negatives": prompts.scene_negatives, "context": float(context), "train_text": bool(train_text),
-              "image_size": size, "mean": list(mean), "std": list(std)}
+    recipe = {
+        "clip": clip,
+        "model": model_name,
+        "data": Path(data_yaml).name,
+        "epochs": int(epochs),
+        "batch": int(batch),
+        "lr": lr,
+        "seed": int(seed),
+        "fliplr": float(fliplr),
+        "jitter": float(jitter),
+        "rgb_shuffle": float(rgb_shuffle),
+        "images": str(images or "auto"),
+        "profile": prompts.profile,
+        "templates": prompts.templates,
+        "scene_negatives": prompts.scene_negatives,
+        "context": float(context),
+        "train_text": bool(train_text),
+        "image_size": size,
+        "mean": list(mean),
+        "std": list(std),
+    }
     dtype = torch.float16 if half else torch.float32
-    sd = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous().clone() for k, v in model.state_dict().items()}
+    sd = {
+        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     save_file(sd, str(tmp), metadata={META_KEY: json.dumps(recipe)})
@@ -582,21 +662,48 @@ def clip_train(
     ds = [lv[n]["d_degraded"] for n, _, _ in HAZE_LEVELS if n in lv and "d_degraded" in lv[n]]
     rep = {
         "command": command or f"clip_train(data={data!r}, clip={clip!r}, out={str(out)!r}, epochs={epochs})",
-        "data": data_yaml if data not in (None, "hazy-shapes", "hazy-shapes.yaml") else f"{data or 'hazy-shapes'} ({Path(data_yaml).parent.name})",
-        "classes": names, "clip": clip, "spec": spec, "out": str(out), "start": "random init" if scratch else "pretrained",
-        "trained": "image + text towers" if train_text else "image tower", "params": sum(p.numel() for p in model.parameters()),
-        "image_size": size, "mean": [round(m, 6) for m in mean], "std": [round(s, 6) for s in std],
-        "epochs": int(epochs), "batch": int(batch), "lr": lr, "weight_decay": float(weight_decay), "fliplr": float(fliplr),
-        "jitter": float(jitter), "rgb_shuffle": float(rgb_shuffle), "seed": int(seed),
-        "device": str(device), "train_time_s": round(train_time, 1),
-        "train_images": str(root) if root is not None else "the dataset images", "eval_split": eval_split,
-        "n_train_objects": int(len(keep)), "n_val_objects": int(ev_valid.sum()),
-        "profile": prompts.profile, "templates": prompts.templates, "scene_negatives": prompts.scene_negatives,
-        "ame_context": float(context), "ame_temperature": float(temperature), "ame_alpha": float(alpha), "ame_form": form,
-        "size_bytes": out.stat().st_size, "dtype": str(dtype).replace("torch.", ""), "sha256": file_sha256(out),
+        "data": data_yaml
+        if data not in (None, "hazy-shapes", "hazy-shapes.yaml")
+        else f"{data or 'hazy-shapes'} ({Path(data_yaml).parent.name})",
+        "classes": names,
+        "clip": clip,
+        "spec": spec,
+        "out": str(out),
+        "start": "random init" if scratch else "pretrained",
+        "trained": "image + text towers" if train_text else "image tower",
+        "params": sum(p.numel() for p in model.parameters()),
+        "image_size": size,
+        "mean": [round(m, 6) for m in mean],
+        "std": [round(s, 6) for s in std],
+        "epochs": int(epochs),
+        "batch": int(batch),
+        "lr": lr,
+        "weight_decay": float(weight_decay),
+        "fliplr": float(fliplr),
+        "jitter": float(jitter),
+        "rgb_shuffle": float(rgb_shuffle),
+        "seed": int(seed),
+        "device": str(device),
+        "train_time_s": round(train_time, 1),
+        "train_images": str(root) if root is not None else "the dataset images",
+        "eval_split": eval_split,
+        "n_train_objects": int(len(keep)),
+        "n_val_objects": int(ev_valid.sum()),
+        "profile": prompts.profile,
+        "templates": prompts.templates,
+        "scene_negatives": prompts.scene_negatives,
+        "ame_context": float(context),
+        "ame_temperature": float(temperature),
+        "ame_alpha": float(alpha),
+        "ame_form": form,
+        "size_bytes": out.stat().st_size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "sha256": file_sha256(out),
         "level_bins": [[n, lo, hi if math.isfinite(hi) else "inf"] for n, lo, hi in HAZE_LEVELS],
         "d_rises_with_level": (all(b > a for a, b in zip(ds, ds[1:])) if len(ds) >= 2 else None),
-        "before": before, "after": after, "history": history,
+        "before": before,
+        "after": after,
+        "history": history,
     }
     paths = write_report(stem, rep)
     LOGGER.info(f"clip-train: report {', '.join(str(p) for p in paths)}")
@@ -605,7 +712,9 @@ def clip_train(
     if "acc_degraded" in s:
         msg += f", degraded {_fmt(s.get('acc_degraded'), True)}"
     if lv:
-        msg += "; mean d per level: " + ", ".join(f"{k} {v.get('d_degraded', v.get('d_clean', 0)):.3f}" for k, v in lv.items())
+        msg += "; mean d per level: " + ", ".join(
+            f"{k} {v.get('d_degraded', v.get('d_clean', 0)):.3f}" for k, v in lv.items()
+        )
     LOGGER.info(msg)
     return rep
 
@@ -621,27 +730,58 @@ def run_clip_train(overrides: dict[str, Any]) -> Path:
     overrides = dict(overrides)
     ultra, a = check_overrides(overrides)  # clip-train's own keys and defaults are in cfg/default.yaml
     if not a.get("out"):
-        raise ClipCEError("clip-train needs out=FILE.safetensors, e.g. 'clipce-rtdetr clip-train data=hazy-shapes clip=clipce-tiny epochs=40 out=my-clip.safetensors'.")
+        raise ClipCEError(
+            "clip-train needs out=FILE.safetensors, e.g. 'clipce-rtdetr clip-train data=hazy-shapes clip=clipce-tiny epochs=40 out=my-clip.safetensors'."
+        )
     if "clip" not in overrides:
-        raise ClipCEError("clip-train needs clip=MODEL[:PRETRAINED]: clip=clipce-tiny trains a tiny CLIP from scratch, "
-                          "clip=ViT-B-32:openai fine-tunes pretrained weights.")
+        raise ClipCEError(
+            "clip-train needs clip=MODEL[:PRETRAINED]: clip=clipce-tiny trains a tiny CLIP from scratch, "
+            "clip=ViT-B-32:openai fine-tunes pretrained weights."
+        )
     clip_text = a["clip_text"]
     if clip_text is not None and not isinstance(clip_text, bool):
-        raise ClipCEError(f"'clip_text={clip_text}' must be True or False (empty: True from scratch, False for pretrained weights).")
+        raise ClipCEError(
+            f"'clip_text={clip_text}' must be True or False (empty: True from scratch, False for pretrained weights)."
+        )
     images = a["images"] or "auto"
     dev = ultra.get("device")
     device = select_device(dev if dev is not None else ("0" if torch.cuda.is_available() else "cpu"), verbose=False)
     rep = clip_train(
-        data=ultra.get("data"), clip=str(a["clip"]), out=a["out"],
-        epochs=int(ultra.get("epochs", DEFAULT_EPOCHS)), batch=int(ultra.get("batch", DEFAULT_BATCH)),
-        lr=ultra.get("lr0"), weight_decay=float(ultra.get("weight_decay", DEFAULT_WEIGHT_DECAY)), seed=int(ultra.get("seed", 0)),
-        images=str(images), profile=a["ame_profile"], templates=a["ame_templates"], context=a["ame_context"],
-        temperature=a["ame_temperature"], alpha=a["ame_alpha"], form=a["ame_form"], train_text=clip_text,
-        fliplr=float(ultra.get("fliplr", 0.5)), jitter=float(a["clip_jitter"] or 0.0), rgb_shuffle=float(a["clip_rgb_shuffle"] or 0.0),
-        half=bool(a["clip_fp16"]), device=device, exist_ok=bool(ultra.get("exist_ok", False)), report=a["report"],
+        data=ultra.get("data"),
+        clip=str(a["clip"]),
+        out=a["out"],
+        epochs=int(ultra.get("epochs", DEFAULT_EPOCHS)),
+        batch=int(ultra.get("batch", DEFAULT_BATCH)),
+        lr=ultra.get("lr0"),
+        weight_decay=float(ultra.get("weight_decay", DEFAULT_WEIGHT_DECAY)),
+        seed=int(ultra.get("seed", 0)),
+        images=str(images),
+        profile=a["ame_profile"],
+        templates=a["ame_templates"],
+        context=a["ame_context"],
+        temperature=a["ame_temperature"],
+        alpha=a["ame_alpha"],
+        form=a["ame_form"],
+        train_text=clip_text,
+        fliplr=float(ultra.get("fliplr", 0.5)),
+        jitter=float(a["clip_jitter"] or 0.0),
+        rgb_shuffle=float(a["clip_rgb_shuffle"] or 0.0),
+        half=bool(a["clip_fp16"]),
+        device=device,
+        exist_ok=bool(ultra.get("exist_ok", False)),
+        report=a["report"],
         command="clipce-rtdetr " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name.startswith("clipce") else None,
     )
     return Path(rep["out"])
 
 
-__all__ = ["clip_train", "run_clip_train", "clean_root", "clean_file", "with_clean_images", "gather_crops", "text_classes", "META_KEY"]
+__all__ = [
+    "clip_train",
+    "run_clip_train",
+    "clean_root",
+    "clean_file",
+    "with_clean_images",
+    "gather_crops",
+    "text_classes",
+    "META_KEY",
+]

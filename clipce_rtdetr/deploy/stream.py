@@ -32,9 +32,10 @@ import threading
 import time
 import types
 from collections import deque
-from functools import lru_cache
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -107,7 +108,12 @@ class ResilientStreams(LoadStreams):
     def open_capture(stream: str | int) -> cv2.VideoCapture:
         """Open a source for reconnection; network streams get FFmpeg open/read timeouts so a dead host fails fast."""
         if isinstance(stream, str) and "://" in stream and _has_ffmpeg():
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                STREAM_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                STREAM_TIMEOUT_MS,
+            ]
             return cv2.VideoCapture(stream, cv2.CAP_FFMPEG, params)
         return cv2.VideoCapture(stream)
 
@@ -144,7 +150,9 @@ class ResilientStreams(LoadStreams):
                 self.caps[i] = new
                 self.reconnects[i] = self.reconnects.get(i, 0) + 1
                 self._push(i, im)
-                LOGGER.info(f"Stream {i + 1}/{self.bs} ({name}) reconnected after {k} attempt(s), {time.time() - t0:.1f} s.")
+                LOGGER.info(
+                    f"Stream {i + 1}/{self.bs} ({name}) reconnected after {k} attempt(s), {time.time() - t0:.1f} s."
+                )
                 return new
             if new is not None:
                 new.release()
@@ -176,7 +184,9 @@ class ResilientStreams(LoadStreams):
                 continue
             if not live:  # a file: unreadable from here on, reopening would restart it
                 self.ended_early[i] = (n, f)
-                LOGGER.warning(f"Stream {i + 1}/{self.bs} ({self.sources[i]}) ended early: frame {n} of {f:g} is unreadable.")
+                LOGGER.warning(
+                    f"Stream {i + 1}/{self.bs} ({self.sources[i]}) ended early: frame {n} of {f:g} is unreadable."
+                )
                 return
             cap = self._reconnect(i, stream, cap)
             if cap is None:
@@ -295,7 +305,7 @@ class StreamPredictorMixin:
             self.live.update(self)
 
 
-@lru_cache(maxsize=None)
+@cache
 def stream_predictor_class(base: type) -> type:
     """`StreamPredictorMixin` over `base` (cached: Ultralytics rebuilds the predictor when the class changes)."""
     return types.new_class(f"Stream{base.__name__}", (StreamPredictorMixin, base))
@@ -346,7 +356,9 @@ def ensure_lap() -> None:
     mod.__version__ = "0.0+clipce-fallback"
     mod.lapjv = lapjv
     sys.modules["lap"] = mod
-    LOGGER.warning("Package 'lap' not installed: tracking uses a slower built-in assignment. For speed: pip install 'lap>=0.5.12'")
+    LOGGER.warning(
+        "Package 'lap' not installed: tracking uses a slower built-in assignment. For speed: pip install 'lap>=0.5.12'"
+    )
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -413,7 +425,11 @@ def check_source_list(source: Any) -> None:
 
     Ultralytics reports a missing entry as only "<entry> does not exist"; here the list file and line are named.
     """
-    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() not in (".txt", ".csv") or not Path(source).is_file():
+    if (
+        not isinstance(source, (str, Path))
+        or Path(source).suffix.lower() not in (".txt", ".csv")
+        or not Path(source).is_file()
+    ):
         return
     lst = Path(source)
     lines = lst.read_text(encoding="utf-8-sig", errors="replace").splitlines()
@@ -485,9 +501,11 @@ def _report_end(predictor, source) -> None:
     ClipCEError for a file or folder source that gave no frame at all."""
     ds = getattr(predictor, "dataset", None)
     live = getattr(predictor, "live", None)
-    for path, (read, declared) in (live.videos.items() if live else []):
+    for path, (read, declared) in live.videos.items() if live else []:
         if declared and read < declared:
-            LOGGER.warning(f"Video {path} ended at frame {read} of {declared}: the rest could not be read (truncated or corrupt file?).")
+            LOGGER.warning(
+                f"Video {path} ended at frame {read} of {declared}: the rest could not be read (truncated or corrupt file?)."
+            )
     errors = getattr(ds, "errors", None)
     if errors:
         saved = saved_output(predictor)

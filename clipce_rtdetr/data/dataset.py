@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
+from clipce_rtdetr.data import hazy_shapes
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.paths import DATASETS_DIR
 
-BUILTIN = ("hazy-shapes", "hazy-shapes.yaml")
 IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
 MAX_LISTED = 10
 # Formats PIL cannot verify without plugins: left to Ultralytics.
@@ -24,19 +24,15 @@ NO_VERIFY = {".heic", ".heif", ".pfm"}
 HEIF_SUFFIXES = (".heic", ".heif")  # PIL reads these only with the pi_heif plugin
 
 
-def is_builtin(data) -> bool:
-    """True for the built-in demo dataset: no data, 'hazy-shapes', or datasets/hazy-shapes.yaml."""
-    return data is None or str(data) in BUILTIN or Path(data).resolve() == (DATASETS_DIR / "hazy-shapes.yaml").resolve()
-
-
 def resolve_data(
-    data: str | Path | None, allow_download: bool = False, check_labels: bool = True, splits: tuple[str, ...] = ("train", "val")
+    data: str | Path | None,
+    allow_download: bool = False,
+    check_labels: bool = True,
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> str:
     """Return a dataset YAML path Ultralytics can use, generating hazy-shapes if asked for it."""
-    if is_builtin(data):
-        from clipce_rtdetr.hazy_shapes import generate
-
-        return str(generate())
+    if hazy_shapes.is_builtin(data):
+        return str(hazy_shapes.generate())
     p = Path(data)
     if not p.exists() and (DATASETS_DIR / p.name).exists() and p.parent == Path("."):
         p = DATASETS_DIR / p.name
@@ -66,6 +62,17 @@ def resolve_data(
     if check_labels:
         checked_scan(cfg, p, splits)
     return str(p)
+
+
+def resolve_run_data(kwargs: dict[str, Any], needs_clip: bool, **resolve_kwargs) -> dict[str, Any]:
+    """`kwargs` with data= resolved to a dataset YAML and, when the run scores with CLIP but no clip= is given,
+    clip= set to the dataset's own CLIP if it has one (the built-in demo brings its demo CLIP, since the default
+    clip=ViT-B-32:openai has no weights offline)."""
+    out = dict(kwargs)
+    if needs_clip and "clip" not in kwargs and hazy_shapes.is_builtin(kwargs.get("data")):
+        out["clip"] = hazy_shapes.demo_clip_spec()
+    out["data"] = resolve_data(kwargs.get("data"), **resolve_kwargs)
+    return out
 
 
 def checked_scan(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...]) -> None:
@@ -123,14 +130,22 @@ def check_names(cfg: dict[str, Any], path: Path) -> None:
         try:
             ids = sorted(int(k) for k in names)
         except (TypeError, ValueError):
-            raise ClipCEError(f"Dataset YAML {path}: 'names' keys must be class ids 0, 1, 2, ... (got {list(names)[:6]}).") from None
+            raise ClipCEError(
+                f"Dataset YAML {path}: 'names' keys must be class ids 0, 1, 2, ... (got {list(names)[:6]})."
+            ) from None
         if ids != list(range(len(ids))):
-            raise ClipCEError(f"Dataset YAML {path}: 'names' ids must run 0..{len(ids) - 1} without gaps (got {ids[:10]}); "
-                              "Ultralytics numbers classes by position. Renumber the names and the label files' class ids.")
+            raise ClipCEError(
+                f"Dataset YAML {path}: 'names' ids must run 0..{len(ids) - 1} without gaps (got {ids[:10]}); "
+                "Ultralytics numbers classes by position. Renumber the names and the label files' class ids."
+            )
     elif names is not None and not isinstance(names, list):
-        raise ClipCEError(f"Dataset YAML {path}: 'names' must be a list or an id -> name mapping, not {type(names).__name__}.")
+        raise ClipCEError(
+            f"Dataset YAML {path}: 'names' must be a list or an id -> name mapping, not {type(names).__name__}."
+        )
     if names is not None and "nc" in cfg and cfg["nc"] is not None and int(cfg["nc"]) != len(names):
-        raise ClipCEError(f"Dataset YAML {path}: nc: {cfg['nc']} but {len(names)} names; remove nc: or make them agree.")
+        raise ClipCEError(
+            f"Dataset YAML {path}: nc: {cfg['nc']} but {len(names)} names; remove nc: or make them agree."
+        )
 
 
 def dataset_root(cfg: dict[str, Any], yaml_path: Path) -> Path:
@@ -209,7 +224,11 @@ def check_image_file(img: Path) -> str | None:
     if img.suffix.lower() in NO_VERIFY:
         return None
     why = image_size(img)
-    return f"{img}: not a readable image ({why}). Replace or delete it; Ultralytics skips it." if isinstance(why, str) else None
+    return (
+        f"{img}: not a readable image ({why}). Replace or delete it; Ultralytics skips it."
+        if isinstance(why, str)
+        else None
+    )
 
 
 def image_size(path: Path) -> tuple[int, int] | str:
@@ -220,7 +239,6 @@ def image_size(path: Path) -> tuple[int, int] | str:
     that plugin, so they alone go through the patched open.
     """
     from PIL import Image, UnidentifiedImageError
-
     from ultralytics.data.utils import exif_size
 
     try:
@@ -251,7 +269,9 @@ def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[st
             continue
         loc = f"{where}:{n}"
         if len(parts) != 5 and (len(parts) < 7 or len(parts) % 2 == 0):
-            errors.append(f"{loc}: expected 5 fields 'class x_center y_center width height', got {len(parts)}: '{line.strip()}'")
+            errors.append(
+                f"{loc}: expected 5 fields 'class x_center y_center width height', got {len(parts)}: '{line.strip()}'"
+            )
             continue
         try:
             values = [float(x) for x in parts]
@@ -260,17 +280,23 @@ def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[st
             continue
         c = values[0]
         if c != int(c) or not 0 <= c < nc:
-            errors.append(f"{loc}: class id {parts[0]} out of range; the dataset has {nc} classes (ids 0-{nc - 1}). Fix the id or the YAML's names.")
+            errors.append(
+                f"{loc}: class id {parts[0]} out of range; the dataset has {nc} classes (ids 0-{nc - 1}). Fix the id or the YAML's names."
+            )
         if len(parts) == 5:
             x, y, w, h = values[1:]
             if w <= 0 or h <= 0:
-                errors.append(f"{loc}: box width/height must be > 0, got w={parts[3]} h={parts[4]}. Remove the line or fix the box.")
+                errors.append(
+                    f"{loc}: box width/height must be > 0, got w={parts[3]} h={parts[4]}. Remove the line or fix the box."
+                )
             elif min(x, y) < 0 or max(x, y) > 1 or w > 1.0001 or h > 1.0001:
                 warnings.append(f"{loc}: coordinates outside [0, 1] (labels must be normalised by image width/height)")
     return errors, warnings
 
 
-def scan_labels(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...] = ("train", "val")) -> dict[str, list[str]]:
+def scan_labels(
+    cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...] = ("train", "val")
+) -> dict[str, list[str]]:
     """Scan every image and label file of the given splits.
 
     Returns {'errors', 'warnings', 'empty', 'missing', 'corrupt'}, each a list of messages or paths.
@@ -314,7 +340,9 @@ def report_label_problems(report: dict[str, list[str]], strict: bool = False) ->
     if report["empty"]:
         LOGGER.info(f"{len(report['empty'])} label files are empty; their images are used as background (no objects).")
     if report["missing"]:
-        LOGGER.info(f"{len(report['missing'])} images have no label file; they are used as background. First: {report['missing'][0]}")
+        LOGGER.info(
+            f"{len(report['missing'])} images have no label file; they are used as background. First: {report['missing'][0]}"
+        )
     msgs = []
     if report.get("corrupt"):
         msgs.append(f"{len(report['corrupt'])} images cannot be read and are skipped:{listed(report['corrupt'])}")

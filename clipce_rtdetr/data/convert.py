@@ -33,12 +33,25 @@ from typing import Any
 
 import yaml
 
-from clipce_rtdetr.data import IMG_SUFFIXES, image_size
+from clipce_rtdetr.data.dataset import IMG_SUFFIXES, image_size
 from clipce_rtdetr.errors import ClipCEError
 
 FORMATS = ("voc", "exdark", "coco")
 RTTS_CLASSES = ("person", "bicycle", "car", "motorbike", "bus")
-EXDARK_CLASSES = ("Bicycle", "Boat", "Bottle", "Bus", "Car", "Cat", "Chair", "Cup", "Dog", "Motorbike", "People", "Table")
+EXDARK_CLASSES = (
+    "Bicycle",
+    "Boat",
+    "Bottle",
+    "Bus",
+    "Car",
+    "Cat",
+    "Chair",
+    "Cup",
+    "Dog",
+    "Motorbike",
+    "People",
+    "Table",
+)
 DEFAULT_NAMES = {"voc": RTTS_CLASSES, "exdark": EXDARK_CLASSES}
 SPLITS = ("train", "val", "test")
 EXDARK_SPLIT_CODES = {"1": "train", "2": "val", "3": "test"}
@@ -106,7 +119,9 @@ def _num(text: str | None) -> float:
     if text is None:
         raise ValueError("missing")
     value = float(text.strip())
-    if not math.isfinite(value):  # float() accepts 'nan' and 'inf'; as a box corner they poison labels and the COCO JSON
+    if not math.isfinite(
+        value
+    ):  # float() accepts 'nan' and 'inf'; as a box corner they poison labels and the COCO JSON
         raise ValueError(f"not a finite number: '{text.strip()}'")
     return value
 
@@ -121,7 +136,9 @@ def read_voc(source: Path, report: Report) -> list[Record]:
     """VOC XML (RTTS): every *.xml under source; images from <filename>, JPEGImages/ or by name."""
     xmls = sorted(source.rglob("*.xml"))
     if not xmls:
-        raise ClipCEError(f"No .xml annotation files under {source}. format=voc expects VOC XML (e.g. RTTS/Annotations/*.xml).")
+        raise ClipCEError(
+            f"No .xml annotation files under {source}. format=voc expects VOC XML (e.g. RTTS/Annotations/*.xml)."
+        )
     idx = index_images(source)
     records = []
     for x in xmls:
@@ -151,7 +168,9 @@ def read_voc(source: Path, report: Report) -> list[Record]:
             else:
                 err = "no <bndbox>"
             if not name or box is None:
-                report.add("object without name or numeric bndbox", f"{x} object #{n}", err if box is None else "no <name>")
+                report.add(
+                    "object without name or numeric bndbox", f"{x} object #{n}", err if box is None else "no <name>"
+                )
                 continue
             difficult = (o.findtext("difficult") or "0").strip() in ("1", "true")
             rec.objects.append(Obj(name, box, f"{x} object #{n}", ignore=difficult))
@@ -195,7 +214,7 @@ def read_exdark(source: Path, report: Report) -> list[Record]:
 def split_of_filename(name: str) -> str | None:
     tokens = re.split(r"[^a-z]+", name.lower())
     for s, aliases in (("train", ("train", "trainval")), ("val", ("val", "valid", "validation")), ("test", ("test",))):
-        if any(a in tokens or any(tok.startswith(a) and tok[len(a):].isdigit() for tok in tokens) for a in aliases):
+        if any(a in tokens or any(tok.startswith(a) and tok[len(a) :].isdigit() for tok in tokens) for a in aliases):
             return s
     for s in SPLITS:  # e.g. instances_train2017 -> tokens ['instances', 'train']
         if s in name.lower():
@@ -210,7 +229,9 @@ def read_coco(source: Path, report: Report) -> list[Record]:
     if not files:
         raise ClipCEError(f"No .json annotation files under {source}. format=coco expects COCO instances JSON files.")
     root = source if source.is_dir() else source.parent
-    if source.is_file() and root.name.lower().startswith("ann"):  # dataset/annotations/x.json: images beside annotations/
+    if source.is_file() and root.name.lower().startswith(
+        "ann"
+    ):  # dataset/annotations/x.json: images beside annotations/
         root = root.parent
     idx = index_images(root)
     records = []
@@ -221,7 +242,9 @@ def read_coco(source: Path, report: Report) -> list[Record]:
             raise ClipCEError(f"{jf}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}). Fix or remove the file.") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ClipCEError(f"{jf}: cannot be read ({e}).") from None
-        if not isinstance(d, dict) or not all(isinstance(d.get(k), list) for k in ("images", "annotations", "categories")):
+        if not isinstance(d, dict) or not all(
+            isinstance(d.get(k), list) for k in ("images", "annotations", "categories")
+        ):
             if source.is_dir() and isinstance(d, dict) and "images" not in d:
                 continue  # some other JSON in the folder
             raise ClipCEError(f"{jf}: a COCO file needs 'images', 'annotations' and 'categories' lists.")
@@ -243,7 +266,9 @@ def read_coco(source: Path, report: Report) -> list[Record]:
             cands = [jf.parent / fn, root / fn, root / "images" / fn, jf.parent.parent / "images" / fn]
             if split:
                 cands += [root / split / fn, root / "images" / split / fn]
-            rec = Record(src=find_image(fn, idx, *cands), key=image_key(fn), where=f"{jf} image id {im['id']}", split=split)
+            rec = Record(
+                src=find_image(fn, idx, *cands), key=image_key(fn), where=f"{jf} image id {im['id']}", split=split
+            )
             by_id[im["id"]] = rec
             records.append(rec)
         for n, a in enumerate(d["annotations"]):
@@ -259,7 +284,9 @@ def read_coco(source: Path, report: Report) -> list[Record]:
                 report.add("annotation without a numeric bbox [x, y, w, h]", where, repr(b)[:60])
                 continue
             box = (float(b[0]), float(b[1]), float(b[0] + b[2]), float(b[1] + b[3]))
-            by_id[a["image_id"]].objects.append(Obj(cats[a["category_id"]], box, where, ignore=bool(a.get("iscrowd", 0))))
+            by_id[a["image_id"]].objects.append(
+                Obj(cats[a["category_id"]], box, where, ignore=bool(a.get("iscrowd", 0)))
+            )
     if not records:
         raise ClipCEError(f"No COCO instances file with images under {source}.")
     return records
@@ -269,7 +296,9 @@ READERS = {"voc": read_voc, "exdark": read_exdark, "coco": read_coco}
 
 
 # ----------------------------------------------------------------------------------------- classes
-def class_mapping(fmt: str, names: Any, records: list[Record], categories: list[str] = ()) -> tuple[list[str], dict[str, int | None]]:
+def class_mapping(
+    fmt: str, names: Any, records: list[Record], categories: list[str] = ()
+) -> tuple[list[str], dict[str, int | None]]:
     """Resolve `names=` into (target class names, {source name: target index or None to drop}).
 
     names=None: the format's classes (RTTS's 5 for voc, ExDark's 12) or, for coco, the files' categories.
@@ -296,7 +325,10 @@ def class_mapping(fmt: str, names: Any, records: list[Record], categories: list[
             unknown[src] = count
     if unknown:
         listed = ", ".join(f"'{k}' ({v} objects)" for k, v in sorted(unknown.items(), key=lambda kv: -kv[1]))
-        raise ClipCEError(f"Class names not in the target classes {targets}: {listed}.\n" + unknown_class_hint(list(unknown), targets, names))
+        raise ClipCEError(
+            f"Class names not in the target classes {targets}: {listed}.\n"
+            + unknown_class_hint(list(unknown), targets, names)
+        )
     return targets, result
 
 
@@ -314,7 +346,9 @@ def mapped_targets(mapping: dict[str, str | None], defaults: list[str]) -> list[
         values = mapping.values()
     else:
         values = [mapping.get(d, d) for d in defaults] + list(mapping.values())
-    firsts: dict[str, str] = {}  # lower-cased -> first spelling: 'car' and 'Car' are one class (matched case-insensitively)
+    firsts: dict[
+        str, str
+    ] = {}  # lower-cased -> first spelling: 'car' and 'Car' are one class (matched case-insensitively)
     for v in values:
         if v is not None:
             firsts.setdefault(v.lower(), v)
@@ -325,14 +359,16 @@ def unknown_class_hint(unknown: list[str], targets: list[str], names: Any) -> st
     """How to fix unknown classes without losing the others: drop or map just those (or, for a list, keep only it)."""
     if isinstance(names, (list, tuple)):
         keep = {t: t for t in targets} | {"*": None}
-        return f"Add them to names=[...], or keep only the listed classes and drop the rest with names=\"{keep}\"."
+        return f'Add them to names=[...], or keep only the listed classes and drop the rest with names="{keep}".'
     given = names if isinstance(names, dict) else {}  # the user's own renames stay in the suggestion
     shown = unknown[:2]
-    hint = f"Drop them with names=\"{given | dict.fromkeys(shown)}\""
+    hint = f'Drop them with names="{given | dict.fromkeys(shown)}"'
     if targets:
         lower = {t.lower(): t for t in targets}
-        closest = [lower[m[0]] if (m := difflib.get_close_matches(k.lower(), list(lower), n=1)) else targets[0] for k in shown]
-        hint += f" or count them as one of the target classes, e.g. names=\"{given | dict(zip(shown, closest))}\""
+        closest = [
+            lower[m[0]] if (m := difflib.get_close_matches(k.lower(), list(lower), n=1)) else targets[0] for k in shown
+        ]
+        hint += f' or count them as one of the target classes, e.g. names="{given | dict(zip(shown, closest))}"'
     return hint + "; the other classes stay as they are. Or give the full class list, e.g. names=[...]."
 
 
@@ -341,7 +377,9 @@ def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str
     """{image key (stem): split} from the user's split files, or the ones that ship with the dataset."""
     cand = Path(split) if split and split not in SPLITS else None
     if cand is not None and not cand.exists():
-        raise ClipCEError(f"split={split}: no such file or folder. Pass a split list (ExDark imageclasslist.txt) or a folder with train.txt/val.txt.")
+        raise ClipCEError(
+            f"split={split}: no such file or folder. Pass a split list (ExDark imageclasslist.txt) or a folder with train.txt/val.txt."
+        )
     if fmt == "exdark":
         f = cand if cand and cand.is_file() else next(iter(sorted((cand or source).rglob("imageclasslist*.txt"))), None)
         if f is None:
@@ -352,10 +390,17 @@ def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str
             if len(parts) == 5 and parts[-1] in EXDARK_SPLIT_CODES:
                 out[image_key(parts[0].strip())] = EXDARK_SPLIT_CODES[parts[-1]]
             elif parts and n > 1:
-                raise ClipCEError(f"{f}:{n}: expected 'Name Class Light In/Out Train/Val/Test(1/2/3)', got '{line.strip()}'.")
+                raise ClipCEError(
+                    f"{f}:{n}: expected 'Name Class Light In/Out Train/Val/Test(1/2/3)', got '{line.strip()}'."
+                )
         return out
     folder = cand if cand and cand.is_dir() else (cand.parent if cand else None)
-    folders = [folder] if folder else [p.parent for p in sorted(source.rglob("train.txt"))] + [p.parent for p in sorted(source.rglob("trainval.txt"))]
+    folders = (
+        [folder]
+        if folder
+        else [p.parent for p in sorted(source.rglob("train.txt"))]
+        + [p.parent for p in sorted(source.rglob("trainval.txt"))]
+    )
     for d in folders:
         for names in (("train", "val", "test"), ("trainval", "test", None)):
             files = {s: d / f"{n}.txt" for s, n in zip(("train", "val", "test"), names) if n}
@@ -363,7 +408,9 @@ def read_split_lists(split: str | None, fmt: str, source: Path) -> dict[str, str
                 out = {}
                 for s, f in files.items():
                     if f.is_file():  # one name per line: names may contain spaces
-                        for name in filter(None, (line.strip() for line in f.read_text(encoding="utf-8-sig").splitlines())):
+                        for name in filter(
+                            None, (line.strip() for line in f.read_text(encoding="utf-8-sig").splitlines())
+                        ):
                             out.setdefault(image_key(name), s)
                 return out
     if cand is not None:
@@ -434,12 +481,18 @@ def check_out(source: Path, out: Path) -> None:
     """
     s, o = source.resolve(), out.resolve()
     if o == s or s in o.parents or o in s.parents:
-        raise ClipCEError(f"out={out} overlaps source={source}; the source folder is never written. Choose an out= folder outside it.")
+        raise ClipCEError(
+            f"out={out} overlaps source={source}; the source folder is never written. Choose an out= folder outside it."
+        )
     blocker = next((p for p in (o, *o.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise ClipCEError(f"out={out}: {blocker} is a file, not a folder. Choose a new folder for out= (it is created).")
+        raise ClipCEError(
+            f"out={out}: {blocker} is a file, not a folder. Choose a new folder for out= (it is created)."
+        )
     if o.exists() and any(o.iterdir()) and not (o / MARKER).exists():
-        raise ClipCEError(f"out={out} exists and is not empty; choose a new folder (a folder made by 'convert' is replaced).")
+        raise ClipCEError(
+            f"out={out} exists and is not empty; choose a new folder (a folder made by 'convert' is replaced)."
+        )
 
 
 def clear_out(out: Path) -> None:
@@ -462,14 +515,25 @@ def unique_name(src: Path, used: set[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------------- main
-def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, split: str | None = None,
-            val_fraction: float = 0.2, seed: int = 0, keep_difficult: bool = False, link: bool = True,
-            progress: bool = True) -> Path:
+def convert(
+    fmt: str,
+    source: str | Path,
+    out: str | Path,
+    names: Any = None,
+    split: str | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    keep_difficult: bool = False,
+    link: bool = True,
+    progress: bool = True,
+) -> Path:
     """Convert a VOC/ExDark/COCO dataset into YOLO layout plus COCO JSON; return the dataset YAML path."""
     from tqdm import tqdm
 
     if fmt not in FORMATS:
-        raise ClipCEError(f"format={fmt} is not a convert format. Use format=voc (RTTS), format=exdark or format=coco (RUOD, URPC2020/DUO, COCO).")
+        raise ClipCEError(
+            f"format={fmt} is not a convert format. Use format=voc (RTTS), format=exdark or format=coco (RUOD, URPC2020/DUO, COCO)."
+        )
     source, out = Path(source), Path(out)
     if not source.exists():
         raise ClipCEError(f"source={source} does not exist.")
@@ -498,7 +562,15 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
         if r.src is None:
             report.add("image file missing", r.where, r.key)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as ex:
-        sizes = list(tqdm(ex.map(lambda r: image_size(r.src), found), total=len(found), desc="Checking images", disable=not progress, unit="img"))
+        sizes = list(
+            tqdm(
+                ex.map(lambda r: image_size(r.src), found),
+                total=len(found),
+                desc="Checking images",
+                disable=not progress,
+                unit="img",
+            )
+        )
     good = []
     for r, s in zip(found, sizes):
         if isinstance(s, str):
@@ -507,7 +579,9 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
             r.size = s
             good.append(r)
     if not good:
-        raise ClipCEError(f"No usable images were found in {source}; see the reasons below.\n" + "\n".join(report.details[:MAX_SHOWN]))
+        raise ClipCEError(
+            f"No usable images were found in {source}; see the reasons below.\n" + "\n".join(report.details[:MAX_SHOWN])
+        )
     if split_note.startswith("seeded"):
         assign = seeded_split([r.key for r in good], val_fraction, seed)
         for r in good:
@@ -516,12 +590,17 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
     clear_out(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"format": fmt, "source": str(source.resolve())}))
-    coco = {s: {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(targets)]} for s in SPLITS}
+    coco = {
+        s: {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(targets)]}
+        for s in SPLITS
+    }
     used: dict[str, set[str]] = defaultdict(set)
     per_class: dict[str, Counter] = defaultdict(Counter)
     n_images, n_empty, ann_id = Counter(), Counter(), 0
     seen_src: set[Path] = set()
-    for r in tqdm(sorted(good, key=lambda r: (r.split, str(r.src))), desc=f"Writing {out}", disable=not progress, unit="img"):
+    for r in tqdm(
+        sorted(good, key=lambda r: (r.split, str(r.src))), desc=f"Writing {out}", disable=not progress, unit="img"
+    ):
         if r.src.resolve() in seen_src:
             report.add("image annotated twice (second annotation ignored)", r.where, str(r.src))
             continue
@@ -552,11 +631,23 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
             x1, y1, x2, y2 = box
             ignore = o.ignore and not (keep_difficult and fmt == "voc")
             ann_id += 1
-            coco[r.split]["annotations"].append({
-                "id": ann_id, "image_id": img_id, "category_id": c + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1), "iscrowd": int(ignore)})
+            coco[r.split]["annotations"].append(
+                {
+                    "id": ann_id,
+                    "image_id": img_id,
+                    "category_id": c + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(ignore),
+                }
+            )
             if ignore:
-                report.add("difficult object (left out of labels, ignored by COCO eval)" if fmt == "voc" else "crowd annotation (ignored)", o.where)
+                report.add(
+                    "difficult object (left out of labels, ignored by COCO eval)"
+                    if fmt == "voc"
+                    else "crowd annotation (ignored)",
+                    o.where,
+                )
                 continue
             lines.append(f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
             per_class[r.split][targets[c]] += 1
@@ -569,23 +660,45 @@ def convert(fmt: str, source: str | Path, out: str | Path, names: Any = None, sp
     splits = [s for s in SPLITS if n_images[s]]  # not empty: every usable image was written once
     (out / "annotations").mkdir(exist_ok=True)
     for s in splits:
-        (out / "annotations" / f"instances_{s}.json").write_text(json.dumps(coco[s], ensure_ascii=False), encoding="utf-8")
+        (out / "annotations" / f"instances_{s}.json").write_text(
+            json.dumps(coco[s], ensure_ascii=False), encoding="utf-8"
+        )
     val = "val" if n_images["val"] else "test" if n_images["test"] else "train"  # RUOD/DUO ship train + test only
-    data = {"path": str(out.resolve()), "train": "images/train" if n_images["train"] else f"images/{val}", "val": f"images/{val}"}
+    data = {
+        "path": str(out.resolve()),
+        "train": "images/train" if n_images["train"] else f"images/{val}",
+        "val": f"images/{val}",
+    }
     if n_images["test"]:
         data["test"] = "images/test"
     data["names"] = dict(enumerate(targets))
-    data["coco_annotations"] = {s: f"annotations/instances_{s}.json" for s in splits} | {"val": f"annotations/instances_{val}.json"}
+    data["coco_annotations"] = {s: f"annotations/instances_{s}.json" for s in splits} | {
+        "val": f"annotations/instances_{val}.json"
+    }
     data["converted_from"] = {"format": fmt, "source": str(source.resolve()), "split": split_note}
     yaml_path = out / f"{out.resolve().name}.yaml"  # resolved: out=. would give '.yaml', a hidden file
-    yaml_path.write_text(f"# made by 'clipce-rtdetr convert format={fmt}'\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    yaml_path.write_text(
+        f"# made by 'clipce-rtdetr convert format={fmt}'\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
     warnings = split_warnings(n_images, val)
     summary = format_summary(splits, targets, n_images, n_empty, per_class, report, split_note, warnings)
-    (out / "convert_report.txt").write_text(summary + "\n\nDetails:\n" + "\n".join(report.details) + "\n", encoding="utf-8")
-    (out / "convert_summary.json").write_text(json.dumps({
-        "images": dict(n_images), "images_without_objects": dict(n_empty),
-        "objects": {s: dict(per_class[s]) for s in splits}, "skipped": dict(report.skipped), "split": split_note,
-        "warnings": warnings}, indent=2))
+    (out / "convert_report.txt").write_text(
+        summary + "\n\nDetails:\n" + "\n".join(report.details) + "\n", encoding="utf-8"
+    )
+    (out / "convert_summary.json").write_text(
+        json.dumps(
+            {
+                "images": dict(n_images),
+                "images_without_objects": dict(n_empty),
+                "objects": {s: dict(per_class[s]) for s in splits},
+                "skipped": dict(report.skipped),
+                "split": split_note,
+                "warnings": warnings,
+            },
+            indent=2,
+        )
+    )
     from ultralytics.utils import LOGGER
 
     LOGGER.info(summary + f"\nDataset YAML: {yaml_path}\nEvery skipped or changed item: {out / 'convert_report.txt'}")
@@ -596,22 +709,31 @@ def split_warnings(n_images: Counter, val: str) -> list[str]:
     """What the YAML does with a missing train or val split: it still loads, but the user should know."""
     warnings = []
     if not n_images["train"]:
-        warnings.append(f"No training images: the YAML's train: points at images/{val}, so the dataset is for evaluation "
-                        "(training on it would train on the val images). Check the split files, or use val_fraction < 1.")
+        warnings.append(
+            f"No training images: the YAML's train: points at images/{val}, so the dataset is for evaluation "
+            "(training on it would train on the val images). Check the split files, or use val_fraction < 1."
+        )
     if val == "train":
-        warnings.append("No val or test images: the YAML's val: points at images/train, so validation metrics would be "
-                        "measured on the training images. Use val_fraction above 0, e.g. 0.2 (or split files), for a held-out set.")
+        warnings.append(
+            "No val or test images: the YAML's val: points at images/train, so validation metrics would be "
+            "measured on the training images. Use val_fraction above 0, e.g. 0.2 (or split files), for a held-out set."
+        )
     return warnings
 
 
 def format_summary(splits, targets, n_images, n_empty, per_class, report: Report, split_note: str, warnings=()) -> str:
     w = max([len(t) for t in targets] + [24])
-    rows = [f"{'':{w}} " + " ".join(f"{s:>8}" for s in splits), f"{'images':{w}} " + " ".join(f"{n_images[s]:>8}" for s in splits),
-            f"{'  without objects':{w}} " + " ".join(f"{n_empty[s]:>8}" for s in splits)]
+    rows = [
+        f"{'':{w}} " + " ".join(f"{s:>8}" for s in splits),
+        f"{'images':{w}} " + " ".join(f"{n_images[s]:>8}" for s in splits),
+        f"{'  without objects':{w}} " + " ".join(f"{n_empty[s]:>8}" for s in splits),
+    ]
     rows += [f"{'objects: ' + t:{w}} " + " ".join(f"{per_class[s][t]:>8}" for s in splits) for t in targets]
     text = f"Converted ({split_note}):\n" + "\n".join(rows)
     if report.skipped:
-        text += "\nSkipped or changed:\n" + "\n".join(f"  {n:>7}  {reason}" for reason, n in report.skipped.most_common())
+        text += "\nSkipped or changed:\n" + "\n".join(
+            f"  {n:>7}  {reason}" for reason, n in report.skipped.most_common()
+        )
     if warnings:
         text += "\nWarnings:\n" + "\n".join(f"  {w}" for w in warnings)
     return text
@@ -624,7 +746,17 @@ def run_convert(overrides: dict[str, Any]) -> Path:
     ultra, cfg = check_overrides(overrides)
     missing = [k for k in ("format", "source") if not ultra.get(k)] + ([] if cfg.get("out") else ["out"])
     if missing:
-        raise ClipCEError(f"convert needs {', '.join(f'{k}=' for k in missing)}, e.g. 'clipce-rtdetr convert format=voc source=path/to/RTTS out=path/to/rtts-yolo'.")
-    return convert(str(ultra["format"]), ultra["source"], cfg["out"], names=cfg.get("names"), split=ultra.get("split"),
-                   val_fraction=cfg["val_fraction"], seed=int(ultra.get("seed", 0)), keep_difficult=cfg["keep_difficult"],
-                   link=cfg.get("link", True))
+        raise ClipCEError(
+            f"convert needs {', '.join(f'{k}=' for k in missing)}, e.g. 'clipce-rtdetr convert format=voc source=path/to/RTTS out=path/to/rtts-yolo'."
+        )
+    return convert(
+        str(ultra["format"]),
+        ultra["source"],
+        cfg["out"],
+        names=cfg.get("names"),
+        split=ultra.get("split"),
+        val_fraction=cfg["val_fraction"],
+        seed=int(ultra.get("seed", 0)),
+        keep_difficult=cfg["keep_difficult"],
+        link=cfg.get("link", True),
+    )

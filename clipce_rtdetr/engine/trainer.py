@@ -1,12 +1,12 @@
-"""`ClipCETrainer`: Ultralytics' RT-DETR trainer with the CLIP-CE loss (Ultralytics' custom-trainer pattern).
+"""The detector-independent half of a CLIP-CE trainer (Ultralytics' custom-trainer pattern).
 
 CLIP, the prompt bank and the per-object weight table live on the trainer, outside the detector's
-module tree, so they never reach `state_dict`, EMA or checkpoints. The detector stays a stock
-`RTDETRDetectionModel`; only its `criterion` is a `ClipCEDetectionLoss`, which Ultralytics drops from
-checkpoints (`ema.criterion = None`). So `best.pt` loads in any Ultralytics install.
+module tree, so they never reach `state_dict`, EMA or checkpoints. The detector stays stock; only its
+`criterion` is a CLIP-CE loss, which Ultralytics drops from checkpoints (`ema.criterion = None`). So
+`best.pt` loads in any Ultralytics install.
 
 Per batch the only extra work with `ame_crops=source` is a gather of precomputed weights by object id
-(FAME's confidence adjustment happens inside the loss, on matched queries only).
+(FAME's confidence adjustment happens inside the loss, on matched objects only).
 """
 
 from __future__ import annotations
@@ -16,28 +16,47 @@ from typing import Any
 
 import torch
 import yaml
-from ultralytics.models.rtdetr.train import RTDETRTrainer
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
 from ultralytics.utils.ops import xywh2xyxy
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
-from clipce_rtdetr.clip_loader import require_weights
+from clipce_rtdetr.clip.loader import require_weights
 from clipce_rtdetr.config import check_project_values, project_defaults
-from clipce_rtdetr.loss import ClipCEDetectionLoss
-from clipce_rtdetr.object_ids import as_object_id_dataset, split_object_ids
-from clipce_rtdetr.prompts import load_profile
+from clipce_rtdetr.method.object_ids import as_object_id_dataset, split_object_ids
+from clipce_rtdetr.method.prompts import load_profile
 
 # Attribute on the detector carrying the CLIP-CE keys into checkpoints (a plain dict, which unpickles
 # anywhere), so `resume=True` restores them.
 CKPT_ATTR = "clipce_args"
 # Project keys that shape training (saved in checkpoints, restored on resume); the others belong to other modes.
-TRAIN_KEYS = ("clipce", "clip", "ame_profile", "ame_templates", "ame_context", "ame_temperature", "ame_alpha",
-              "ame_form", "fame_gamma", "clipce_terms", "ame_crops", "prior_a", "ame_batch", "allow_download")
+TRAIN_KEYS = (
+    "clipce",
+    "clip",
+    "ame_profile",
+    "ame_templates",
+    "ame_context",
+    "ame_temperature",
+    "ame_alpha",
+    "ame_form",
+    "fame_gamma",
+    "clipce_terms",
+    "ame_crops",
+    "prior_a",
+    "ame_batch",
+    "allow_download",
+)
 WEIGHT_KEYS = ("clipce/ame_w", "clipce/fame_w", "clipce/frac_w>1.5")
 
 
-class ClipCETrainer(RTDETRTrainer):
-    """RT-DETR trainer whose classification loss is weighted per object by CLIP-CE (METHOD.md)."""
+class ClipCETrainerMixin:
+    """Put in front of a detector's Ultralytics trainer: its classification loss is weighted per object by CLIP-CE.
+
+    The detector adapter supplies `build_criterion()` (its loss class with an `object_weights` attribute).
+    """
+
+    def build_criterion(self):
+        """The detector's CLIP-CE loss (an `object_weights` (N,) attribute, None = stock)."""
+        raise NotImplementedError
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict[str, Any] | None = None, _callbacks=None):
         overrides = dict(overrides or {})
@@ -99,10 +118,7 @@ class ClipCETrainer(RTDETRTrainer):
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
         setattr(model, CKPT_ATTR, dict(self.clipce_args))
         if self.mode != "none":
-            a = self.clipce_args
-            model.criterion = ClipCEDetectionLoss(
-                nc=self.data["nc"], fame=self.mode == "fame", fame_gamma=a["fame_gamma"], terms=a["clipce_terms"]
-            )
+            model.criterion = self.build_criterion()
         return model
 
     @property
@@ -111,9 +127,10 @@ class ClipCETrainer(RTDETRTrainer):
         return self.mode == "prior" or (self.mode in ("ame", "fame") and self.clipce_args["ame_crops"] == "source")
 
     def get_dataset(self):
-        # Ultralytics would run a YAML's `download:` script (Python, via exec) for missing data; only with allow_download.
+        # Ultralytics would run a YAML's `download:` script (Python, via exec) for missing data:
+        # only with allow_download.
         if not self.clipce_args["allow_download"] and str(self.args.data).endswith((".yaml", ".yml")):
-            from clipce_rtdetr.data import resolve_data
+            from clipce_rtdetr.data.dataset import resolve_data
 
             resolve_data(self.args.data, allow_download=False, check_labels=False)
         return super().get_dataset()
@@ -124,8 +141,10 @@ class ClipCETrainer(RTDETRTrainer):
             if getattr(self.args, "augmentations", None):
                 from clipce_rtdetr.errors import ClipCEError
 
-                raise ClipCEError("Custom augmentations= cannot carry CLIP-CE's object ids (Albumentations reshapes the "
-                                  "labels); use ame_crops=batch (scores augmented crops online) or drop augmentations=.")
+                raise ClipCEError(
+                    "Custom augmentations= cannot carry CLIP-CE's object ids (Albumentations reshapes the "
+                    "labels); use ame_crops=batch (scores augmented crops online) or drop augmentations=."
+                )
             as_object_id_dataset(dataset, self.args)
         return dataset
 
@@ -137,7 +156,7 @@ class ClipCETrainer(RTDETRTrainer):
             self._setup_weights()
 
     def _check_prompts(self):
-        from clipce_rtdetr.prompts import build_prompts, load_profile
+        from clipce_rtdetr.method.prompts import build_prompts, load_profile
 
         a = self.clipce_args
         build_prompts(load_profile(a["ame_profile"]), list(self.data["names"].values()), a["ame_templates"])
@@ -148,12 +167,12 @@ class ClipCETrainer(RTDETRTrainer):
         dataset = self.train_loader.dataset
         labels, label_files = dataset.labels, getattr(dataset, "label_files", None)
         if self.mode == "prior":
-            from clipce_rtdetr.embedding_cache import dataset_prior_weights
+            from clipce_rtdetr.method.embedding_cache import dataset_prior_weights
 
             with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves, the others load
                 self._set_weight_table(dataset_prior_weights(labels, label_files, a["prior_a"]))
             return
-        from clipce_rtdetr.embedding_cache import make_scorer, score_dataset
+        from clipce_rtdetr.method.embedding_cache import make_scorer, score_dataset
 
         names = list(self.data["names"].values())
         if a["ame_crops"] == "batch":
@@ -163,8 +182,10 @@ class ClipCETrainer(RTDETRTrainer):
             _, d, w, scorer = score_dataset(labels, label_files, names, a, self.device, progress=RANK in {-1, 0})
         self._set_weight_table(w)
         if RANK in {-1, 0} and len(w):
-            LOGGER.info(f"CLIP-CE: {len(w)} objects scored; mean d={d.mean():.3f}, mean w={w.mean():.3f}, "
-                        f"w>1.5: {(w > 1.5).float().mean():.1%}")
+            LOGGER.info(
+                f"CLIP-CE: {len(w)} objects scored; mean d={d.mean():.3f}, mean w={w.mean():.3f}, "
+                f"w>1.5: {(w > 1.5).float().mean():.1%}"
+            )
         del scorer  # CLIP is not needed again in this mode: free its memory
 
     def _set_weight_table(self, w: torch.Tensor) -> None:
@@ -210,7 +231,11 @@ class ClipCETrainer(RTDETRTrainer):
         """Mean AME (or prior) weight, mean applied (FAME) weight, fraction w > 1.5, over this epoch's objects."""
         s, n = self._wstats, max(self._wstats["n"], 1)
         crit = getattr(unwrap_model(self.model), "criterion", None) if self.model is not None else None
-        applied = float(crit.stats["applied_sum"]) / max(crit.stats["n"], 1) if crit is not None and hasattr(crit, "stats") and crit.stats["n"] else float(s["sum"]) / n
+        applied = (
+            float(crit.stats["applied_sum"]) / max(crit.stats["n"], 1)
+            if crit is not None and hasattr(crit, "stats") and crit.stats["n"]
+            else float(s["sum"]) / n
+        )
         out = {WEIGHT_KEYS[0]: float(s["sum"]) / n, WEIGHT_KEYS[1]: applied, WEIGHT_KEYS[2]: float(s["gt15"]) / n}
         self._reset_weight_stats()
         if crit is not None and hasattr(crit, "reset_stats"):
@@ -228,6 +253,6 @@ class ClipCETrainer(RTDETRTrainer):
     def plot_metrics(self):
         super().plot_metrics()
         if self.mode != "none":
-            from clipce_rtdetr.plots import plot_weight_history
+            from clipce_rtdetr.eval.plots import plot_weight_history
 
             plot_weight_history(self.csv, WEIGHT_KEYS, on_plot=self.on_plot)

@@ -29,7 +29,7 @@ def verified_labels(images: list[Path], nc: int) -> list[dict[str, Any]]:
     labels: a corrupt image or label file is left out, as Ultralytics' validation leaves it out."""
     from ultralytics.data.utils import verify_image_label
 
-    from clipce_rtdetr.data import label_file
+    from clipce_rtdetr.data.dataset import label_file
 
     out = []
     for im in sorted(images, key=str):
@@ -43,15 +43,28 @@ def labels_to_coco(labels: list[dict[str, Any]], names: dict[int, str] | list[st
     """COCO ground truth from Ultralytics-format labels (normalised cx cy w h -> pixel x y w h); ids 1..N,
     categories 1..nc named after the classes."""
     names = dict(enumerate(names)) if isinstance(names, (list, tuple)) else {int(k): v for k, v in names.items()}
-    gt = {"info": {}, "licenses": [], "images": [], "annotations": [],
-          "categories": [{"id": k + 1, "name": v} for k, v in sorted(names.items())]}
+    gt = {
+        "info": {},
+        "licenses": [],
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": k + 1, "name": v} for k, v in sorted(names.items())],
+    }
     for i, lb in enumerate(sorted(labels, key=lambda x: str(x["im_file"])), 1):
         h, w = (int(v) for v in lb["shape"])
         gt["images"].append({"id": i, "file_name": Path(lb["im_file"]).name, "width": w, "height": h})
         for c, (cx, cy, bw, bh) in zip(lb["cls"].reshape(-1), lb["bboxes"].reshape(-1, 4)):
             box = [float((cx - bw / 2) * w), float((cy - bh / 2) * h), float(bw * w), float(bh * h)]
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": int(c) + 1,
-                                      "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": i,
+                    "category_id": int(c) + 1,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
     return gt
 
 
@@ -71,9 +84,11 @@ def category_map(gt: dict[str, Any], names: dict[int, str], class_map: list[int]
     ids = {int(c["id"]) for c in gt.get("categories", []) if "id" in c}
     if ids and ids <= set(class_map):  # no names to match, but the ids are the ones predictions use
         return {i: i for i in class_map}
-    raise ClipCEError(f"The COCO ground truth has no categories named {missing[:5]} (it has {sorted(by_name)[:8]}) and its ids "
-                      f"{sorted(ids)[:8]} are not the model's {class_map[:8]}: predictions cannot be matched to categories. "
-                      "Give the dataset YAML the same class names as the COCO file.")
+    raise ClipCEError(
+        f"The COCO ground truth has no categories named {missing[:5]} (it has {sorted(by_name)[:8]}) and its ids "
+        f"{sorted(ids)[:8]} are not the model's {class_map[:8]}: predictions cannot be matched to categories. "
+        "Give the dataset YAML the same class names as the COCO file."
+    )
 
 
 def map_predictions(preds: list[dict], gt: dict[str, Any], categories: dict[int, int] | None = None) -> list[dict]:
@@ -83,7 +98,9 @@ def map_predictions(preds: list[dict], gt: dict[str, Any], categories: dict[int,
     for im in gt["images"]:
         name = Path(im["file_name"]).name
         if name in by_name:
-            raise ClipCEError(f"Two ground-truth images share the file name '{name}'; predictions cannot be matched by name.")
+            raise ClipCEError(
+                f"Two ground-truth images share the file name '{name}'; predictions cannot be matched by name."
+            )
         by_name[name] = im["id"]
         by_stem[Path(name).stem] = im["id"]
     out, unmatched = [], set()
@@ -94,12 +111,20 @@ def map_predictions(preds: list[dict], gt: dict[str, Any], categories: dict[int,
             unmatched.add(key or p["image_id"])
             continue
         cat = int(p["category_id"])
-        out.append({"image_id": img_id, "category_id": categories.get(cat, cat) if categories else cat,
-                    "bbox": [float(v) for v in p["bbox"]], "score": float(p["score"])})
+        out.append(
+            {
+                "image_id": img_id,
+                "category_id": categories.get(cat, cat) if categories else cat,
+                "bbox": [float(v) for v in p["bbox"]],
+                "score": float(p["score"]),
+            }
+        )
     if unmatched:
         from ultralytics.utils import LOGGER
 
-        LOGGER.warning(f"{len(unmatched)} predicted images are not in the ground truth (e.g. {sorted(map(str, unmatched))[:3]}); their boxes are ignored.")
+        LOGGER.warning(
+            f"{len(unmatched)} predicted images are not in the ground truth (e.g. {sorted(map(str, unmatched))[:3]}); their boxes are ignored."
+        )
     return out
 
 
@@ -116,8 +141,9 @@ def _coco(gt: dict | str | Path):
         return c
 
 
-def evaluate(gt: dict | str | Path, preds: list[dict] | str | Path, img_ids: list[int] | None = None,
-             verbose: bool = True) -> dict[str, float]:
+def evaluate(
+    gt: dict | str | Path, preds: list[dict] | str | Path, img_ids: list[int] | None = None, verbose: bool = True
+) -> dict[str, float]:
     """pycocotools bbox evaluation; prints the standard summary when verbose. Returns {AP, AP50, ...}."""
     from pycocotools.cocoeval import COCOeval
 
@@ -142,7 +168,7 @@ def evaluate(gt: dict | str | Path, preds: list[dict] | str | Path, img_ids: lis
 
 def read_levels(csv_path: Path, images: list[Path], root: Path) -> dict[str, str]:
     """{file name: level} for `images` (one split) from the degradation record of the dataset in `root`."""
-    from clipce_rtdetr.data import read_degradation, relative_to_root
+    from clipce_rtdetr.data.dataset import read_degradation, relative_to_root
 
     rows = read_degradation(csv_path)
     if rows and "level" not in next(iter(rows.values())):
@@ -168,14 +194,24 @@ def per_level(gt: dict[str, Any], preds: list[dict], levels: dict[str, str]) -> 
         ids = set(groups[lv])
         s = evaluate(gt, preds, sorted(ids), verbose=False)
         n_obj = sum(1 for a in gt["annotations"] if a["image_id"] in ids and not a.get("iscrowd"))
-        rows.append({"level": lv, "images": len(ids), "objects": n_obj, "mAP50-95": s["AP"], "mAP50": s["AP50"], "mAP75": s["AP75"]})
+        rows.append(
+            {
+                "level": lv,
+                "images": len(ids),
+                "objects": n_obj,
+                "mAP50-95": s["AP"],
+                "mAP50": s["AP50"],
+                "mAP75": s["AP75"],
+            }
+        )
     return rows
 
 
 def save_per_level(rows: list[dict[str, Any]], save_dir: Path) -> str:
     """Write coco_per_level.json and .png; return the printed table."""
     table = f"{'level':>10} {'images':>7} {'objects':>8} {'mAP50-95':>9} {'mAP50':>7}\n" + "\n".join(
-        f"{r['level']:>10} {r['images']:>7} {r['objects']:>8} {r['mAP50-95']:>9.4f} {r['mAP50']:>7.4f}" for r in rows)
+        f"{r['level']:>10} {r['images']:>7} {r['objects']:>8} {r['mAP50-95']:>9.4f} {r['mAP50']:>7.4f}" for r in rows
+    )
     (save_dir / "coco_per_level.json").write_text(json.dumps(rows, indent=2))
     import matplotlib
 
@@ -197,33 +233,43 @@ def save_per_level(rows: list[dict[str, Any]], save_dir: Path) -> str:
     return table
 
 
-def coco_report(gt: dict[str, Any], preds: list[dict], save_dir: Path, levels: dict[str, str] | None = None) -> dict[str, Any]:
+def coco_report(
+    gt: dict[str, Any], preds: list[dict], save_dir: Path, levels: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Evaluate, print, and keep coco_gt.json, coco_predictions.json, coco_metrics.json (+ per level) in save_dir."""
     from ultralytics.utils import LOGGER
 
     save_dir.mkdir(parents=True, exist_ok=True)
     (save_dir / "coco_gt.json").write_text(json.dumps(gt, ensure_ascii=False))
     (save_dir / "coco_predictions.json").write_text(json.dumps(preds))
-    LOGGER.info(f"\nCOCO evaluation (pycocotools) of {len(gt['images'])} images, ground truth {save_dir / 'coco_gt.json'}:")
+    LOGGER.info(
+        f"\nCOCO evaluation (pycocotools) of {len(gt['images'])} images, ground truth {save_dir / 'coco_gt.json'}:"
+    )
     stats = evaluate(gt, preds)
     result: dict[str, Any] = {"stats": stats}
     if levels:
         rows = per_level(gt, preds, levels)
         result["per_level"] = rows
-        LOGGER.info("COCO mAP per degradation level:\n" + save_per_level(rows, save_dir) + f"\nSaved {save_dir / 'coco_per_level.json'} and .png")
+        LOGGER.info(
+            "COCO mAP per degradation level:\n"
+            + save_per_level(rows, save_dir)
+            + f"\nSaved {save_dir / 'coco_per_level.json'} and .png"
+        )
     (save_dir / "coco_metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 # ----------------------------------------------------------------------------------------- val
-def dataset_gt(data_yaml: str | Path, split: str, labels: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, str] | None]:
+def dataset_gt(
+    data_yaml: str | Path, split: str, labels: list[dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], dict[str, str] | None]:
     """(COCO ground truth, {file name: level} or None) of a dataset split.
 
     `labels`: the validator's own (Ultralytics-format) labels of the images it evaluated; the ground truth then
     covers exactly those images (a corrupt image Ultralytics skipped is not counted as all misses)."""
     from ultralytics.utils import LOGGER
 
-    from clipce_rtdetr.data import dataset_root, image_files, load_data_yaml, split_paths
+    from clipce_rtdetr.data.dataset import dataset_root, image_files, load_data_yaml, split_paths
 
     yaml_path = Path(data_yaml)
     cfg = load_data_yaml(yaml_path)
@@ -232,13 +278,21 @@ def dataset_gt(data_yaml: str | Path, split: str, labels: list[dict[str, Any]] |
     ann = (cfg.get("coco_annotations") or {}).get(split)
     gt = None
     if ann and not (root / ann).is_file():
-        LOGGER.warning(f"COCO ground truth {root / ann} (coco_annotations: {split}) does not exist; building it from the YOLO labels instead.")
+        LOGGER.warning(
+            f"COCO ground truth {root / ann} (coco_annotations: {split}) does not exist; building it from the YOLO labels instead."
+        )
     elif ann:
         try:
             gt = json.loads((root / ann).read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
-            raise ClipCEError(f"COCO ground truth {root / ann} is not valid JSON ({e}); fix it or remove 'coco_annotations' from {yaml_path}.") from None
-        if not isinstance(gt, dict) or not isinstance(gt.get("images"), list) or not isinstance(gt.get("annotations"), list):
+            raise ClipCEError(
+                f"COCO ground truth {root / ann} is not valid JSON ({e}); fix it or remove 'coco_annotations' from {yaml_path}."
+            ) from None
+        if (
+            not isinstance(gt, dict)
+            or not isinstance(gt.get("images"), list)
+            or not isinstance(gt.get("annotations"), list)
+        ):
             raise ClipCEError(f"COCO ground truth {root / ann} needs 'images' and 'annotations' lists.")
         gt.setdefault("info", {})
         gt.setdefault("licenses", [])
@@ -246,8 +300,10 @@ def dataset_gt(data_yaml: str | Path, split: str, labels: list[dict[str, Any]] |
             seen = {Path(lb["im_file"]).name for lb in labels}
             keep = {im["id"] for im in gt["images"] if Path(str(im.get("file_name"))).name in seen}
             if len(keep) < len(gt["images"]):
-                LOGGER.warning(f"{len(gt['images']) - len(keep)} images of {root / ann} were not evaluated (missing, or skipped by "
-                               "Ultralytics as corrupt); COCO metrics leave them out.")
+                LOGGER.warning(
+                    f"{len(gt['images']) - len(keep)} images of {root / ann} were not evaluated (missing, or skipped by "
+                    "Ultralytics as corrupt); COCO metrics leave them out."
+                )
                 gt["images"] = [im for im in gt["images"] if im["id"] in keep]
                 gt["annotations"] = [a for a in gt["annotations"] if a.get("image_id") in keep]
     if gt is None:

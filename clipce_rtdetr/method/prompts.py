@@ -14,9 +14,10 @@ ClipCEError and are raised while building the prompts, before any training start
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -99,7 +100,9 @@ def _str_map(value: Any, key: str, where: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(v, str) and v.strip() for v in value.values()):
-        raise ClipCEError(f"{where}: '{key}' must map dataset class names to prompt names (strings), e.g. {key}: {{motorbike: motorcycle}}.")
+        raise ClipCEError(
+            f"{where}: '{key}' must map dataset class names to prompt names (strings), e.g. {key}: {{motorbike: motorcycle}}."
+        )
     return {str(k): v.strip() for k, v in value.items()}
 
 
@@ -119,7 +122,9 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
     if isinstance(name_or_path, Profile):
         return name_or_path
     if name_or_path is None or not str(name_or_path).strip():
-        raise ClipCEError(f"ame_profile is empty. Available profiles: {', '.join(available_profiles())}, or a path to a YAML file.")
+        raise ClipCEError(
+            f"ame_profile is empty. Available profiles: {', '.join(available_profiles())}, or a path to a YAML file."
+        )
     s = str(name_or_path).strip()
     path = Path(s).expanduser()
     if not path.is_file():
@@ -148,12 +153,21 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
         raise ClipCEError(f"{where}: a prompt profile must be a mapping with keys {', '.join(PROFILE_KEYS)}.")
     unknown = [k for k in data if k not in PROFILE_KEYS]
     if unknown:
-        raise ClipCEError(f"{where}: unknown key(s) {', '.join(map(str, unknown))} in prompt profile. Valid keys: {', '.join(PROFILE_KEYS)}.")
+        raise ClipCEError(
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))} in prompt profile. Valid keys: {', '.join(PROFILE_KEYS)}."
+        )
     templates = check_templates(data.get("templates") or list(DEFAULT_TEMPLATES), where)
     negatives = _str_list(data.get("negatives"), "negatives", where)
     aliases = _str_map(data.get("aliases"), "aliases", where)
     classes = _str_map(data.get("classes"), "classes", where) if data.get("classes") is not None else None
-    return Profile(name=path.stem, path=str(path.resolve()), templates=templates, negatives=negatives, aliases=aliases, classes=classes)
+    return Profile(
+        name=path.stem,
+        path=str(path.resolve()),
+        templates=templates,
+        negatives=negatives,
+        aliases=aliases,
+        classes=classes,
+    )
 
 
 def _class_names(class_names: Mapping[int, str] | Iterable[str]) -> list[str]:
@@ -199,7 +213,23 @@ def build_prompts(
             )
     pnames = [prompt_name(prof, n) for n in names]
     positives = [[t.replace("{}", p) for t in tpl] for p in pnames]
-    return PromptSet(profile=prof.path or prof.name, names=names, prompt_names=pnames, templates=tpl, positives=positives, scene_negatives=list(prof.negatives))
+    return PromptSet(
+        profile=prof.path or prof.name,
+        names=names,
+        prompt_names=pnames,
+        templates=tpl,
+        positives=positives,
+        scene_negatives=list(prof.negatives),
+    )
 
 
-__all__ = ["Profile", "PromptSet", "available_profiles", "build_prompts", "check_templates", "load_profile", "prompt_name", "DEFAULT_TEMPLATES"]
+__all__ = [
+    "Profile",
+    "PromptSet",
+    "available_profiles",
+    "build_prompts",
+    "check_templates",
+    "load_profile",
+    "prompt_name",
+    "DEFAULT_TEMPLATES",
+]

@@ -65,8 +65,9 @@ def rms_contrast(img: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------------ low light
-def apply_lowlight(clean: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0,
-                   noise_seed: int | None = None) -> np.ndarray:
+def apply_lowlight(
+    clean: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0, noise_seed: int | None = None
+) -> np.ndarray:
     """IA-YOLO's low light, I = J ** gamma, plus Poisson-Gaussian sensor noise (METHOD.md §7).
 
     Noise is Gaussian with variance `shot * I + read ** 2` (the usual heteroscedastic approximation of
@@ -115,8 +116,9 @@ def sensor_noise(signal: np.ndarray, shot: float, read: float, seed: int | None)
     return standard_noise(signal.shape, seed) * std
 
 
-def apply_lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0,
-                      noise_seed: int | None = None) -> np.ndarray:
+def apply_lowlight_u8(
+    img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0, noise_seed: int | None = None
+) -> np.ndarray:
     """apply_lowlight for a uint8 image, through 256-entry look-up tables (same values as
     apply_lowlight(img.astype(float32) * float32(1 / 255), ...), several times faster)."""
     levels = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)
@@ -141,7 +143,9 @@ def apply_underwater(clean: np.ndarray, distance: np.ndarray, attenuation, veil)
     """
     j = np.asarray(clean, dtype=np.float32)
     if j.ndim != 3 or j.shape[2] != len(attenuation) or len(veil) != len(attenuation):
-        raise ValueError(f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, got {j.shape}")
+        raise ValueError(
+            f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, got {j.shape}"
+        )
     d = np.asarray(distance, dtype=np.float32)[..., None]
     t = np.exp(-d * np.asarray(attenuation, dtype=np.float32))
     out = j * t
@@ -240,7 +244,9 @@ def apply_haze_u8(img: np.ndarray, depth: np.ndarray, beta: float, airlight) -> 
         return _blend_u8([img], d, [-float(beta)], [float(np.asarray(airlight).reshape(-1)[0])])[0]
     a = np.broadcast_to(np.asarray(airlight, dtype=np.float64).reshape(-1), (img.shape[2],))
     if row_profile(d) is not None and np.all(a == a[0]):  # one pass over the interleaved rows, no split/merge
-        return _blend_u8([np.ascontiguousarray(img).reshape(img.shape[0], -1)], d, [-float(beta)], [float(a[0])])[0].reshape(img.shape)
+        return _blend_u8([np.ascontiguousarray(img).reshape(img.shape[0], -1)], d, [-float(beta)], [float(a[0])])[
+            0
+        ].reshape(img.shape)
     return cv2.merge(_blend_u8(cv2.split(np.ascontiguousarray(img)), d, [-float(beta)] * img.shape[2], list(a)))
 
 
@@ -250,13 +256,18 @@ def apply_underwater_u8(img: np.ndarray, depth: np.ndarray, attenuation, veil, s
     import cv2
 
     if img.ndim != 3 or img.shape[2] != len(attenuation) or len(veil) != len(attenuation):
-        raise ValueError(f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, got {img.shape}")
+        raise ValueError(
+            f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, got {img.shape}"
+        )
     d = np.asarray(depth, dtype=np.float32)
-    return cv2.merge(_blend_u8(cv2.split(np.ascontiguousarray(img)), d, [-float(scale) * float(b) for b in attenuation], list(veil)))
+    return cv2.merge(
+        _blend_u8(cv2.split(np.ascontiguousarray(img)), d, [-float(scale) * float(b) for b in attenuation], list(veil))
+    )
 
 
-def lowlight_u8(img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0,
-                noise_seed: int | None = None) -> np.ndarray:
+def lowlight_u8(
+    img: np.ndarray, gamma: float, shot: float = 0.0, read: float = 0.0, noise_seed: int | None = None
+) -> np.ndarray:
     """apply_lowlight_u8 returned as uint8 (the same noise draws, look-ups by cv2.LUT, one rounding pass)."""
     import cv2
 
