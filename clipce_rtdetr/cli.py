@@ -130,7 +130,7 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
             raise
         return fn(overrides)
 
-    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
+    from clipce_rtdetr.models import load_detector
 
     if mode == "train" and not had_args:
         overrides = {**DEMO_TRAIN, **overrides}
@@ -195,7 +195,7 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
     if mode == "export" and "format" not in overrides:
         overrides["format"] = "onnx"
         LOGGER.warning("'format' argument is missing. Using default 'format=onnx'.")
-    model = ClipCERTDETR(model_arg)
+    model = load_detector(model_arg)
     if mode in ("predict", "track"):
         from clipce_rtdetr.deploy.stream import run_predict
 

@@ -131,9 +131,9 @@ def run_one(
     method: str, seed: int, data: str, model: str, train_kwargs: dict[str, Any], project: Path
 ) -> dict[str, Any]:
     """Train one (method, seed) and evaluate it with COCO metrics per level."""
-    from clipce_rtdetr import ClipCERTDETR
+    from clipce_rtdetr.models import load_detector
 
-    det = ClipCERTDETR(model)
+    det = load_detector(model)
     t0 = time.time()
     det.train(
         data=data,
