@@ -208,3 +208,51 @@ def test_ground_truth_is_what_ultralytics_evaluated(tmp_path, caplog):
     y.write_text(yaml.safe_dump({**cfg, "coco_annotations": {"val": "missing.json"}}))
     gt, _ = dataset_gt(y, "val")
     assert [im["file_name"] for im in gt["images"]] == ["good.png"]
+
+
+class CountedId(int):
+    """An image id that counts how often it is hashed: set/dict work done per id, a measure of the evaluation's
+    complexity that needs no clock."""
+
+    hashes = 0
+
+    def __hash__(self):
+        CountedId.hashes += 1
+        return int.__hash__(self)
+
+
+def synthetic_gt_preds(n_images: int, per_image: int = 2) -> tuple[dict, list[dict]]:
+    """A small COCO ground truth (ids are CountedId) and one near-perfect prediction per object."""
+    gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}], "info": {}, "licenses": []}
+    preds = []
+    for i in range(1, n_images + 1):
+        gt["images"].append({"id": CountedId(i), "file_name": f"{i}.png", "width": 64, "height": 64})
+        for k in range(per_image):
+            box = [4.0 + 20 * k, 4.0, 16.0, 16.0]
+            gt["annotations"].append(
+                {"id": len(gt["annotations"]) + 1, "image_id": CountedId(i), "category_id": 1, "bbox": box}
+            )
+            gt["annotations"][-1].update(area=256.0, iscrowd=0)
+            preds.append({"image_id": CountedId(i), "category_id": 1, "bbox": [box[0] + 1, *box[1:]], "score": 0.9})
+    return gt, preds
+
+
+@pytest.mark.parametrize("by_level", [False, True])
+def test_evaluation_work_grows_linearly_with_the_dataset(by_level):
+    """Issue 13.1: evaluate() built set(image ids) once per prediction (quadratic). Doubling the dataset must
+    about double the id hashing (overall and per level), not quadruple it."""
+    from clipce_rtdetr.eval.coco import per_level
+
+    counts = []
+    for n in (150, 300):
+        gt, preds = synthetic_gt_preds(n)
+        levels = {im["file_name"]: ("light", "medium", "heavy")[im["id"] % 3] for im in gt["images"]}
+        CountedId.hashes = 0
+        if by_level:
+            rows = per_level(gt, preds, levels)
+            assert [r["level"] for r in rows] == ["light", "medium", "heavy"] and sum(r["images"] for r in rows) == n
+            assert all(r["mAP50"] == pytest.approx(1.0) for r in rows)
+        else:
+            assert evaluate(gt, preds, verbose=False)["AP50"] == pytest.approx(1.0)
+        counts.append(CountedId.hashes)
+    assert counts[1] < 2.5 * counts[0], counts  # quadratic gives ~4x

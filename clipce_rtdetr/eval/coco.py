@@ -130,8 +130,11 @@ def map_predictions(preds: list[dict], gt: dict[str, Any], categories: dict[int,
 
 # ----------------------------------------------------------------------------------------- evaluation
 def _coco(gt: dict | str | Path):
+    """A pycocotools COCO object of `gt` (a dict, a JSON file, or a COCO object, which is returned as it is)."""
     from pycocotools.coco import COCO
 
+    if isinstance(gt, COCO):
+        return gt
     with contextlib.redirect_stdout(io.StringIO()):
         if isinstance(gt, (str, Path)):
             return COCO(str(gt))
@@ -141,21 +144,16 @@ def _coco(gt: dict | str | Path):
         return c
 
 
-def evaluate(
-    gt: dict | str | Path, preds: list[dict] | str | Path, img_ids: list[int] | None = None, verbose: bool = True
-) -> dict[str, float]:
-    """pycocotools bbox evaluation; prints the standard summary when verbose. Returns {AP, AP50, ...}."""
+def _load_results(coco_gt, preds: list[dict]):
+    """pycocotools' loadRes of `preds` (already restricted to images of `coco_gt`), quietly."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return coco_gt.loadRes(preds)
+
+
+def _run_cocoeval(coco_gt, coco_dt, ids: list[int], verbose: bool) -> dict[str, float]:
+    """COCOeval evaluate/accumulate/summarize over the images `ids`; {AP, AP50, ...}."""
     from pycocotools.cocoeval import COCOeval
 
-    coco_gt = _coco(gt)
-    if isinstance(preds, (str, Path)):
-        preds = json.loads(Path(preds).read_text())
-    ids = sorted(coco_gt.getImgIds()) if img_ids is None else sorted(img_ids)
-    preds = [p for p in preds if p["image_id"] in set(ids)]
-    if not preds or not coco_gt.getAnnIds(imgIds=ids):
-        return dict.fromkeys(STAT_NAMES, 0.0 if preds or not coco_gt.getAnnIds(imgIds=ids) else 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(preds)
     ev = COCOeval(coco_gt, coco_dt, "bbox")
     ev.params.imgIds = ids
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
@@ -164,6 +162,24 @@ def evaluate(
         ev.accumulate()
         ev.summarize()
     return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+
+
+def evaluate(
+    gt: dict | str | Path, preds: list[dict] | str | Path, img_ids: list[int] | None = None, verbose: bool = True
+) -> dict[str, float]:
+    """pycocotools bbox evaluation; prints the standard summary when verbose. Returns {AP, AP50, ...}.
+
+    Linear in images + predictions: the image ids are one set, built once (a set per prediction made a
+    COCO-val-sized evaluation quadratic, issue 13)."""
+    coco_gt = _coco(gt)
+    if isinstance(preds, (str, Path)):
+        preds = json.loads(Path(preds).read_text())
+    ids = sorted(coco_gt.getImgIds()) if img_ids is None else sorted(img_ids)
+    id_set = set(ids)
+    preds = [p for p in preds if p["image_id"] in id_set]
+    if not preds or not coco_gt.getAnnIds(imgIds=ids):  # nothing to match: pycocotools would fail or give -1
+        return dict.fromkeys(STAT_NAMES, 0.0)
+    return _run_cocoeval(coco_gt, _load_results(coco_gt, preds), ids, verbose)
 
 
 def read_levels(csv_path: Path, images: list[Path], root: Path) -> dict[str, str]:
@@ -181,24 +197,48 @@ def read_levels(csv_path: Path, images: list[Path], root: Path) -> dict[str, str
     return levels
 
 
-def per_level(gt: dict[str, Any], preds: list[dict], levels: dict[str, str]) -> list[dict[str, Any]]:
-    """COCO mAP per degradation level, over the images of each level."""
+def level_groups(gt: dict[str, Any], levels: dict[str, str]) -> dict[str, list[int]]:
+    """{level: ground-truth image ids}, levels in LEVEL_ORDER (then by name)."""
     groups: dict[str, list[int]] = {}
     for im in gt["images"]:
         lv = levels.get(Path(im["file_name"]).name)
         if lv is not None:
             groups.setdefault(lv, []).append(im["id"])
     order = sorted(groups, key=lambda k: (LEVEL_ORDER.index(k) if k in LEVEL_ORDER else len(LEVEL_ORDER), k))
+    return {lv: groups[lv] for lv in order}
+
+
+def per_level(gt: dict[str, Any], preds: list[dict], levels: dict[str, str]) -> list[dict[str, Any]]:
+    """COCO mAP per degradation level, over the images of each level.
+
+    The ground-truth index and the loaded predictions are built once and shared by every level (COCOeval
+    restricted to a level's image ids gives the same numbers as evaluating that level's predictions alone)."""
+    coco_gt = _coco(gt)
+    groups = level_groups(gt, levels)
+    level_of = {i: lv for lv, ids in groups.items() for i in ids}
+    n_obj = dict.fromkeys(groups, 0)
+    for a in gt["annotations"]:
+        lv = level_of.get(a["image_id"])
+        if lv is not None and not a.get("iscrowd"):
+            n_obj[lv] += 1
+    n_preds = dict.fromkeys(groups, 0)
+    for p in preds:
+        lv = level_of.get(p["image_id"])
+        if lv is not None:
+            n_preds[lv] += 1
+    kept = [p for p in preds if p["image_id"] in level_of]
+    coco_dt = _load_results(coco_gt, kept) if kept else None
     rows = []
-    for lv in order:
-        ids = set(groups[lv])
-        s = evaluate(gt, preds, sorted(ids), verbose=False)
-        n_obj = sum(1 for a in gt["annotations"] if a["image_id"] in ids and not a.get("iscrowd"))
+    for lv, ids in groups.items():
+        ids = sorted(ids)
+        has_gt = bool(coco_gt.getAnnIds(imgIds=ids))
+        zero = not n_preds[lv] or not has_gt
+        s = dict.fromkeys(STAT_NAMES, 0.0) if zero else _run_cocoeval(coco_gt, coco_dt, ids, verbose=False)
         rows.append(
             {
                 "level": lv,
                 "images": len(ids),
-                "objects": n_obj,
+                "objects": n_obj[lv],
                 "mAP50-95": s["AP"],
                 "mAP50": s["AP50"],
                 "mAP75": s["AP75"],
