@@ -167,15 +167,18 @@ def main() -> None:
             results["stages_ms"] = stage_breakdown(tmp / "src", files[: a.breakdown], tmp / "stages")
         (out / "degrade_throughput.json").write_text(json.dumps(results, indent=2))
         lines = [
-            f"# degrade throughput ({results['machine']}, {a.n} JPEG images {a.size}, {a.processes} processes, best of {a.repeats})",
+            f"# degrade throughput ({results['machine']}, {a.n} JPEG images {a.size}, {a.processes} processes, "
+            f"best of {a.repeats})",
             "",
             "| loop | images/s | vs bare decode+encode | vs decode+encode+label copy |",
             "|---|---|---|---|",
             f"| bare decode+encode | {results['bare_img_s']:.1f} | 100% | |",
-            f"| decode+encode+label copy | {results['bare_label_img_s']:.1f} | {100 * results['bare_label_img_s'] / results['bare_img_s']:.0f}% | 100% |",
+            f"| decode+encode+label copy | {results['bare_label_img_s']:.1f} | "
+            f"{100 * results['bare_label_img_s'] / results['bare_img_s']:.0f}% | 100% |",
         ]
         lines += [
-            f"| degrade kind={k} (whole command: listing, records, labels) | {results['degrade_img_s'][k]:.1f} | {100 * results['ratio'][k]:.0f}% "
+            f"| degrade kind={k} (whole command: listing, records, labels) | {results['degrade_img_s'][k]:.1f} | "
+            f"{100 * results['ratio'][k]:.0f}% "
             f"| {100 * results['ratio_vs_bare_label'][k]:.0f}% |"
             for k in results["ratio"]
         ]
@@ -189,7 +192,8 @@ def main() -> None:
                 "|---|---|---|---|---|---|---|",
             ]
             lines += [
-                f"| {k} | {v['bare']:.2f} | {v['read']:.2f} | {v['physics']:.2f} | {v['label']:.2f} | {v['write']:.2f} | "
+                f"| {k} | {v['bare']:.2f} | {v['read']:.2f} | {v['physics']:.2f} | {v['label']:.2f} | "
+                f"{v['write']:.2f} | "
                 f"{v['read'] + v['physics'] + v['label'] + v['write']:.2f} |"
                 for k, v in st.items()
             ]

@@ -35,9 +35,13 @@ TINY = str(REPO / "cfg" / "models" / "rtdetr-tiny.yaml")
 MODELS = {"tiny": TINY, "rtdetr-l": "rtdetr-l.yaml"}
 # Default grid: (model, imgsz, batch). rtdetr-l at 640/batch 1 is the deployment reference point.
 DEFAULT_GRID = [
-    ("tiny", 320, 1), ("tiny", 640, 1), ("tiny", 640, 4),
-    ("rtdetr-l", 320, 1), ("rtdetr-l", 640, 1), ("rtdetr-l", 640, 2),
-]  # fmt: skip
+    ("tiny", 320, 1),
+    ("tiny", 640, 1),
+    ("tiny", 640, 4),
+    ("rtdetr-l", 320, 1),
+    ("rtdetr-l", 640, 1),
+    ("rtdetr-l", 640, 2),
+]
 QUICK_GRID = [("tiny", 320, 1), ("tiny", 640, 1)]
 # Cells that also time PyTorch with one thread, as `clipce-rtdetr predict` runs it on CPU (see OneThread).
 ONE_THREAD_CELLS = {("rtdetr-l", 640, 1), ("tiny", 640, 1)}
@@ -94,8 +98,14 @@ def time_interleaved(backends: list, x, iters: int, budget_s: float, warmup: int
     for ts in times:
         t = np.asarray(ts)
         med = float(np.median(t))
-        out.append({"median_ms": round(med, 2), "p95_ms": round(float(np.percentile(t, 95)), 2),
-                    "fps": round(x.shape[0] * 1e3 / med, 2), "iters": len(t)})  # fmt: skip
+        out.append(
+            {
+                "median_ms": round(med, 2),
+                "p95_ms": round(float(np.percentile(t, 95)), 2),
+                "fps": round(x.shape[0] * 1e3 / med, 2),
+                "iters": len(t),
+            }
+        )
     return out
 
 
@@ -188,8 +198,21 @@ def clipce_vs_stock(work: Path, iters: int, budget_s: float, imgsz: int = 320) -
     data = generate(
         work / "hazy-shapes-bench", Recipe(seed=0, n_train=16, n_val=8, size=128, max_objects=3), progress=False
     )
-    common = {"data": str(data), "epochs": 1, "imgsz": 64, "batch": 8, "device": "cpu", "workers": 0, "plots": False,
-              "val": False, "seed": 0, "deterministic": True, "exist_ok": True, "project": str(work / "runs"), "verbose": False}  # fmt: skip
+    common = {
+        "data": str(data),
+        "epochs": 1,
+        "imgsz": 64,
+        "batch": 8,
+        "device": "cpu",
+        "workers": 0,
+        "plots": False,
+        "val": False,
+        "seed": 0,
+        "deterministic": True,
+        "exist_ok": True,
+        "project": str(work / "runs"),
+        "verbose": False,
+    }
     variants = {
         "clipce (fame, clip=clipce-tiny)": {"clipce": "fame", "clip": "clipce-tiny"},
         "stock (clipce=none)": {"clipce": "none"},
@@ -203,8 +226,13 @@ def clipce_vs_stock(work: Path, iters: int, budget_s: float, imgsz: int = 320) -
     lats = time_interleaved(bes, torch.rand(1, 3, imgsz, imgsz), iters, budget_s)
     for (label, f), lat in zip(onnx_files.items(), lats):
         stats = onnx_graph_stats(f)
-        out[label] = {"checkpoint": Path(f).name, "imgsz": imgsz, **{k: stats[k] for k in ("nodes", "initializers")},
-                      "ops": stats["ops"], "onnxruntime_cpu": lat}  # fmt: skip
+        out[label] = {
+            "checkpoint": Path(f).name,
+            "imgsz": imgsz,
+            **{k: stats[k] for k in ("nodes", "initializers")},
+            "ops": stats["ops"],
+            "onnxruntime_cpu": lat,
+        }
         print(
             f"  {label:32s} nodes {stats['nodes']}  median {lat['median_ms']:.1f} ms  p95 {lat['p95_ms']:.1f} ms",
             flush=True,
@@ -220,9 +248,17 @@ def machine() -> dict:
     import torch
     import ultralytics
 
-    info = {"load_avg_start": [round(x, 2) for x in os.getloadavg()], "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "ultralytics": ultralytics.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
+    info = {
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "ultralytics": ultralytics.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -239,7 +275,8 @@ def markdown(res: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), GPU: {m['gpu'] or 'none'}; "
         f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, ultralytics {m['ultralytics']}. {res['date']}.",
         "Random weights (latency does not depend on weight values). Forward pass through Ultralytics' AutoBackend on a "
-        "preprocessed batch; latency per batch, img/s = batch / median. Backends of one row group are timed in alternating "
+        "preprocessed batch; latency per batch, img/s = batch / median. Backends of one row group are timed in "
+        "alternating "
         f"rounds, so they share the machine's load (1/5/15-min load average at start {m['load_avg_start']}, at end "
         f"{m.get('load_avg_end')}; a load above the core count means other processes competed for the CPU).",
         "",
@@ -248,7 +285,8 @@ def markdown(res: dict) -> str:
     ]
     lines.insert(
         5,
-        f"PyTorch rows use {m['torch_threads']} threads; `pytorch-1thread` is PyTorch as `clipce-rtdetr predict` runs it "
+        f"PyTorch rows use {m['torch_threads']} threads; `pytorch-1thread` is PyTorch as `clipce-rtdetr predict` runs "
+        "it "
         "on CPU (Ultralytics sets OMP_NUM_THREADS=1 at import when it is unset). ONNX Runtime uses all cores.",
     )
     lines.insert(6, "")
@@ -263,7 +301,8 @@ def markdown(res: dict) -> str:
         )
         sp = f"{ref / r['median_ms']:.2f}x" if ref else ""
         lines.append(
-            f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['backend']} | {r['device']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | {r['fps']:.2f} | {sp} |"
+            f"| {r['model']} | {r['imgsz']} | {r['batch']} | {r['backend']} | {r['device']} | "
+            f"{r['median_ms']:.1f} | {r['p95_ms']:.1f} | {r['fps']:.2f} | {sp} |"
         )
     eq = res.get("clipce_vs_stock")
     if eq and "error" not in eq:
@@ -275,8 +314,10 @@ def markdown(res: dict) -> str:
             "",
             "| checkpoint | ONNX nodes | initializers | distinct ops | median ms | p95 ms |",
             "|---|---:|---:|---:|---:|---:|",
-            f"| {la} | {a['nodes']} | {a['initializers']} | {len(a['ops'])} | {a['onnxruntime_cpu']['median_ms']:.1f} | {a['onnxruntime_cpu']['p95_ms']:.1f} |",
-            f"| {lb} | {b['nodes']} | {b['initializers']} | {len(b['ops'])} | {b['onnxruntime_cpu']['median_ms']:.1f} | {b['onnxruntime_cpu']['p95_ms']:.1f} |",
+            f"| {la} | {a['nodes']} | {a['initializers']} | {len(a['ops'])} | "
+            f"{a['onnxruntime_cpu']['median_ms']:.1f} | {a['onnxruntime_cpu']['p95_ms']:.1f} |",
+            f"| {lb} | {b['nodes']} | {b['initializers']} | {len(b['ops'])} | "
+            f"{b['onnxruntime_cpu']['median_ms']:.1f} | {b['onnxruntime_cpu']['p95_ms']:.1f} |",
             "",
             f"Same graph (node count, op counts, initializers): **{eq['same_graph']}**; latency ratio CLIP-CE / stock: "
             f"{eq['latency_ratio']:.3f} (1.0 = same; the CLIP-CE loss exists only at training time).",

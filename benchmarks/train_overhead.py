@@ -560,8 +560,11 @@ def write_report(res: dict, out_dir: Path) -> None:
         "",
         f"Model `{s['model']}` (random weights), imgsz {s['imgsz']}, batch {s['batch']}, {s['n_train']} hazy-shapes "
         f"training images ({s['objects']} objects, {s['batches_per_epoch']} iterations per epoch), seed {s['seed']}, "
-        f"{s['epochs']} epochs (the first dropped); the trainings run in lockstep, alternating every iteration in cycles "
-        f"whose order rotates ({' / '.join(s['order'])}, then rotated by one each cycle), each with its own random state; CLIP `{s['clip_model']}` with random "
+        f"{s['epochs']} epochs (the first dropped); the trainings run in lockstep, alternating every iteration in "
+        "cycles "
+        f"whose order rotates ({' / '.join(s['order'])}, then rotated by one each cycle), each with its own random "
+        "state; "
+        f"CLIP `{s['clip_model']}` with random "
         f"weights; device cpu, {s['threads']} torch thread(s) (Ultralytics' CPU default here: cpu_count - 1), "
         f"workers 0, val/plots/save off. Goal: ratio <= {goal} with the cache.",
         "",
@@ -569,11 +572,12 @@ def write_report(res: dict, out_dir: Path) -> None:
         "iteration ratio (paired median) | preprocess ms | criterion ms | data ms | direct ratio | setup s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n, o in cfgs.items():
+    for _n, o in cfgs.items():
         rg = o["epoch_s_range"]
         lines.append(
             f"| {o['label']} | {o['epoch_s_median']:.2f} ({rg[0]:.2f}-{rg[1]:.2f}), {o['epochs_measured']} | "
-            f"{o.get('epoch_ratio', 1.0):.3f} | {', '.join(f'{p:.3f}' for p in o.get('epoch_ratio_per_epoch', [])) or '-'} | "
+            f"{o.get('epoch_ratio', 1.0):.3f} | "
+            f"{', '.join(f'{p:.3f}' for p in o.get('epoch_ratio_per_epoch', [])) or '-'} | "
             f"{o['iter_s_median']:.3f}, {o['iters_measured']} | {o.get('iter_ratio', 1.0):.3f} "
             f"({o.get('iter_ratio_paired_median', 1.0):.3f}) | {o['preprocess_ms_median']:.2f} | "
             f"{o['criterion_ms_median']:.1f} | {o['data_ms_median']:.1f} | {o.get('direct_ratio', 1.0):.4f} | "
@@ -599,14 +603,16 @@ def write_report(res: dict, out_dir: Path) -> None:
         lines += [
             "## Loss alone (micro-benchmark)",
             "",
-            f"Stock `RTDETRDetectionLoss` vs `ClipCEDetectionLoss` (fame, the run's object weights) on the same captured "
+            "Stock `RTDETRDetectionLoss` vs `ClipCEDetectionLoss` (fame, the run's object weights) on the same "
+            "captured "
             f"predictions and targets of one real training iteration ({lm['objects']} objects), forward + backward, "
             f"{lm['reps']} alternating repetitions, {lm['threads']} thread(s):",
             "",
             "| loss | ms, median (IQR) |",
             "|---|---|",
             f"| stock | {lm['stock_ms_median']:.2f} ({lm['stock_ms_iqr'][0]:.2f}-{lm['stock_ms_iqr'][1]:.2f}) |",
-            f"| CLIP-CE fame | {lm['clipce_fame_ms_median']:.2f} ({lm['clipce_fame_ms_iqr'][0]:.2f}-{lm['clipce_fame_ms_iqr'][1]:.2f}) |",
+            f"| CLIP-CE fame | {lm['clipce_fame_ms_median']:.2f} "
+            f"({lm['clipce_fame_ms_iqr'][0]:.2f}-{lm['clipce_fame_ms_iqr'][1]:.2f}) |",
             "",
             f"Extra {lm['extra_ms']:+.2f} ms per iteration. With the measured preprocess difference this gives the "
             f"*micro ratio* (1 + (extra preprocess + extra loss ms) / stock iteration + data ms): "
@@ -632,13 +638,15 @@ def write_report(res: dict, out_dir: Path) -> None:
             "",
             f"`embedding_cache.compute_embeddings` over the training set ({tp['images']} images, {tp['crops']} crops; "
             f"image read, roi_align crops, normalisation, CLIP forward) vs a bare batched CLIP forward "
-            f"(`ClipBundle.encode_images`) on pre-made tensors of the same count; {tp['clip']} at {tp['image_size']} px, "
+            f"(`ClipBundle.encode_images`) on pre-made tensors of the same count; {tp['clip']} at {tp['image_size']} "
+            "px, "
             f"batch {tp['batch_size']}, {tp['threads']} thread(s), median of {tp['repeats']} alternating repeats.",
             "",
             "| loop | crops/s | vs bare forward |",
             "|---|---|---|",
             f"| bare CLIP forward | {tp['bare_forward_crops_per_s']:.1f} | 100% |",
-            f"| cache build (compute_embeddings) | {tp['cache_build_crops_per_s']:.1f} | {tp['cache_build_vs_bare']:.1%} |",
+            f"| cache build (compute_embeddings) | {tp['cache_build_crops_per_s']:.1f} | "
+            f"{tp['cache_build_vs_bare']:.1%} |",
             "",
         ]
     if res.get("notes"):
@@ -649,12 +657,14 @@ def write_report(res: dict, out_dir: Path) -> None:
 def print_table(res: dict) -> None:
     cfgs = res["training"]
     print(
-        "\n  config  epoch_s  epoch_ratio  per_epoch            iter_s  iter_ratio(paired)  pre_ms  crit_ms  data_ms  direct  micro"
+        "\n  config  epoch_s  epoch_ratio  per_epoch            iter_s  iter_ratio(paired)  "
+        "pre_ms  crit_ms  data_ms  direct  micro"
     )
     for n, o in cfgs.items():
         pe = ",".join(f"{p:.3f}" for p in o.get("epoch_ratio_per_epoch", [])) or "-"
         print(
-            f"  {n:6s} {o['epoch_s_median']:8.2f} {o.get('epoch_ratio', 1.0):12.3f}  {pe:20s} {o['iter_s_median']:7.3f} "
+            f"  {n:6s} {o['epoch_s_median']:8.2f} {o.get('epoch_ratio', 1.0):12.3f}  {pe:20s} "
+            f"{o['iter_s_median']:7.3f} "
             f"{o.get('iter_ratio', 1.0):7.3f} ({o.get('iter_ratio_paired_median', 1.0):.3f})   "
             f"{o['preprocess_ms_median']:7.2f} {o['criterion_ms_median']:8.1f} {o['data_ms_median']:8.1f} "
             f"{o.get('direct_ratio', 1.0):7.4f} {o.get('micro_ratio', 1.0):6.4f}"
@@ -804,8 +814,10 @@ def main(argv=None) -> int:
             + ", ".join(
                 f"{n} {'yes' if o.get('same_batches_as_stock') else 'NO'}" for n, o in training.items() if n != "stock"
             )
-            + ". CLIP-CE's training set carries an extra object-id column (object_ids.object_id_class), stock does not.",
-            "Random weights (detector and CLIP): time does not depend on the values; the AME weights are uninformative.",
+            + ". CLIP-CE's training set carries an extra object-id column (object_ids.object_id_class), "
+            "stock does not.",
+            "Random weights (detector and CLIP): time does not depend on the values; the AME weights are "
+            "uninformative.",
         ],
     }
     print_table(res)

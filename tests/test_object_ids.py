@@ -28,7 +28,7 @@ def unique_class_dataset(tmp_path_factory):
     for i in range(N_IMG):
         img = np.full((96, 128, 3), 90, np.uint8)
         lines = []
-        for j in range(PER_IMG):
+        for _j in range(PER_IMG):
             if i == N_IMG - 1:
                 break  # one image without objects
             x1, y1 = rng.integers(0, 80), rng.integers(0, 50)
@@ -83,7 +83,7 @@ def test_ids_survive_augmentation(unique_class_dataset, hyp):
     random.seed(0)  # Ultralytics' augmentations draw from Python's and numpy's global generators
     np.random.seed(0)
     seen, rows = set(), 0
-    for epoch in range(3):
+    for _epoch in range(3):
         for start in range(0, len(ds), 4):
             batch = ds.collate_fn([ds[i] for i in range(start, min(start + 4, len(ds)))])
             ids = split_object_ids(batch)

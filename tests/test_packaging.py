@@ -1,4 +1,4 @@
-"""The wheel: built from what a clean clone holds, it ships cfg/ and datasets/ inside the package and the console script.
+"""The wheel: built from what a clean clone holds, it ships cfg/ and datasets/ in the package and the console script.
 
 The build uses only files git knows about (tracked, or untracked and not ignored), like a fresh clone, so a
 package folder that exists only on the developer's disk (e.g. an empty datasets/) fails here, not on a user's machine.

@@ -51,7 +51,8 @@ def test_templates_override_aliases_and_underscores():
 def test_user_profile_with_classes(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text(
-        "templates: ['a hazy photo of a {}.']\nnegatives: ['a photo of smoke.']\nclasses:\n  car: automobile\n  bus: bus\n"
+        "templates: ['a hazy photo of a {}.']\nnegatives: ['a photo of smoke.']\n"
+        "classes:\n  car: automobile\n  bus: bus\n"
     )
     ps = build_prompts(str(f), ["car", "bus"])
     assert ps.positives == [["a hazy photo of a automobile."], ["a hazy photo of a bus."]]

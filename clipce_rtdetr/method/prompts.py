@@ -101,7 +101,8 @@ def _str_map(value: Any, key: str, where: str) -> dict[str, str]:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(v, str) and v.strip() for v in value.values()):
         raise ClipCEError(
-            f"{where}: '{key}' must map dataset class names to prompt names (strings), e.g. {key}: {{motorbike: motorcycle}}."
+            f"{where}: '{key}' must map dataset class names to prompt names (strings), "
+            f"e.g. {key}: {{motorbike: motorcycle}}."
         )
     return {str(k): v.strip() for k, v in value.items()}
 
@@ -112,7 +113,8 @@ def check_templates(templates: Sequence[str], where: str = "ame_templates") -> l
     for t in templates:
         if t.count("{}") != 1:
             raise ClipCEError(
-                f"{where}: prompt template {t!r} must contain exactly one '{{}}' for the class name, e.g. 'a photo of a {{}}.'."
+                f"{where}: prompt template {t!r} must contain exactly one '{{}}' for the class name, "
+                "e.g. 'a photo of a {}.'."
             )
     return templates
 
@@ -154,7 +156,8 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
     unknown = [k for k in data if k not in PROFILE_KEYS]
     if unknown:
         raise ClipCEError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))} in prompt profile. Valid keys: {', '.join(PROFILE_KEYS)}."
+            f"{where}: unknown key(s) {', '.join(map(str, unknown))} in prompt profile. Valid keys: "
+            f"{', '.join(PROFILE_KEYS)}."
         )
     templates = check_templates(data.get("templates") or list(DEFAULT_TEMPLATES), where)
     negatives = _str_list(data.get("negatives"), "negatives", where)
