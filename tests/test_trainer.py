@@ -263,7 +263,7 @@ def test_bad_settings_rejected_before_training(tiny_hazy_shapes, tiny_clip, tmp_
 
 
 def test_ddp_launch_carries_clipce_keys(tiny_hazy_shapes, tiny_clip, monkeypatch):
-    """Ultralytics re-launches DDP workers from vars(trainer.args): the CLIP-CE keys must be there then, and only then."""
+    """Ultralytics re-launches DDP workers from vars(trainer.args): the CLIP-CE keys must be there then, only then."""
     import ultralytics.engine.trainer as ut
 
     from clipce_rtdetr.models.rtdetr.train import ClipCETrainer
@@ -352,3 +352,48 @@ def test_object_without_id_keeps_weight_one():
     trainer._set_weight_table(torch.tensor([2.0, 3.0]))
     assert trainer.object_weights(torch.tensor([1, -1, 0])).tolist() == [3.0, 1.0, 2.0]
     assert trainer.weight_table.tolist() == [2.0, 3.0]  # what ablation plots: no padding slot
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        lambda d: d["embeddings"].__setitem__(0, float("nan")),
+        lambda d: d["embeddings"].__setitem__(-1, float("inf")),
+        lambda d: d.__setitem__("embeddings", d["embeddings"][:-1]),  # one object short: another dataset's numbers
+    ],
+    ids=["nan", "inf", "count"],
+)
+def test_corrupt_cache_numbers_are_rebuilt(tiny_hazy_shapes, tmp_path, caplog, poison):
+    """An intact zip holding NaN/inf or the wrong count (issue 11.2) is rebuilt with a warning, never reused."""
+    from clipce_rtdetr.method import embedding_cache as ec
+
+    labels, _ = _labels(tiny_hazy_shapes)
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    files = [str(tmp_path / "labels" / "train" / "a.txt")]
+    b = _FakeBundle()
+    good = ec.dataset_embeddings(labels, files, b, 0.1, progress=False)
+    path = ec.cache_path_for(
+        files, ec.cache_key(b.fingerprint, 0.1, b.image_size, b.mean, b.std, ec.labels_hash(labels))
+    )
+    data = torch.load(path, weights_only=True)
+    poison(data)
+    torch.save(data, path)
+    calls = b.calls
+    again = ec.dataset_embeddings(labels, files, b, 0.1, progress=False)
+    assert b.calls > calls and torch.equal(again["embeddings"], good["embeddings"])
+    assert any("corrupt" in r.message for r in caplog.records)
+    assert torch.equal(torch.load(path, weights_only=True)["embeddings"], good["embeddings"])  # the file is mended
+
+
+def test_corrupt_prior_cache_is_rebuilt(tiny_hazy_shapes, tmp_path):
+    from clipce_rtdetr.method import embedding_cache as ec
+
+    labels, _ = _labels(tiny_hazy_shapes)
+    (tmp_path / "labels" / "train").mkdir(parents=True)
+    files = [str(tmp_path / "labels" / "train" / "a.txt")]
+    good = ec.dataset_prior_weights(labels, files, 1.5, progress=False)
+    (path,) = (tmp_path / "labels").glob("train.clipce-*.pt")
+    data = torch.load(path, weights_only=True)
+    data["weights"][1] = float("nan")
+    torch.save(data, path)
+    assert torch.equal(ec.dataset_prior_weights(labels, files, 1.5, progress=False), good)

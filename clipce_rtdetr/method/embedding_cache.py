@@ -1,9 +1,10 @@
 """Per-object CLIP embeddings of a dataset's source-image crops, computed once and cached on disk.
 
-The cache sits beside Ultralytics' label cache (`labels/train.cache` -> `labels/train.clipce-<key>.pt`)
-and is keyed by the CLIP fingerprint (model + weights checksum), the crop settings and a hash of the
-labels themselves, so a second run reuses it and a changed dataset or CLIP rebuilds it. A corrupt or
-truncated file is rebuilt with a warning. The few most recently used caches per label folder are kept
+The cache sits beside Ultralytics' label cache (`labels/train.cache` -> `labels/train.clipce-<key>.pt`), or
+under `$CLIPCE_HOME/caches/` when the label folder cannot be written, and is keyed by the CLIP fingerprint
+(model + weights checksum), the crop settings and a hash of the labels themselves, so a second run reuses it
+and a changed dataset or CLIP rebuilds it. A corrupt or truncated file, or one whose numbers are not finite or
+do not fit the labels, is rebuilt with a warning. The few most recently used caches per label folder are kept
 (KEEP_CACHES); older ones are deleted when a new one is written.
 """
 
@@ -119,6 +120,17 @@ def cache_path_for(label_files: list[str], key: str) -> Path:
     return parent.with_name(f"{parent.name}.clipce-{key[:12]}.pt")
 
 
+def fallback_cache_path(path: Path) -> Path:
+    """Where a cache goes when its label folder cannot be written (read-only dataset mounts are the norm on
+    clusters): `$CLIPCE_HOME/caches/<folder>-<hash of the folder's absolute path>/<same file name>`, so each label
+    folder keeps its own caches (and its own pruning), keyed exactly as beside the labels."""
+    from clipce_rtdetr.paths import home
+
+    folder = path.parent.resolve()
+    tag = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    return home() / "caches" / f"{folder.name}-{tag}" / path.name
+
+
 def spec_key(spec: dict) -> str:
     return hashlib.sha256(json.dumps({"v": CACHE_VERSION, **spec}, sort_keys=True).encode()).hexdigest()
 
@@ -166,30 +178,108 @@ def prune_caches(path: Path, keep: int | None = None) -> list[Path]:
     return gone
 
 
-def load_or_build(label_files: list[str] | None, key: str, build: Callable[[], dict]) -> dict:
-    """Load the cache dict for `key` beside the labels if valid, else build it and try to save it (atomically)."""
-    path = cache_path_for(label_files, key) if label_files else None
-    if path is not None and path.exists():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            if data.get("key") == key:
-                LOGGER.info(f"CLIP-CE: reusing embedding cache {path}")
-                _touch(path)
-                return data
-            LOGGER.info(f"CLIP-CE: embedding cache {path} is for other settings; rebuilding.")
-        except Exception as e:  # truncated/corrupt file
-            LOGGER.warning(f"CLIP-CE: embedding cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it.")
-    data = {**build(), "key": key}
-    if path is not None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several writers (DDP nodes) never share one
-        try:
-            torch.save(data, tmp)
-            tmp.replace(path)
-            LOGGER.info(f"CLIP-CE: embedding cache saved to {path}")
-            prune_caches(path)
-        except OSError as e:
-            LOGGER.warning(f"CLIP-CE: cannot write embedding cache {path} ({e}); it stays in memory for this run.")
+def _load_valid(path: Path, key: str, check: Callable[[dict], str | None] | None) -> dict | None:
+    """The cache at `path` if it is for `key` and its contents pass `check`; None (with the reason logged) if not."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated/corrupt file
+        LOGGER.warning(f"CLIP-CE: cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it.")
+        return None
+    if not isinstance(data, dict) or data.get("key") != key:
+        LOGGER.info(f"CLIP-CE: cache {path} is for other settings; rebuilding.")
+        return None
+    problem = check(data) if check is not None else None
+    if problem:  # e.g. NaN/inf written into an intact zip: reusing it would turn the loss NaN
+        LOGGER.warning(f"CLIP-CE: cache {path} is corrupt ({problem}); rebuilding it.")
+        return None
+    LOGGER.info(f"CLIP-CE: reusing cache {path}")
+    _touch(path)
     return data
+
+
+def _save(data: dict, path: Path) -> None:
+    """Write atomically: a private temporary file, then a rename (several writers never share one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(data, tmp)
+        tmp.replace(path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def load_or_build(
+    label_files: list[str] | None,
+    key: str,
+    build: Callable[[], dict],
+    check: Callable[[dict], str | None] | None = None,
+) -> dict:
+    """Load the cache dict for `key` (beside the labels, else under $CLIPCE_HOME) if it is valid, else build it and
+    save it beside the labels or, where they cannot be written, under $CLIPCE_HOME (`fallback_cache_path`).
+
+    `check(data)` returns what is wrong with a loaded cache's contents (None: nothing); a cache that fails it is
+    rebuilt with a warning."""
+    path = cache_path_for(label_files, key) if label_files else None
+    if path is None:
+        return {**build(), "key": key}
+    fallback = fallback_cache_path(path)
+    for candidate in (path, fallback):
+        if candidate.exists():
+            data = _load_valid(candidate, key, check)
+            if data is not None:
+                return data
+    data = {**build(), "key": key}
+    problem = check(data) if check is not None else None
+    if problem:
+        from clipce_rtdetr.errors import ClipCEError
+
+        raise ClipCEError(f"CLIP-CE: the freshly built cache for {path.parent} is invalid ({problem}); not saved.")
+    try:
+        _save(data, path)
+        LOGGER.info(f"CLIP-CE: cache saved to {path}")
+        prune_caches(path)
+        return data
+    except Exception as e:  # OSError, or RuntimeError from torch.save's writer on a read-only filesystem
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    try:
+        _save(data, fallback)
+        LOGGER.warning(
+            f"CLIP-CE: cannot write beside the labels ({path.parent}: {reason}); "
+            f"cache saved under $CLIPCE_HOME instead: {fallback}"
+        )
+        prune_caches(fallback)
+    except Exception as e:
+        LOGGER.warning(
+            f"CLIP-CE: cannot write the cache beside the labels ({reason}) nor to {fallback} "
+            f"({type(e).__name__}: {e}); it stays in memory for this run."
+        )
+    return data
+
+
+def embeddings_problem(data: dict, n_objects: int) -> str | None:
+    """What is wrong with a loaded embedding cache for a dataset of `n_objects` objects (None: nothing)."""
+    emb, valid = data.get("embeddings"), data.get("valid")
+    if not isinstance(emb, torch.Tensor) or not isinstance(valid, torch.Tensor):
+        return "missing embeddings or valid mask"
+    if emb.ndim != 2 or emb.shape[0] != n_objects or valid.shape != (n_objects,) or valid.dtype != torch.bool:
+        return f"shapes {tuple(emb.shape)} / {tuple(valid.shape)} do not fit {n_objects} objects"
+    if n_objects and not bool(torch.isfinite(emb[valid]).all()):
+        return "non-finite embeddings"
+    return None
+
+
+def weights_problem(data: dict, n_objects: int) -> str | None:
+    """What is wrong with a loaded prior-weight cache for `n_objects` objects (None: nothing)."""
+    w = data.get("weights")
+    if not isinstance(w, torch.Tensor) or w.shape != (n_objects,):
+        return f"weights of shape {None if w is None else tuple(w.shape)} do not fit {n_objects} objects"
+    if n_objects and not bool((torch.isfinite(w) & (w > 0)).all()):
+        return "non-finite or non-positive weights"
+    return None
 
 
 def dataset_embeddings(
@@ -208,7 +298,8 @@ def dataset_embeddings(
         emb, valid = compute_embeddings(labels, bundle, context, batch_size, device, progress)
         return {"embeddings": emb, "valid": valid}
 
-    return load_or_build(label_files, key, build)
+    n_objects = sum(len(lb["cls"]) for lb in labels)
+    return load_or_build(label_files, key, build, lambda data: embeddings_problem(data, n_objects))
 
 
 def dataset_prior_weights(
@@ -229,7 +320,8 @@ def dataset_prior_weights(
                 out.append(torch.from_numpy(prior.prior_weights(im, source_boxes_xyxy(lb, im.shape[:2]), a)))
         return {"weights": torch.cat(out).float() if out else torch.zeros(0)}
 
-    return load_or_build(label_files, key, build)["weights"]
+    n_objects = sum(len(lb["cls"]) for lb in labels)
+    return load_or_build(label_files, key, build, lambda data: weights_problem(data, n_objects))["weights"]
 
 
 def object_classes(labels: list[dict]) -> torch.Tensor:
