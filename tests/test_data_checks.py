@@ -60,9 +60,11 @@ def test_every_bad_line_is_reported():
     assert [e.split(": ")[0] for e in errors] == ["f.txt:1", "f.txt:2", "f.txt:3"]
 
 
-def test_coordinates_outside_unit_square_warn():
+def test_coordinates_outside_unit_square_drop_the_image():
+    """Ultralytics drops an image with a coordinate above 1.01 (pixel labels): an error saying so, not a warning."""
     errors, warnings = check_label_text("0 320 240 50 40\n", nc=5, where="f.txt")
-    assert errors == [] and len(warnings) == 1 and warnings[0].startswith("f.txt:1:") and "normalised" in warnings[0]
+    assert warnings == [] and len(errors) == 1 and errors[0].startswith("f.txt:1:") and "normalised" in errors[0]
+    assert "skips the whole image" in errors[0]
 
 
 def test_polygon_lines_are_accepted():

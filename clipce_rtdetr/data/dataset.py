@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from clipce_rtdetr.data import hazy_shapes
@@ -178,13 +179,46 @@ def class_count(cfg: dict[str, Any]) -> int:
 
 
 def image_files(src: Path) -> list[Path]:
+    """The images of one split entry as Ultralytics lists them: a folder walked recursively (linked folders followed,
+    hidden names skipped, as its glob does; a link loop is an error), a list file, or one image."""
     if src.is_dir():
-        return sorted(p for p in src.rglob("*") if p.suffix.lower() in IMG_SUFFIXES)
+        return [p for p in walk_files(src) if p.suffix.lower() in IMG_SUFFIXES]
     if src.suffix == ".txt":  # list file, paths relative to its parent
-        lines = [x.strip() for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
+        lines = [x.strip() for x in src.read_text(encoding="utf-8-sig").splitlines() if x.strip()]
         # normpath, not resolve(): a linked image (convert links by default) keeps its place in the dataset tree
         return [Path(os.path.normpath(src.parent / x)) if not Path(x).is_absolute() else Path(x) for x in lines]
     return [src]
+
+
+def walk_files(root: Path, hidden: bool = False) -> list[Path]:
+    """Every file under `root`, sorted, following linked folders (as Ultralytics' and glob's '**' do) but refusing a
+    link that leads back into a folder above it: glob would list every image again under loop/loop/... (about 40
+    levels, until the OS gives up) and train on those copies as label-less background images."""
+    files: list[Path] = []
+    stack = [(Path(root), (os.path.realpath(root),))]
+    while stack:
+        folder, above = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            raise ClipCEError(f"{folder}: cannot be listed ({e.strerror or e}).") from None
+        for e in entries:
+            if e.name.startswith(".") and not hidden:
+                continue
+            path = folder / e.name
+            if not e.is_dir():  # follows links: a link to a file counts as the file, a broken link as nothing
+                if e.is_file():
+                    files.append(path)
+                continue
+            real = os.path.realpath(path)
+            if any(a == real or a.startswith(real.rstrip(os.sep) + os.sep) for a in above):
+                raise ClipCEError(
+                    f"{path} is a symbolic link to {real}, a folder that contains it: the folder is a loop, and "
+                    "Ultralytics would list every image again under each repetition (as background images without "
+                    "labels). Remove the link, or point it outside the dataset folder it is in."
+                )
+            stack.append((path, (*above, real)))
+    return sorted(files, key=str)
 
 
 def relative_to_root(im: str | Path, root: str | Path) -> str | None:
@@ -260,9 +294,60 @@ def image_size(path: Path) -> tuple[int, int] | str:
     return size
 
 
-def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[str]]:
-    """Check the lines of one YOLO label file. Returns (errors, warnings), each naming file:line."""
+SKIPS = "Ultralytics skips the whole image"
+COORD_TOLERANCE = 0.01  # Ultralytics' verify_image_label accepts coordinates up to 1.01 and down to -0.01
+
+
+def parse_label_line(parts: list[str]) -> np.ndarray | str:
+    """The numbers of one label line as Ultralytics reads them (float32: 'nan', 'inf' and 1e39 parse, to non-finite
+    values), or why they cannot be read."""
+    try:
+        with np.errstate(over="ignore"):
+            values = np.array(parts, dtype=np.float32)
+    except ValueError:
+        return "non-numeric field"
+    if not np.isfinite(values).all():
+        bad = next(p for p, v in zip(parts, values) if not np.isfinite(v))
+        return f"'{bad}' is not a finite number"
+    return values
+
+
+def check_label_line(values: np.ndarray, parts: list[str], nc: int, loc: str) -> tuple[list[str], list[str]]:
+    """One parsed line (5 fields, or a polygon, checked as the box around it as Ultralytics does) against
+    verify_image_label's rules: (errors, warnings)."""
     errors, warnings = [], []
+    c = values[0]
+    if c != int(c) or not 0 <= c < nc:
+        errors.append(
+            f"{loc}: class id {parts[0]} out of range; the dataset has {nc} classes (ids 0-{nc - 1}). "
+            f"Fix the id or the YAML's names ({SKIPS})."
+        )
+    if len(parts) == 5:
+        box = values[1:]
+    else:  # ultralytics.utils.ops.segments2boxes: the polygon's box as x_center y_center width height
+        xy = values[1:].reshape(-1, 2)
+        lo, hi = xy.min(0), xy.max(0)
+        box = np.concatenate([(lo + hi) / 2, hi - lo])
+    if box.max() > 1 + COORD_TOLERANCE:
+        errors.append(f"{loc}: coordinates outside [0, 1] (labels must be normalised by image width/height; {SKIPS})")
+    if box[2] <= 0 or box[3] <= 0:
+        why = SKIPS if min(box[2], box[3]) < 0 or box.min() < -COORD_TOLERANCE else "Ultralytics keeps a degenerate box"
+        errors.append(
+            f"{loc}: box width/height must be > 0, got w={parts[3]} h={parts[4]}. "
+            f"Remove the line or fix the box ({why})."
+        )
+    elif box.min() < -COORD_TOLERANCE:
+        errors.append(f"{loc}: negative value in '{' '.join(parts)}' ({SKIPS})")
+    elif box.min() < 0:
+        warnings.append(f"{loc}: slightly negative coordinate (within Ultralytics' tolerance of -0.01: kept)")
+    return errors, warnings
+
+
+def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[str]]:
+    """Check the lines of one YOLO label file (its text read as UTF-8 with or without a byte-order mark, as
+    Ultralytics reads it). Returns (errors, warnings), each naming file:line; an error that makes Ultralytics drop
+    the whole image says so."""
+    errors, warnings, kinds = [], [], set()
     for n, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -270,27 +355,23 @@ def check_label_text(text: str, nc: int, where: str) -> tuple[list[str], list[st
         loc = f"{where}:{n}"
         if len(parts) != 5 and (len(parts) < 7 or len(parts) % 2 == 0):
             errors.append(
-                f"{loc}: expected 5 fields 'class x_center y_center width height', got {len(parts)}: '{line.strip()}'"
+                f"{loc}: expected 5 fields 'class x_center y_center width height', got {len(parts)}: "
+                f"'{line.strip()}' ({SKIPS})"
             )
             continue
-        try:
-            values = [float(x) for x in parts]
-        except ValueError:
-            errors.append(f"{loc}: non-numeric field in '{line.strip()}'")
-            continue
-        c = values[0]
-        if c != int(c) or not 0 <= c < nc:
+        kind = "box" if len(parts) == 5 else "polygon"
+        if kinds and kind not in kinds:
             errors.append(
-                f"{loc}: class id {parts[0]} out of range; the dataset has {nc} classes (ids 0-{nc - 1}). Fix the id or the YAML's names."
+                f"{loc}: a {kind} line in a file of {kinds.pop()} lines ({SKIPS}: it reads one kind per file)"
             )
-        if len(parts) == 5:
-            x, y, w, h = values[1:]
-            if w <= 0 or h <= 0:
-                errors.append(
-                    f"{loc}: box width/height must be > 0, got w={parts[3]} h={parts[4]}. Remove the line or fix the box."
-                )
-            elif min(x, y) < 0 or max(x, y) > 1 or w > 1.0001 or h > 1.0001:
-                warnings.append(f"{loc}: coordinates outside [0, 1] (labels must be normalised by image width/height)")
+        kinds.add(kind)
+        values = parse_label_line(parts)
+        if isinstance(values, str):
+            errors.append(f"{loc}: {values} in '{line.strip()}' ({SKIPS})")
+            continue
+        e, w = check_label_line(values, parts, nc, loc)
+        errors += e
+        warnings += w
     return errors, warnings
 
 
@@ -315,7 +396,7 @@ def scan_labels(
                     report["missing"].append(str(lb))
                     continue
                 try:
-                    text = lb.read_text(encoding="utf-8")
+                    text = lb.read_text(encoding="utf-8-sig")  # Ultralytics reads a byte-order mark as nothing
                 except (OSError, UnicodeDecodeError) as e:
                     report["errors"].append(f"{lb}: cannot be read ({e})")
                     continue
@@ -341,7 +422,8 @@ def report_label_problems(report: dict[str, list[str]], strict: bool = False) ->
         LOGGER.info(f"{len(report['empty'])} label files are empty; their images are used as background (no objects).")
     if report["missing"]:
         LOGGER.info(
-            f"{len(report['missing'])} images have no label file; they are used as background. First: {report['missing'][0]}"
+            f"{len(report['missing'])} images have no label file; they are used as background. "
+            f"First: {report['missing'][0]}"
         )
     msgs = []
     if report.get("corrupt"):
@@ -349,8 +431,9 @@ def report_label_problems(report: dict[str, list[str]], strict: bool = False) ->
     if report["errors"]:
         msgs.append(
             f"{len(report['errors'])} label problems found. Ultralytics skips an image whose label file has a wrong "
-            "field count, a class id out of range or a negative value, and keeps zero-size boxes as degenerate "
-            f"targets. Fix them:{listed(report['errors'])}"
+            "field count, a non-numeric or non-finite (nan, inf) value, a class id out of range, a coordinate above "
+            "1.01 or a negative value, and keeps zero-size boxes as degenerate targets; each line below says which. "
+            f"Fix them:{listed(report['errors'])}"
         )
     for msg in msgs:
         if strict:
