@@ -127,7 +127,7 @@ def test_demo_clip_gives_higher_d_to_hazier_crops():
     recipe = Recipe()
     d_by_beta = {}
     for beta in (0.0, max(recipe.beta)):
-        ds, correct = [], []
+        ds = []
         for i in range(6):  # scenes no split of the dataset contains (other seed stream)
             rng = np.random.default_rng([987, i])
             clean, depth, labels = render_scene(rng, recipe.size, recipe.max_objects)
@@ -162,3 +162,36 @@ def test_decoded_images_stay_within_their_budget(tmp_path):
         assert t.shape == (1, 3, 10, 20) and t.dtype == torch.uint8 and int(t[0, 0, 0, 0]) == 40 * i
     assert sorted(mem.kept) == [0, 1] and mem.used == 2 * 10 * 20 * 3
     assert mem[0] is mem[0] and mem[2] is not mem[2]
+
+
+def test_clip_train_holds_one_batch_of_crops_not_the_split(tiny_hazy_shapes, tmp_path, monkeypatch):
+    """Issue 13.7: evaluation (and jitter-free training) crops were all held in RAM. Census of live crop tensors
+    (every tensor shaped (n, 3, S, S)) each time an image is cropped: at most one encoding batch plus one
+    image's objects, never the split's."""
+    import gc
+    import warnings
+
+    from clipce_rtdetr.clip.train import clip_train
+    from clipce_rtdetr.method import embedding_cache
+
+    real, peak, size = embedding_cache.iter_source_crops, [0], []
+
+    def census(labels, s, context, device="cpu"):
+        size.append(s)
+        for start, crops, valid in real(labels, s, context, device):
+            with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
+                warnings.simplefilter("ignore")
+                live = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+            held = sum(o.shape[0] for o in live if o.ndim == 4 and tuple(o.shape[1:]) == (3, s, s))
+            del live  # the census must not keep what it counted alive
+            peak[0] = max(peak[0], held)
+            yield start, crops, valid
+
+    monkeypatch.setattr(embedding_cache, "iter_source_crops", census)
+    batch = 4
+    rep = clip_train(
+        str(tiny_hazy_shapes), "clipce-tiny", tmp_path / "c.safetensors", epochs=1, batch=batch, jitter=0.0,
+        progress=False,
+    )  # fmt: skip
+    assert size and rep["n_val_objects"] + rep["n_train_objects"] > 3 * (batch + 3)
+    assert peak[0] <= batch + 3 + 3, peak  # pending batch (< batch + one image's <= 3 objects) + this image's
