@@ -7,21 +7,29 @@ module tree, so they never reach `state_dict`, EMA or checkpoints. The detector 
 
 Per batch the only extra work with `ame_crops=source` is a gather of precomputed weights by object id
 (FAME's confidence adjustment happens inside the loss, on matched objects only).
+
+Distributed (torchrun on any number of nodes, or Ultralytics' `device=0,1`): see `engine/distributed.py`. Global
+rank 0 builds (or loads) the weight table once and broadcasts it, so every process uses the identical table and
+no other process loads CLIP for it.
 """
 
 from __future__ import annotations
 
+import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.ops import xywh2xyxy
-from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
+from ultralytics.utils.torch_utils import unwrap_model
 
 from clipce_rtdetr.clip.loader import require_weights
 from clipce_rtdetr.config import check_project_values, project_defaults
+from clipce_rtdetr.engine import distributed
+from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.method.object_ids import as_object_id_dataset, split_object_ids
 from clipce_rtdetr.method.prompts import load_profile
 
@@ -67,20 +75,62 @@ class ClipCETrainerMixin:
             LOGGER.warning(f"train ignores {ignored}: they belong to other modes (see 'clipce-rtdetr cfg').")
         given = {k: v for k, v in given.items() if k in TRAIN_KEYS}
         self.clipce_args = check_project_values({**defaults, **given})
-        if self.clipce_args["clipce"] in ("ame", "fame"):  # before a run folder exists
+        if self.clipce_args["clipce"] in ("ame", "fame"):  # before a run folder exists (or any worker starts)
+            check_single_cls(self.clipce_args["clipce"], overrides.get("single_cls"))
             if "clip" in given:
                 require_weights(self.clipce_args["clip"])
+            if not overrides.get("resume"):  # resuming: the checkpoint's clip=, checked once restored
+                check_clip_available(self.clipce_args["clip"])
             load_profile(self.clipce_args["ame_profile"])  # unknown name, unreadable file (classes: once data is read)
         self._padded_weights = None  # per-object AME/prior weights + a trailing 1 (ame_crops=source or prior)
         self.scorer = None  # AMEScorer, ame_crops=batch
+        self.weight_source = None  # how this process got its weight table (logs, tests)
         self._reset_weight_stats()
+        job = distributed.dist_env()
+        if job is not None:  # a worker of torchrun/SLURM or of Ultralytics' own launcher
+            cfg, overrides = self._join_job(job, cfg, overrides)
         super().__init__(cfg, overrides, _callbacks)
+        if job is not None:
+            self.world_size = job.world_size  # Ultralytics counts local devices (0 on CPU): the global size splits
+            self._check_shared_run_folder()  # the batch, scales the loss and sizes DDP
         if self.resume:
             self.clipce_args = self._restore_clipce_args(given)
+            if self.mode in ("ame", "fame"):
+                check_clip_available(self.clipce_args["clip"])
         if RANK in {-1, 0}:
             (Path(self.save_dir) / "clipce.yaml").write_text(yaml.safe_dump(self.clipce_args, sort_keys=False))
 
+    def _join_job(self, job: distributed.DistEnv, cfg, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Join the process group now and take rank 0's run folder: every process otherwise picks its own
+        (`increment_path` runs in each; under torchrun they would disagree, e.g. train2 on rank 0, train elsewhere)."""
+        from ultralytics.cfg import cfg2dict, get_cfg, get_save_dir
+
+        overrides = dict(overrides)
+        if "device" in overrides or not overrides.get("resume"):
+            overrides["device"] = distributed.local_device_arg(overrides.get("device"), job)
+        distributed.init_process_group(distributed.torch_device(overrides.get("device") or "cpu", job))
+        if overrides.get("resume") or overrides.get("save_dir"):  # the checkpoint / Ultralytics' launcher names it
+            return cfg, overrides
+        cfg = {**cfg2dict(cfg), "save_dir": ""}  # Ultralytics' own workers take save_dir the same way
+        mine = str(get_save_dir(get_cfg(cfg, overrides))) if distributed.is_main() else None
+        overrides["save_dir"] = distributed.broadcast_object(mine)
+        return cfg, overrides
+
+    def _check_shared_run_folder(self) -> None:
+        """Rank 0 writes the run folder; every process must see it (checkpoints, resume and the final evaluation
+        of best.pt read it), so on several machines it must be on a filesystem they all share."""
+        distributed.broadcast_object(True)  # rank 0 has created it by the time this returns anywhere
+        if distributed.any_rank(not Path(self.save_dir).is_dir()):
+            raise ClipCEError(
+                f"the run folder {self.save_dir} is not visible to every process: on several machines put it on a "
+                "filesystem they all share (project=/shared/path/runs)."
+            )
+
     def train(self):
+        if distributed.is_distributed():  # a torchrun/SLURM worker, or one of Ultralytics' own
+            result = super().train()
+            distributed.barrier_and_destroy()  # only after success: a failed rank must not wait for the others
+            return result
         if self.ddp:
             # Ultralytics re-launches DDP workers with `vars(self.args)` as their overrides: carry the
             # CLIP-CE keys there for the launch only (each worker's __init__ pops them again).
@@ -148,10 +198,21 @@ class ClipCETrainerMixin:
             as_object_id_dataset(dataset, self.args)
         return dataset
 
+    def _setup_ddp(self):
+        """Ultralytics sizes its process group by the local device count; the launcher's environment has the
+        global one (the group is usually joined already, in __init__)."""
+        job = distributed.dist_env()
+        if job is None:
+            return super()._setup_ddp()
+        self.device = distributed.torch_device(distributed.local_device_arg(self.args.device, job), job)
+        distributed.init_process_group(self.device)
+
     def _setup_train(self):
         if self.mode in ("ame", "fame"):
             self._check_prompts()  # configuration errors before any heavy work
-        super()._setup_train()
+        cpu_ddp = self.world_size > 1 and self.device.type == "cpu"
+        with distributed.cpu_ddp() if cpu_ddp else nullcontext():
+            super()._setup_train()
         if self.mode != "none":
             self._setup_weights()
 
@@ -164,32 +225,59 @@ class ClipCETrainerMixin:
     def _setup_weights(self):
         """Build the weight table (source crops / prior) or the online scorer (batch crops)."""
         a = self.clipce_args
+        if self.mode in ("ame", "fame") and a["ame_crops"] == "batch":
+            from clipce_rtdetr.method.embedding_cache import make_scorer
+
+            # every process scores its own augmented batches, ame_batch crops per CLIP forward
+            self.scorer = make_scorer(a, list(self.data["names"].values()), self.device)
+            return
+        from clipce_rtdetr.method.embedding_cache import labels_hash
+
         dataset = self.train_loader.dataset
-        labels, label_files = dataset.labels, getattr(dataset, "label_files", None)
-        if self.mode == "prior":
-            from clipce_rtdetr.method.embedding_cache import dataset_prior_weights
-
-            with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves, the others load
-                self._set_weight_table(dataset_prior_weights(labels, label_files, a["prior_a"]))
-            return
-        from clipce_rtdetr.method.embedding_cache import make_scorer, score_dataset
-
-        names = list(self.data["names"].values())
-        if a["ame_crops"] == "batch":
-            self.scorer = make_scorer(a, names, self.device, batch_size=1 << 30)  # one CLIP forward per batch
-            return
-        with torch_distributed_zero_first(LOCAL_RANK):  # rank 0 builds and saves the cache, the others load it
-            _, d, w, scorer = score_dataset(labels, label_files, names, a, self.device, progress=RANK in {-1, 0})
-        self._set_weight_table(w)
-        if RANK in {-1, 0} and len(w):
-            LOGGER.info(
-                f"CLIP-CE: {len(w)} objects scored; mean d={d.mean():.3f}, mean w={w.mean():.3f}, "
-                f"w>1.5: {(w > 1.5).float().mean():.1%}"
+        lhash = labels_hash(dataset.labels)
+        table = (
+            self._build_weight_table(dataset.labels, getattr(dataset, "label_files", None))
+            if distributed.is_main()
+            else None
+        )
+        rank0_hash, table = distributed.broadcast_object((lhash, table) if distributed.is_main() else None)
+        if rank0_hash != lhash:
+            raise ClipCEError(
+                f"rank {RANK} reads other training labels than rank 0 ({self.data['train']}): node-local copies of the "
+                "dataset must be identical (object ids index one weight table)."
             )
-        del scorer  # CLIP is not needed again in this mode: free its memory
+        if not distributed.is_main():
+            self.weight_source = "received from rank 0"
+        self._set_weight_table(table)
+
+    def _build_weight_table(self, labels: list[dict], label_files: list[str] | None) -> torch.Tensor:
+        """Per-object weights from the cache (built once, here, by global rank 0 only)."""
+        from clipce_rtdetr.method import embedding_cache as ec
+
+        a = self.clipce_args
+        built = ec.COUNTS["built"]
+        if self.mode == "prior":
+            w = ec.dataset_prior_weights(labels, label_files, a["prior_a"])
+        else:
+            names = list(self.data["names"].values())
+            _, d, w, scorer = ec.score_dataset(labels, label_files, names, a, self.device, progress=RANK in {-1, 0})
+            del scorer  # CLIP is not needed again in this mode: free its memory
+            if len(w):
+                LOGGER.info(
+                    f"CLIP-CE: {len(w)} objects scored; mean d={d.mean():.3f}, mean w={w.mean():.3f}, "
+                    f"w>1.5: {(w > 1.5).float().mean():.1%}"
+                )
+        self.weight_source = "built" if ec.COUNTS["built"] > built else "loaded"
+        return w.detach().float().cpu()
 
     def _set_weight_table(self, w: torch.Tensor) -> None:
         """Per-object weights plus one trailing 1: an object without an id (-1) indexes it and keeps weight 1."""
+        bad = ~torch.isfinite(w)
+        if bool(bad.any()):
+            raise ClipCEError(
+                f"CLIP-CE weights are not finite for {int(bad.sum())} of {len(w)} objects; training with them would "
+                "turn the loss NaN. Delete the dataset's *.clipce-*.pt caches and check the CLIP weights (clip=)."
+            )
         self._padded_weights = torch.cat([w.float(), w.new_ones(1, dtype=torch.float32)]).to(self.device)
 
     @property
@@ -208,6 +296,11 @@ class ClipCETrainerMixin:
         if self.mode == "none":
             return batch
         criterion = unwrap_model(self.model).criterion
+        if self.scorer is None and self._padded_weights is None:
+            # No weights yet: Ultralytics' QAT calibration (quantize=8) runs batches through here inside
+            # _setup_train, before _setup_weights; calibrating ranges needs the stock loss only.
+            criterion.object_weights = None
+            return batch
         if self.scorer is not None:  # ame_crops=batch: score the augmented crops online
             img = batch["img"]
             h, w_ = img.shape[2:]
@@ -222,6 +315,26 @@ class ClipCETrainerMixin:
         s["gt15"] = s["gt15"] + (w > 1.5).sum()
         s["n"] += len(w)
         return batch
+
+    def _handle_nan_recovery(self, epoch):
+        """Fail loudly, not with exit 0 and mAP 0: non-finite CLIP-CE weights stop the run at once; a non-finite
+        loss or fitness that Ultralytics cannot recover from (first epoch: it only warns) stops it too."""
+        bad_w = self.mode != "none" and not math.isfinite(float(self._wstats["sum"]))
+        if distributed.any_rank(bad_w):
+            raise ClipCEError(
+                f"CLIP-CE weights went non-finite in epoch {epoch + 1} (clipce={self.mode}); the run is stopped. "
+                "Check the CLIP weights (clip=) and delete the dataset's *.clipce-*.pt caches."
+            )
+        if super()._handle_nan_recovery(epoch):
+            return True
+        loss_bad = self.loss is not None and not bool(torch.isfinite(self.loss).all())
+        fitness_bad = self.fitness is not None and not math.isfinite(float(self.fitness))
+        if distributed.any_rank(loss_bad or fitness_bad):
+            raise ClipCEError(
+                f"the training loss went NaN/inf in epoch {epoch + 1} and cannot be recovered from a checkpoint; the "
+                "run is stopped (its weights would be garbage). Try amp=False, a lower lr0, or gradient clipping."
+            )
+        return False
 
     # ----------------------------------------------------------------------------- logging
     def _reset_weight_stats(self):
@@ -256,3 +369,29 @@ class ClipCETrainerMixin:
             from clipce_rtdetr.eval.plots import plot_weight_history
 
             plot_weight_history(self.csv, WEIGHT_KEYS, on_plot=self.on_plot)
+
+
+def check_single_cls(mode: str, single_cls) -> None:
+    """single_cls renames every class to one name ("item"), so AME's class prompts would score every object
+    against "a photo of a item": meaningless weights. prior and none use no class names."""
+    if single_cls:
+        raise ClipCEError(
+            f"single_cls=True cannot be used with clipce={mode}: it renames every class to one name, so CLIP's class "
+            "prompts would not describe the objects. Use clipce=prior or clipce=none with single_cls=True, or train "
+            "with the real classes."
+        )
+
+
+def check_clip_available(spec: str) -> None:
+    """The CLIP weights named by `spec` exist and can be read: reported here, before a run folder, data loading or
+    any DDP worker, not after data loading in every worker."""
+    from clipce_rtdetr.clip import loader
+
+    r = loader._resolve(*loader.parse_clip_spec(spec))  # the loader's own checks, without loading the model
+    weights = r.get("weights")
+    if weights and Path(weights).is_file():
+        try:
+            with open(weights, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise ClipCEError(f"clip={spec}: cannot read the weights file {weights} ({e}).") from None

@@ -23,6 +23,7 @@ from ultralytics.utils import LOGGER
 
 CACHE_VERSION = 1
 KEEP_CACHES = 4  # per label folder: a sweep over a few settings keeps hitting its caches; older ones are removed
+COUNTS = {"built": 0, "loaded": 0}  # caches built / reused by this process (logs; distributed tests count them)
 
 
 def labels_hash(labels: list[dict]) -> str:
@@ -193,6 +194,7 @@ def _load_valid(path: Path, key: str, check: Callable[[dict], str | None] | None
         LOGGER.warning(f"CLIP-CE: cache {path} is corrupt ({problem}); rebuilding it.")
         return None
     LOGGER.info(f"CLIP-CE: reusing cache {path}")
+    COUNTS["loaded"] += 1
     _touch(path)
     return data
 
@@ -233,6 +235,7 @@ def load_or_build(
             if data is not None:
                 return data
     data = {**build(), "key": key}
+    COUNTS["built"] += 1
     problem = check(data) if check is not None else None
     if problem:
         from clipce_rtdetr.errors import ClipCEError
