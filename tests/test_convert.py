@@ -35,7 +35,8 @@ def check_boxes(got: list[list[float]], want: list[list[float]]) -> None:
 
 
 def voc_object(name, x1, y1, x2, y2) -> str:
-    return f"<object><name>{name}</name><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+    box = f"<xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+    return f"<object><name>{name}</name><bndbox>{box}</bndbox></object>"
 
 
 def add_voc(src: Path, xml_stem: str, image: str, size: tuple[int, int] | None, *objects: str) -> None:
@@ -74,7 +75,7 @@ def coco_boxes(out: Path, split: str) -> dict[str, list[list[float]]]:
 
 def test_voc_rtts(tmp_path):
     src_files = sorted(p.relative_to(FIX) for p in (FIX / "voc").rglob("*"))
-    y = convert("voc", FIX / "voc", tmp_path / "rtts", val_fraction=0.0, progress=False)
+    y = convert("voc", FIX / "voc", tmp_path / "rtts", val_fraction=0.0, progress=False, keep_unreadable=True)
     assert sorted(p.relative_to(FIX) for p in (FIX / "voc").rglob("*")) == src_files  # source untouched
     cfg = yaml.safe_load(y.read_text())
     assert cfg["names"] == {0: "person", 1: "bicycle", 2: "car", 3: "motorbike", 4: "bus"}
@@ -96,14 +97,38 @@ def test_voc_rtts(tmp_path):
         "image file unreadable": 1,
         "box partly outside the image (clipped)": 1,
         "difficult object (left out of labels, ignored by COCO eval)": 1,
+        "image kept without its unreadable objects (keep_unreadable=True)": 1,
     }
     report = (tmp_path / "rtts" / "convert_report.txt").read_text()
     assert "bad.xml:4" in report  # malformed XML named with its line
 
 
+def test_image_with_an_unreadable_object_is_left_out(tmp_path):
+    """Issue 11 item 5: brouillard_ü has a box with a non-numeric corner; written without it, the image would
+    teach that the person there is background. Left out by default, and said so."""
+    out = tmp_path / "rtts"
+    convert("voc", FIX / "voc", out, val_fraction=0.0, progress=False)
+    assert set(labels(out)) == {"a1.txt", "a2.txt", "a3.txt"}
+    assert not (out / "images" / "train" / "brouillard_ü.png").exists()
+    assert "brouillard_ü.png" not in coco_boxes(out, "train")
+    s = json.loads((out / "convert_summary.json").read_text())
+    assert s["skipped"]["image left out: some of its objects could not be read (keep_unreadable=True keeps it)"] == 1
+    assert s["images"] == {"train": 3}
+    report = (out / "convert_report.txt").read_text()
+    assert "brouillard_ü.png (1 of 2 objects, first " in report and "brouillard_ü.xml object #2" in report
+
+
 def test_voc_keep_difficult_split_and_copy(tmp_path):
     y = convert(
-        "voc", FIX / "voc", tmp_path / "o", keep_difficult=True, val_fraction=0.5, seed=3, link=False, progress=False
+        "voc",
+        FIX / "voc",
+        tmp_path / "o",
+        keep_difficult=True,
+        val_fraction=0.5,
+        seed=3,
+        link=False,
+        progress=False,
+        keep_unreadable=True,
     )
     lb = labels(tmp_path / "o")
     assert len(lb["a2.txt"]) == 2
@@ -117,7 +142,15 @@ def test_voc_keep_difficult_split_and_copy(tmp_path):
     }
     # Same seed, same split; a convert folder is replaced on rerun.
     convert(
-        "voc", FIX / "voc", tmp_path / "o", keep_difficult=True, val_fraction=0.5, seed=3, link=False, progress=False
+        "voc",
+        FIX / "voc",
+        tmp_path / "o",
+        keep_difficult=True,
+        val_fraction=0.5,
+        seed=3,
+        link=False,
+        progress=False,
+        keep_unreadable=True,
     )
     assert labels(tmp_path / "o") == lb
 
@@ -151,7 +184,7 @@ def test_voc_unknown_class_and_mapping(tmp_path):
 
 
 def test_exdark_official_split(tmp_path):
-    y = convert("exdark", FIX / "exdark", tmp_path / "ex", progress=False)
+    y = convert("exdark", FIX / "exdark", tmp_path / "ex", progress=False, keep_unreadable=True)
     cfg = yaml.safe_load(y.read_text())
     assert len(cfg["names"]) == 12 and cfg["test"] == "images/test"
     out = tmp_path / "ex"
@@ -188,7 +221,7 @@ def test_exdark_split_list_names_with_spaces(tmp_path):
 
 
 def test_coco_underwater(tmp_path):
-    y = convert("coco", FIX / "coco", tmp_path / "duo", progress=False)
+    y = convert("coco", FIX / "coco", tmp_path / "duo", progress=False, keep_unreadable=True)
     cfg = yaml.safe_load(y.read_text())
     assert cfg["names"] == {0: "holothurian", 1: "echinus", 2: "scallop", 3: "starfish"}
     lb = labels(tmp_path / "duo")
@@ -220,6 +253,7 @@ def test_coco_malformed_json_and_subset(tmp_path):
         names={"starfish": "starfish", "holothurian": "sea cucumber", "*": None},
         val_fraction=0.0,
         progress=False,
+        keep_unreadable=True,  # u1 has an annotation of an unknown category and one without a bbox
     )
     cfg = yaml.safe_load((tmp_path / "sub" / "sub.yaml").read_text())
     assert cfg["names"] == {0: "starfish", 1: "sea cucumber"}
@@ -293,7 +327,7 @@ def test_non_finite_coordinates_are_malformed(tmp_path):
         voc_object("car", 2, 2, 6, 6),
     )
     out = tmp_path / "o"
-    convert("voc", src, out, val_fraction=0.0, progress=False)
+    convert("voc", src, out, val_fraction=0.0, progress=False, keep_unreadable=True)
     check_boxes(labels(out)["a3.txt"], [yolo(2, 2, 2, 6, 6, 32, 32)])
     assert coco_boxes(out, "train")["a3.jpg"] == [[2, 2, 4, 4]]
     report = (out / "convert_report.txt").read_text()
@@ -306,7 +340,7 @@ def test_non_finite_coordinates_are_malformed(tmp_path):
     shutil.copytree(FIX / "exdark", ex)
     with (ex / "ExDark_Annno" / "Bicycle" / "2015_00002.jpg.txt").open("a") as f:
         f.write("Car inf 1 5 5 0 0 0 0 0 0 0\n")
-    convert("exdark", ex, tmp_path / "exo", progress=False)
+    convert("exdark", ex, tmp_path / "exo", progress=False, keep_unreadable=True)
     check_boxes(labels(tmp_path / "exo")["2015_00002.txt"], [yolo(4, 0, 0, 10, 10, 40, 40)])
     assert (
         "2015_00002.jpg.txt:5 (not a finite number: 'inf': 'Car inf 1 5 5"
@@ -321,7 +355,7 @@ def test_non_finite_coordinates_are_malformed(tmp_path):
         {"id": 9, "image_id": 2, "category_id": 1, "bbox": [1, float("inf"), 5, 5]},
     ]
     f.write_text(json.dumps(d))
-    convert("coco", co, tmp_path / "coo", progress=False)
+    convert("coco", co, tmp_path / "coo", progress=False, keep_unreadable=True)
     assert labels(tmp_path / "coo")["u2.txt"] == [] and coco_boxes(tmp_path / "coo", "train")["u2.jpg"] == []
     assert (
         json.loads((tmp_path / "coo" / "convert_summary.json").read_text())["skipped"][
@@ -343,7 +377,7 @@ def test_voc_split_files_one_name_per_line(tmp_path):
     (sets / "train.txt").write_text("a1\na2\n\nwith space\n brouillard_ü \n", encoding="utf-8")
     (sets / "val.txt").write_text("a3\r\nrésumé é\r\nimg.v2\nimg.v3\n", encoding="utf-8")
     out = tmp_path / "o"
-    convert("voc", src, out, progress=False)
+    convert("voc", src, out, progress=False, keep_unreadable=True)
     assert sorted(p.name for p in (out / "labels" / "train").iterdir()) == [
         "a1.txt",
         "a2.txt",
@@ -370,7 +404,7 @@ def test_unknown_class_hint_keeps_the_other_classes(tmp_path):
         convert("exdark", src, tmp_path / "o", progress=False)
     assert "'*'" not in str(e.value) and "names=\"{'Truck': None}\"" in str(e.value)
     # Dropping or renaming only Truck keeps ExDark's 12 classes.
-    y = convert("exdark", src, tmp_path / "drop", names={"Truck": None}, progress=False)
+    y = convert("exdark", src, tmp_path / "drop", names={"Truck": None}, progress=False, keep_unreadable=True)
     assert list(yaml.safe_load(y.read_text())["names"].values()) == [
         "Bicycle",
         "Boat",
@@ -386,7 +420,14 @@ def test_unknown_class_hint_keeps_the_other_classes(tmp_path):
         "Table",
     ]
     check_boxes(labels(tmp_path / "drop")["2015_00002.txt"], [yolo(4, 0, 0, 10, 10, 40, 40)])
-    y = convert("exdark", src, tmp_path / "car", names={"Truck": "Car", "People": "Person"}, progress=False)
+    y = convert(
+        "exdark",
+        src,
+        tmp_path / "car",
+        names={"Truck": "Car", "People": "Person"},
+        progress=False,
+        keep_unreadable=True,
+    )
     names = yaml.safe_load(y.read_text())["names"]
     assert len(names) == 12 and names[4] == "Car" and names[10] == "Person"  # a renamed class keeps its place
     check_boxes(

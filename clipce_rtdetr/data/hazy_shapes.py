@@ -327,6 +327,7 @@ def demo_clip_spec() -> str:
     )  # the same spec both ways
     LOGGER.warning(
         "CLIP-CE demo: no demo CLIP found, using a tiny CLIP with RANDOM weights. Its AME weights are "
-        "uninformative (this run shows the pipeline works, not what CLIP-CE gains). Pass clip=MODEL:PRETRAINED for real scores."
+        "uninformative (this run shows the pipeline works, not what CLIP-CE gains). "
+        "Pass clip=MODEL:PRETRAINED for real scores."
     )
     return spec

@@ -144,7 +144,8 @@ def apply_underwater(clean: np.ndarray, distance: np.ndarray, attenuation, veil)
     j = np.asarray(clean, dtype=np.float32)
     if j.ndim != 3 or j.shape[2] != len(attenuation) or len(veil) != len(attenuation):
         raise ValueError(
-            f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, got {j.shape}"
+            f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, "
+            f"got {j.shape}"
         )
     d = np.asarray(distance, dtype=np.float32)[..., None]
     t = np.exp(-d * np.asarray(attenuation, dtype=np.float32))
@@ -257,7 +258,8 @@ def apply_underwater_u8(img: np.ndarray, depth: np.ndarray, attenuation, veil, s
 
     if img.ndim != 3 or img.shape[2] != len(attenuation) or len(veil) != len(attenuation):
         raise ValueError(
-            f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, got {img.shape}"
+            f"underwater needs an (H, W, {len(attenuation)}) colour image and {len(attenuation)} veil values, "
+            f"got {img.shape}"
         )
     d = np.asarray(depth, dtype=np.float32)
     return cv2.merge(
