@@ -14,7 +14,7 @@ from clipce_rtdetr import offline as _offline
 
 _offline.configure()
 
-__all__ = ["ClipCERTDETR", "__version__"]
+__all__ = ["ClipCERTDETR", "ClipCEYOLO", "__version__"]
 
 
 def __getattr__(name: str):
@@ -23,4 +23,8 @@ def __getattr__(name: str):
         from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
         return ClipCERTDETR
+    if name == "ClipCEYOLO":
+        from clipce_rtdetr.models.yolo.model import ClipCEYOLO
+
+        return ClipCEYOLO
     raise AttributeError(f"module 'clipce_rtdetr' has no attribute {name!r}")

@@ -41,7 +41,7 @@ class ClipCEYOLOLoss(v8DetectionLoss):
         self.reset_stats()
 
     def reset_stats(self) -> None:
-        """Sums of the weights actually applied, over foreground anchors (for per-epoch logging)."""
+        """Sums of the weights actually applied, per object with foreground anchors (for per-epoch logging)."""
         self.stats = {"applied_sum": 0.0, "n": 0}
 
     def _record_assignment(self, module, inputs, output) -> None:
@@ -80,8 +80,8 @@ class ClipCEYOLOLoss(v8DetectionLoss):
         b, a = fg_mask.nonzero(as_tuple=True)
         if not len(b):
             return scores.sum() * 0.0  # no foreground: zero, still in the graph
-        c = target_labels[b, a].long()
-        w = self._padded_weights[b, target_gt_idx[b, a].long()].float()
+        c, slot = target_labels[b, a].long(), target_gt_idx[b, a].long()
+        w = self._padded_weights[b, slot].float()
         with autocast(enabled=False, device=scores.device.type):
             logit = scores[b, c, a].float()
             if self.fame:
@@ -91,9 +91,15 @@ class ClipCEYOLOLoss(v8DetectionLoss):
             if self.class_weights is not None:  # stock multiplies every BCE element by its class weight
                 bce = bce * self.class_weights.view(-1)[c].float()
             extra = ((w - 1.0) * bce).sum() / target_scores.sum().clamp(min=1).float()
-        self.stats["applied_sum"] = self.stats["applied_sum"] + w.detach().sum()  # no host sync per batch
-        self.stats["n"] += len(w)
+        self._add_stats(w.detach(), b * self._padded_weights.shape[1] + slot)
         return extra
+
+    def _add_stats(self, w: torch.Tensor, object_key: torch.Tensor) -> None:
+        """Per object, the mean applied weight over its foreground anchors (an object has several), so that the
+        logged mean compares with the per-object AME mean."""
+        _, inverse, counts = torch.unique(object_key, return_inverse=True, return_counts=True)
+        self.stats["applied_sum"] = self.stats["applied_sum"] + (w / counts[inverse]).sum()
+        self.stats["n"] += len(counts)
 
 
 class ClipCEE2ELoss(E2ELoss):
