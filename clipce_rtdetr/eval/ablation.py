@@ -237,7 +237,8 @@ def run_ablation_grid(
                 weights[method] = w
             runs.append(r)
             print(
-                f"[ablation] {method} seed={seed}: mAP50={r['mAP50']:.4f} mAP50-95={r['mAP50-95']:.4f} ({r['train_seconds']}s)",
+                f"[ablation] {method} seed={seed}: mAP50={r['mAP50']:.4f} mAP50-95={r['mAP50-95']:.4f} "
+                f"({r['train_seconds']}s)",
                 flush=True,
             )
     summary = aggregate(runs)
@@ -254,8 +255,9 @@ def run_ablation_grid(
     (out_dir / "ablation.json").write_text(json.dumps(record, indent=2, default=str))
     table = markdown_table(summary)
     (out_dir / "ablation.md").write_text(
-        f"# Ablation: {', '.join(methods)} over seeds {seeds}\n\nData `{Path(data).name}`, model `{Path(model).name}`, "
-        f"training {json.dumps(train_kwargs, default=str)}.\nCOCO mAP (pycocotools) on the val split, mean ± std over seeds.\n\n{table}\n"
+        f"# Ablation: {', '.join(methods)} over seeds {seeds}\n\n"
+        f"Data `{Path(data).name}`, model `{Path(model).name}`, training {json.dumps(train_kwargs, default=str)}.\n"
+        f"COCO mAP (pycocotools) on the val split, mean ± std over seeds.\n\n{table}\n"
     )
     plot_summary(summary, out_dir, weights)
     print(table, flush=True)

@@ -95,7 +95,8 @@ def run_ame_inspection(overrides: dict[str, Any]) -> Path:
     plot_crop_grid(save_dir / "crops_most_least_weakened.png", rows, q, d, a["ame_context"])
     if len(w):
         LOGGER.info(
-            f"AME on {len(w)} objects of {split}: mean d={d.mean():.3f}, mean w={w.mean():.3f}, w>1.5: {(w > 1.5).mean():.1%}"
+            f"AME on {len(w)} objects of {split}: mean d={d.mean():.3f}, mean w={w.mean():.3f}, "
+            f"w>1.5: {(w > 1.5).mean():.1%}"
         )
     LOGGER.info(f"Results saved to {save_dir} (ame.csv, prompts.json, plots)")
     return save_dir

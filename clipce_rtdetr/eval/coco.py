@@ -123,7 +123,8 @@ def map_predictions(preds: list[dict], gt: dict[str, Any], categories: dict[int,
         from ultralytics.utils import LOGGER
 
         LOGGER.warning(
-            f"{len(unmatched)} predicted images are not in the ground truth (e.g. {sorted(map(str, unmatched))[:3]}); their boxes are ignored."
+            f"{len(unmatched)} predicted images are not in the ground truth "
+            f"(e.g. {sorted(map(str, unmatched))[:3]}); their boxes are ignored."
         )
     return out
 
@@ -300,6 +301,38 @@ def coco_report(
 
 
 # ----------------------------------------------------------------------------------------- val
+def read_coco_gt(path: Path, yaml_path: Path, labels: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """A dataset's own COCO ground truth, checked; with `labels` (what the validator evaluated), only those
+    images (a corrupt image Ultralytics skipped is not counted as all misses)."""
+    from ultralytics.utils import LOGGER
+
+    try:
+        gt = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ClipCEError(
+            f"COCO ground truth {path} is not valid JSON ({e}); fix it or remove 'coco_annotations' from {yaml_path}."
+        ) from None
+    if (
+        not isinstance(gt, dict)
+        or not isinstance(gt.get("images"), list)
+        or not isinstance(gt.get("annotations"), list)
+    ):
+        raise ClipCEError(f"COCO ground truth {path} needs 'images' and 'annotations' lists.")
+    gt.setdefault("info", {})
+    gt.setdefault("licenses", [])
+    if labels is not None:
+        seen = {Path(lb["im_file"]).name for lb in labels}
+        keep = {im["id"] for im in gt["images"] if Path(str(im.get("file_name"))).name in seen}
+        if len(keep) < len(gt["images"]):
+            LOGGER.warning(
+                f"{len(gt['images']) - len(keep)} images of {path} were not evaluated (missing, or skipped by "
+                "Ultralytics as corrupt); COCO metrics leave them out."
+            )
+            gt["images"] = [im for im in gt["images"] if im["id"] in keep]
+            gt["annotations"] = [a for a in gt["annotations"] if a.get("image_id") in keep]
+    return gt
+
+
 def dataset_gt(
     data_yaml: str | Path, split: str, labels: list[dict[str, Any]] | None = None
 ) -> tuple[dict[str, Any], dict[str, str] | None]:
@@ -319,33 +352,11 @@ def dataset_gt(
     gt = None
     if ann and not (root / ann).is_file():
         LOGGER.warning(
-            f"COCO ground truth {root / ann} (coco_annotations: {split}) does not exist; building it from the YOLO labels instead."
+            f"COCO ground truth {root / ann} (coco_annotations: {split}) does not exist; "
+            "building it from the YOLO labels instead."
         )
     elif ann:
-        try:
-            gt = json.loads((root / ann).read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ClipCEError(
-                f"COCO ground truth {root / ann} is not valid JSON ({e}); fix it or remove 'coco_annotations' from {yaml_path}."
-            ) from None
-        if (
-            not isinstance(gt, dict)
-            or not isinstance(gt.get("images"), list)
-            or not isinstance(gt.get("annotations"), list)
-        ):
-            raise ClipCEError(f"COCO ground truth {root / ann} needs 'images' and 'annotations' lists.")
-        gt.setdefault("info", {})
-        gt.setdefault("licenses", [])
-        if labels is not None:
-            seen = {Path(lb["im_file"]).name for lb in labels}
-            keep = {im["id"] for im in gt["images"] if Path(str(im.get("file_name"))).name in seen}
-            if len(keep) < len(gt["images"]):
-                LOGGER.warning(
-                    f"{len(gt['images']) - len(keep)} images of {root / ann} were not evaluated (missing, or skipped by "
-                    "Ultralytics as corrupt); COCO metrics leave them out."
-                )
-                gt["images"] = [im for im in gt["images"] if im["id"] in keep]
-                gt["annotations"] = [a for a in gt["annotations"] if a.get("image_id") in keep]
+        gt = read_coco_gt(root / ann, yaml_path, labels)
     if gt is None:
         gt = labels_to_coco(labels, cfg["names"]) if labels is not None else yolo_to_coco(images, cfg["names"])
     record = root / cfg["degradation"] if cfg.get("degradation") else None
