@@ -1,0 +1,253 @@
+"""degrade, one image at a time: the parameters drawn for it and the degraded pixels (METHOD.md §7).
+
+Parameters are drawn per image from a generator seeded with (seed, CRC32 of the image's relative path), so the
+result does not depend on the process count or order.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipce_rtdetr.data import physics
+from clipce_rtdetr.errors import ClipCEError
+
+KINDS = ("haze", "lowlight", "underwater")
+# Named levels: the range of each kind's main parameter. The recorded `level` of an image is the bin its
+# sampled value falls in (so custom ranges are broken down the same way); haze bins match hazy-shapes.
+LEVELS: dict[str, dict[str, tuple[float, float]]] = {
+    "haze": {"light": (0.02, 0.06), "medium": (0.06, 0.11), "heavy": (0.11, 0.16)},  # beta
+    "lowlight": {"light": (1.5, 2.5), "medium": (2.5, 3.5), "heavy": (3.5, 5.0)},  # gamma
+    "underwater": {
+        "light": (1.0, 3.0),
+        "medium": (3.0, 6.0),
+        "heavy": (6.0, 10.0),
+    },  # distance (m) at the farthest pixel
+}
+MAIN_PARAM = {"haze": "beta", "lowlight": "gamma", "underwater": "distance"}
+AIRLIGHT = (0.7, 1.0)
+NOISE = {
+    "light": ((0.0005, 0.002), (0.002, 0.005)),
+    "medium": ((0.001, 0.004), (0.004, 0.01)),
+    "heavy": ((0.002, 0.008), (0.008, 0.02)),
+}
+VEIL_RGB = ((0.05, 0.20), (0.35, 0.60), (0.45, 0.75))  # blue-green veiling light
+TURBIDITY = (0.8, 1.25)  # factor on physics.WATER_ATTENUATION_RGB
+FIELDS = {
+    "haze": ("beta", "airlight"),
+    "lowlight": ("gamma", "shot", "read", "noise_seed"),
+    "underwater": ("distance", "atten_r", "atten_g", "atten_b", "veil_r", "veil_g", "veil_b"),
+}
+PART = ".part"
+
+
+# ----------------------------------------------------------------------------------------- parameters
+def level_of(kind: str, value: float) -> str:
+    """Named bin of a sampled main parameter (below the lowest bin: the first; above: the last)."""
+    bins = list(LEVELS[kind].items())
+    for name, (_, hi) in bins:
+        if value < hi:
+            return name
+    return bins[-1][0]
+
+
+def ranges_for(kind: str, level: str, cfg: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Sampling ranges: the named level's, replaced by any explicit *_range key."""
+    explicit = {
+        "haze": {"beta": cfg.get("beta_range"), "airlight": cfg.get("airlight_range")},
+        "lowlight": {"gamma": cfg.get("gamma_range")},
+        "underwater": {"distance": cfg.get("distance_range")},
+    }[kind]
+    main = MAIN_PARAM[kind]
+    if level == "custom" and explicit.get(main) is None:
+        raise ClipCEError(f"level=custom needs {main}_range=[min,max] for kind={kind}.")
+    base = LEVELS[kind].get(level, LEVELS[kind]["medium"])
+    r = {main: base, "airlight": AIRLIGHT} if kind == "haze" else {main: base}
+    for k, v in explicit.items():
+        if v is not None:
+            lo, hi, why = RANGE_LIMITS[k]
+            if not (
+                isinstance(v, (list, tuple))
+                and len(v) == 2
+                and all(isinstance(x, (int, float)) for x in v)
+                and lo <= v[0] <= v[1] <= hi
+            ):
+                top = f" <= {hi:g}" if hi < float("inf") else ""
+                raise ClipCEError(f"'{k}_range={v}' must be [min, max] with {lo:g} <= min <= max{top} ({why}).")
+            r[k] = (float(v[0]), float(v[1]))
+    return r
+
+
+# Physically meaningful bounds of the explicit ranges: (lowest, highest, why).
+RANGE_LIMITS = {
+    "beta": (0.0, float("inf"), "scattering per depth unit; 0 is no haze"),
+    "airlight": (0.0, 1.0, "atmospheric light as a fraction of white"),
+    "gamma": (1.0, float("inf"), "I = J ** gamma darkens only for gamma >= 1; 1 with no noise is the input"),
+    "distance": (0.0, float("inf"), "metres of water at the farthest pixel"),
+}
+
+
+def sample_params(kind: str, level: str, ranges: dict[str, tuple[float, float]], seed: int, rel: str) -> dict[str, Any]:
+    """Deterministic parameters of one image from (seed, its relative path)."""
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(rel.encode("utf-8"))])
+    main = MAIN_PARAM[kind]
+    p: dict[str, Any] = {main: float(rng.uniform(*ranges[main]))}
+    if kind == "haze":
+        p["airlight"] = float(rng.uniform(*ranges["airlight"]))
+    elif kind == "lowlight":
+        shot, read = NOISE.get(level_of(kind, p[main]), NOISE["medium"])
+        p["shot"], p["read"] = float(rng.uniform(*shot)), float(rng.uniform(*read))
+        p["noise_seed"] = int(rng.integers(2**31))
+    else:
+        turb = float(rng.uniform(*TURBIDITY))
+        for c, base, (lo, hi) in zip("rgb", physics.WATER_ATTENUATION_RGB, VEIL_RGB):
+            p[f"atten_{c}"] = base * turb
+            p[f"veil_{c}"] = float(rng.uniform(lo, hi))
+    p["level"] = level_of(kind, p[main])
+    return p
+
+
+# ----------------------------------------------------------------------------------------- images
+def read_image(path: Path) -> np.ndarray:
+    """Decode keeping bit depth, grayscale and alpha; EXIF orientation applied where no alpha is possible."""
+    import cv2
+
+    buf = np.fromfile(str(path), dtype=np.uint8)  # works with non-ASCII paths
+    flags = (
+        cv2.IMREAD_UNCHANGED
+        if path.suffix.lower() in (".png", ".tif", ".tiff", ".webp")
+        else cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+    )
+    if not buf.size:
+        raise ValueError("empty file (0 bytes)")
+    img = cv2.imdecode(buf, flags)
+    if img is None:
+        raise ValueError("cannot be decoded")
+    return img
+
+
+def write_image(img: np.ndarray, dst: Path) -> None:
+    """Encode in dst's format and write atomically (temporary file, then rename)."""
+    import cv2
+
+    ok, enc = cv2.imencode(dst.suffix, img)
+    if not ok:
+        raise ValueError(f"cannot be encoded as {dst.suffix}")
+    tmp = dst.with_name(dst.name + PART)
+    enc.tofile(str(tmp))
+    os.replace(tmp, dst)
+
+
+@lru_cache(maxsize=8)
+def prior_depth(source: str, h: int, w: int) -> np.ndarray:
+    return physics.centre_distance_depth(h, w) if source == "centre" else physics.horizon_depth(h, w)
+
+
+class DepthMapError(ValueError):
+    """A depth map that cannot be used: reported by the map's own file name, not as a bad image."""
+
+
+def load_depth(depth: str, depth_path: Path | None, h: int, w: int, scale: float) -> np.ndarray:
+    if depth in ("centre", "horizon"):
+        return prior_depth(depth, h, w)
+    import cv2
+
+    if depth_path is None:
+        raise ValueError(f"no depth map in {depth}")
+    try:
+        d = np.load(depth_path, allow_pickle=False) if depth_path.suffix == ".npy" else read_image(depth_path)
+    except Exception as e:  # np.load and OpenCV raise many types for a damaged file
+        raise DepthMapError(f"depth map {depth_path}: cannot be read ({e})") from None
+    if d.ndim not in (2, 3) or d.size == 0:
+        raise DepthMapError(f"depth map {depth_path}: expected an (H, W) map, got shape {d.shape}")
+    d = (d[..., 0] if d.ndim == 3 else d).astype(np.float32) * scale
+    if not np.isfinite(d).all() or d.min() < 0:  # a NaN/inf or negative depth gives a silently wrong image
+        raise DepthMapError(f"depth map {depth_path}: has NaN, inf or negative values; depths must be >= 0")
+    return d if d.shape == (h, w) else cv2.resize(d, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+@lru_cache(maxsize=8)
+def _prior_max(source: str, h: int, w: int) -> float:
+    return float(prior_depth(source, h, w).max())
+
+
+def _fast_u8(
+    colour: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool, depth_max: float | None
+) -> np.ndarray | None:
+    """The uint8 fast path (physics.*_u8, within one grey level of the float path); None where it does not apply."""
+    if kind == "lowlight":
+        return physics.lowlight_u8(colour, p["gamma"], p["shot"], p["read"], p["noise_seed"])
+    if kind == "haze":
+        return physics.apply_haze_u8(colour, depth, p["beta"], p["airlight"])
+    if colour.ndim != 3:
+        return None  # the float path raises its message
+    att, veil = [p[f"atten_{c}"] for c in "rgb"], [p[f"veil_{c}"] for c in "rgb"]
+    if bgr:
+        att, veil = att[::-1], veil[::-1]
+    m = float(np.max(depth)) if depth_max is None else depth_max
+    if not m > 0:
+        return colour.copy()  # a flat depth map: distance 0 everywhere
+    return physics.apply_underwater_u8(colour, depth, att, veil, scale=float(np.float32(p["distance"]) / np.float32(m)))
+
+
+def degrade_array(
+    img: np.ndarray,
+    kind: str,
+    p: dict[str, Any],
+    depth: np.ndarray | None,
+    bgr: bool = True,
+    fast: bool = True,
+    depth_max: float | None = None,
+) -> np.ndarray:
+    """Apply the degradation with parameters p to an 8/16-bit image (gray, BGR or BGRA); same dtype back.
+
+    8-bit images take the uint8 fast path (within one grey level of the float reference, fast=False);
+    depth_max, when given, is depth.max() (cached for the depth priors).
+    """
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{img.dtype} images are not supported; use 8- or 16-bit images")
+    scale = 255.0 if img.dtype == np.uint8 else 65535.0
+    alpha = img[..., 3:] if img.ndim == 3 and img.shape[2] == 4 else None
+    colour = img[..., :3] if alpha is not None else img
+    if colour.ndim == 3 and colour.shape[2] == 1:
+        colour = colour[..., 0]
+    res = _fast_u8(colour, kind, p, depth, bgr, depth_max) if fast and colour.dtype == np.uint8 else None
+    if res is not None:
+        if alpha is not None:
+            res = np.concatenate([res, alpha], axis=2)
+        elif img.ndim == 3 and img.shape[2] == 1:
+            res = res[..., None]
+        return res
+    if kind == "lowlight" and colour.dtype == np.uint8:
+        out = physics.apply_lowlight_u8(colour, p["gamma"], p["shot"], p["read"], p["noise_seed"])
+        j = None
+    else:
+        j = colour.astype(np.float32) * np.float32(1.0 / scale)
+    if j is None:
+        pass
+    elif kind == "haze":
+        out = physics.apply_haze(j, depth, p["beta"], p["airlight"])
+    elif kind == "lowlight":
+        out = physics.apply_lowlight(j, p["gamma"], p["shot"], p["read"], p["noise_seed"])
+    else:
+        if j.ndim != 3:
+            raise ValueError(
+                "grayscale image: underwater needs colour (attenuation differs per channel); convert it to RGB first"
+            )
+        att, veil = [p[f"atten_{c}"] for c in "rgb"], [p[f"veil_{c}"] for c in "rgb"]
+        if bgr:
+            att, veil = att[::-1], veil[::-1]
+        out = physics.apply_underwater(j, physics.normalised_depth(depth) * np.float32(p["distance"]), att, veil)
+    out *= np.float32(scale)
+    out += np.float32(0.5)
+    res = out.astype(img.dtype)
+    if alpha is not None:
+        res = np.concatenate([res, alpha], axis=2)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        res = res[..., None]
+    return res
