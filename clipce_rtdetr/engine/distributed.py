@@ -140,3 +140,28 @@ def barrier_and_destroy() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+class _NoAccelerator:
+    @staticmethod
+    def current_device() -> int:
+        return 0
+
+
+@contextmanager
+def cpu_final_eval() -> Iterator[None]:
+    """While Ultralytics validates best.pt at the end of a CPU (gloo) job: its validator places the model of every
+    DDP process on `torch.device("cuda", current_device())` (it has no CPU case for DDP; its own launcher is GPU
+    only). Here that device is the CPU; everything else (sharded loader, gathered statistics) runs as it is."""
+    import ultralytics.engine.validator as v
+
+    backend, autobackend = v.get_torch_device_backend, v.AutoBackend
+
+    def on_cpu(*args, **kwargs):
+        return autobackend(*args, **{**kwargs, "device": torch.device("cpu")})
+
+    v.get_torch_device_backend, v.AutoBackend = (lambda _type: _NoAccelerator), on_cpu
+    try:
+        yield
+    finally:
+        v.get_torch_device_backend, v.AutoBackend = backend, autobackend

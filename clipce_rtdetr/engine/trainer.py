@@ -207,6 +207,12 @@ class ClipCETrainerMixin:
         self.device = distributed.torch_device(distributed.local_device_arg(self.args.device, job), job)
         distributed.init_process_group(self.device)
 
+    def final_eval(self):
+        if distributed.is_distributed() and self.device.type == "cpu":
+            with distributed.cpu_final_eval():
+                return super().final_eval()
+        return super().final_eval()
+
     def _setup_train(self):
         if self.mode in ("ame", "fame"):
             self._check_prompts()  # configuration errors before any heavy work
@@ -387,6 +393,7 @@ def check_clip_available(spec: str) -> None:
     any DDP worker, not after data loading in every worker."""
     from clipce_rtdetr.clip import loader
 
+    loader.register_project_configs()  # the project's own model names (e.g. the tiny test CLIP), as load_clip does
     r = loader._resolve(*loader.parse_clip_spec(spec))  # the loader's own checks, without loading the model
     weights = r.get("weights")
     if weights and Path(weights).is_file():
