@@ -124,8 +124,9 @@ def test_yolo_families_and_modes_train(tiny_hazy_shapes, tiny_clip, tmp_root, cf
         assert isinstance(crit, ClipCEE2ELoss) == cfg.startswith("yolo26")
 
 
-def test_cli_trains_yolo26(tiny_hazy_shapes, tiny_clip, tmp_path):
-    args = [f"data={tiny_hazy_shapes}", f"clip={tiny_clip}", "clipce=fame", f"project={tmp_path}", "name=cli"]
+@pytest.mark.parametrize("mode", ["fame", "prior"])
+def test_cli_trains_yolo26(tiny_hazy_shapes, tiny_clip, tmp_path, mode):
+    args = [f"data={tiny_hazy_shapes}", f"clip={tiny_clip}", f"clipce={mode}", f"project={tmp_path}", "name=cli"]
     fast = ["epochs=1", "imgsz=64", "batch=8", "device=cpu", "workers=0", "plots=False"]
     r = subprocess.run(
         [str(SCRIPT), "train", "model=yolo26n.yaml", *args, *fast], capture_output=True, text=True, timeout=600
@@ -133,7 +134,7 @@ def test_cli_trains_yolo26(tiny_hazy_shapes, tiny_clip, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Traceback" not in out, out[-3000:]
     assert (tmp_path / "cli" / "weights" / "best.pt").exists()
-    assert "clipce-rtdetr train done (fame)" in out
+    assert f"clipce-rtdetr train done ({mode})" in out
 
 
 @pytest.mark.parametrize("cfg", ["yolo11n-seg.yaml", "yolo26n-pose.yaml", "yolo11n-obb.yaml", "yolov8n-cls.yaml"])
@@ -176,3 +177,16 @@ def test_top_level_export_is_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "clipce_rtdetr.models.yolo.model"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="eval/coco.py labels_to_coco reads lb['shape'], which YOLO's rect val dataset pops (reported)",
+)
+def test_yolo_val_with_coco_metrics(yolo_fame_run, tiny_hazy_shapes):
+    """`val coco=True` (the ablation's evaluation) on a YOLO checkpoint: pycocotools' numbers next to Ultralytics'."""
+    save_dir, _ = yolo_fame_run
+    model = load_detector(str(save_dir / "weights" / "best.pt"))
+    metrics = model.val(data=str(tiny_hazy_shapes), coco=True, imgsz=64, batch=8, device="cpu", plots=False)
+    stats = metrics.coco["stats"]
+    assert 0.0 <= stats["AP50"] <= 1.0 and 0.0 <= stats["AP"] <= stats["AP50"] + 1e-9
