@@ -241,3 +241,39 @@ def test_scorer_empty_and_info(tiny_bundle):
     json.dumps(info)  # prompts.json-ready
     with pytest.raises(ClipCEError, match="out of range"):
         scorer.score_embeddings(torch.zeros(1, tiny_bundle.embed_dim), torch.tensor([5]))
+
+
+def _crowded_batch(n=13):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 96, 96, generator=g)
+    xy = torch.rand(n, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + 8 + torch.rand(n, 2, generator=g) * 28], 1)
+    return images, boxes, torch.arange(n) % 2, torch.arange(n) % 2
+
+
+def test_batch_scoring_is_fp32_under_autocast(tiny_bundle):
+    """Issue 13.2: inside the trainer's autocast (bf16 here, on CPU) q equals the fp32 result."""
+    scorer = AMEScorer(tiny_bundle, ["circle", "square"], "haze")
+    scorer.logit_scale = 100.0  # the scale of a trained CLIP: where low precision hurts q most
+    images, boxes, bi, cls = _crowded_batch()
+    q32, _, w32 = scorer.score_boxes(images, boxes, bi, cls)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q16, _, w16 = scorer.score_boxes(images, boxes, bi, cls)
+    assert q16.dtype == torch.float32
+    assert torch.allclose(q16, q32, atol=1e-4, rtol=0) and torch.allclose(w16, w32, atol=1e-4, rtol=0)
+
+
+def test_batch_scoring_in_chunks(tiny_bundle, monkeypatch):
+    """Issue 13.3: ame_batch crops per CLIP forward (and per crop tensor), the same result as all at once."""
+    import clipce_rtdetr.method.ame as ame
+
+    images, boxes, bi, cls = _crowded_batch()
+    whole = AMEScorer(tiny_bundle, ["circle", "square"], "haze", batch_size=1000).score_boxes(images, boxes, bi, cls)
+    crop_sizes, encode_sizes = [], []
+    real_crop, real_encode = ame.crop_boxes, tiny_bundle.encode_images
+    monkeypatch.setattr(ame, "crop_boxes", lambda *a, **k: crop_sizes.append(len(a[1])) or real_crop(*a, **k))
+    monkeypatch.setattr(tiny_bundle, "encode_images", lambda x, b=64: encode_sizes.append(len(x)) or real_encode(x, b))
+    chunked = AMEScorer(tiny_bundle, ["circle", "square"], "haze", batch_size=4).score_boxes(images, boxes, bi, cls)
+    assert max(crop_sizes) <= 4 and sum(crop_sizes) == len(boxes) and max(encode_sizes) <= 4
+    for a, b in zip(whole, chunked):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -247,9 +247,16 @@ class AMEScorer:
                 f"class id out of range 0..{self.bank.nc - 1} in AME scoring (got {int(cls.min())}..{int(cls.max())})."
             )
         cls = cls.to(self.device)
-        q = ame_q(
-            img_emb, cls, self.bank.text, self.bank.pos_index, self.bank.neg_mask, self.logit_scale, self.temperature
-        )
+        with torch.autocast(self.device.type, enabled=False):  # fp32 logits whatever autocast surrounds the call
+            q = ame_q(
+                img_emb,
+                cls,
+                self.bank.text,
+                self.bank.pos_index,
+                self.bank.neg_mask,
+                self.logit_scale,
+                self.temperature,
+            )
         if valid is not None:
             q = torch.where(valid.to(self.device).reshape(-1), q, torch.ones_like(q))
         d = 1.0 - q
@@ -275,10 +282,17 @@ class AMEScorer:
     def embed_boxes(
         self, images: torch.Tensor, boxes_xyxy: torch.Tensor, batch_idx: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crop, normalise and encode every box (one batched CLIP forward) -> (emb (N,D), valid (N,))."""
-        crops, valid = crop_boxes(images, boxes_xyxy, batch_idx, self.bundle.image_size, self.context)
-        crops = normalise(crops, self.bundle.mean, self.bundle.std)
-        return self.embed_crops(crops, valid), valid.to(self.device)
+        """Crop, normalise and encode every box, `batch_size` crops at a time (a crowded mosaic never holds all its
+        crops, nor their activations, at once) -> (emb (N,D), valid (N,))."""
+        n = boxes_xyxy.shape[0]
+        embs, valids = [], []
+        for start in range(0, max(n, 1), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            crops, valid = crop_boxes(images, boxes_xyxy[part], batch_idx[part], self.bundle.image_size, self.context)
+            crops = normalise(crops, self.bundle.mean, self.bundle.std)
+            embs.append(self.embed_crops(crops, valid))
+            valids.append(valid.to(self.device))
+        return torch.cat(embs), torch.cat(valids)
 
     def score_crops(
         self, crops_normalised: torch.Tensor, cls: torch.Tensor, valid: torch.Tensor | None = None
@@ -289,9 +303,13 @@ class AMEScorer:
     def score_boxes(
         self, images: torch.Tensor, boxes_xyxy: torch.Tensor, batch_idx: torch.Tensor, cls: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images (B,3,H,W) in [0,1] and boxes (N,4) xyxy pixels -> (q, d, w); boxes under 2 px: w = 1."""
-        emb, valid = self.embed_boxes(images, boxes_xyxy, batch_idx)
-        return self.score_embeddings(emb, cls, valid)
+        """Images (B,3,H,W) in [0,1] and boxes (N,4) xyxy pixels -> (q, d, w); boxes under 2 px: w = 1.
+
+        Scored in fp32 whatever autocast surrounds the call (the trainer's AMP): logits scaled by up to 100 lose
+        several percent of q in fp16/bf16."""
+        with torch.autocast(images.device.type, enabled=False):
+            emb, valid = self.embed_boxes(images, boxes_xyxy, batch_idx)
+            return self.score_embeddings(emb, cls, valid)
 
 
 __all__ = [
