@@ -116,38 +116,12 @@ def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
 
 def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
     """Run a model mode (train/val/predict/track/export) or a tool mode."""
-    from ultralytics.utils import LOGGER
-
     from clipce_rtdetr.config import check_overrides
 
     if mode in TOOL_MODES:
-        module, func = TOOL_MODES[mode].split(":")
-        try:
-            fn: Callable = getattr(import_module(module), func)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                raise ClipCEError(f"Mode '{mode}' is not available in this version of clipce-rtdetr.") from None
-            raise
-        return fn(overrides)
-
-    from clipce_rtdetr.models import load_detector
-
+        return run_tool(mode, overrides)
     if mode == "train" and not had_args:
-        overrides = {**DEMO_TRAIN, **overrides}
-        try:
-            from clipce_rtdetr.models.rtdetr.model import resolve_model
-
-            resolve_model(DEMO_MODEL)
-        except ClipCEError:
-            LOGGER.warning(
-                f"{DEMO_MODEL} not found (it ships in the repository's weights/); training {DEMO_MODEL_FALLBACK} "
-                "from random weights instead, which reaches a much lower mAP in a few epochs."
-            )
-            overrides["model"] = DEMO_MODEL_FALLBACK
-        LOGGER.info(
-            "No arguments given: training the built-in demo (tiny RT-DETR on the generated hazy-shapes dataset, CPU). "
-            f"Equivalent to: clipce-rtdetr train {' '.join(f'{k}={v}' for k, v in overrides.items())}"
-        )
+        overrides = demo_overrides(overrides)
     if mode in ("predict", "track") and overrides.get("stream") in (True, False):
         overrides.pop("stream")  # `stream=True` as in Ultralytics' Python API: the CLI always streams
     check_overrides(overrides)
@@ -158,8 +132,62 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
         from clipce_rtdetr.models.rtdetr.model import DEFAULT_MODEL
 
         model_arg = DEFAULT_MODEL
-        LOGGER.warning(f"'model' argument is missing. Using default 'model={model_arg}'.")
-    if mode == "train" and overrides.get("resume") and model_arg is None:
+        warn(f"'model' argument is missing. Using default 'model={model_arg}'.")
+    if mode == "train":
+        model_arg = resolve_resume(overrides, model_arg)
+        check_trainable(model_arg)
+    fill_mode_defaults(mode, overrides)
+    return run_model(mode, model_arg, overrides)
+
+
+def warn(msg: str) -> None:
+    from ultralytics.utils import LOGGER
+
+    LOGGER.warning(msg)
+
+
+def run_tool(mode: str, overrides: dict[str, Any]):
+    module, func = TOOL_MODES[mode].split(":")
+    try:
+        fn: Callable = getattr(import_module(module), func)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise ClipCEError(f"Mode '{mode}' is not available in this version of clipce-rtdetr.") from None
+        raise
+    return fn(overrides)
+
+
+def demo_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """`clipce-rtdetr train` with no arguments: the built-in demo (its fallback model when the demo weights are
+    missing)."""
+    from ultralytics.utils import LOGGER
+
+    overrides = {**DEMO_TRAIN, **overrides}
+    try:
+        from clipce_rtdetr.models.rtdetr.model import resolve_model
+
+        resolve_model(DEMO_MODEL)
+    except ClipCEError:
+        warn(
+            f"{DEMO_MODEL} not found (it ships in the repository's weights/); training {DEMO_MODEL_FALLBACK} "
+            "from random weights instead, which reaches a much lower mAP in a few epochs."
+        )
+        overrides["model"] = DEMO_MODEL_FALLBACK
+    LOGGER.info(
+        "No arguments given: training the built-in demo (tiny RT-DETR on the generated hazy-shapes dataset, CPU). "
+        f"Equivalent to: clipce-rtdetr train {' '.join(f'{k}={v}' for k, v in overrides.items())}"
+    )
+    return overrides
+
+
+def resolve_resume(overrides: dict[str, Any], model_arg):
+    """train resume=True: the newest unfinished run's last.pt (or a clear error); resume=FILE: refused when it
+    cannot be read or cannot resume. Returns the model argument."""
+    from ultralytics.utils import LOGGER
+
+    if not overrides.get("resume"):
+        return model_arg
+    if model_arg is None:
         model_arg = overrides["resume"] if isinstance(overrides["resume"], str) else None
         if model_arg is None:
             model_arg, finished = latest_unfinished_run()
@@ -172,29 +200,72 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
                 )
             LOGGER.info(f"resume=True: resuming the newest unfinished run, {model_arg}")
             overrides["resume"] = model_arg
-    if mode == "train" and overrides.get("resume"):
-        ckpt = overrides["resume"] if isinstance(overrides["resume"], str) else model_arg
-        if isinstance(ckpt, str) and Path(ckpt).is_file() and resumable(ckpt) is False:
-            settings = Path(ckpt).resolve().parent.parent / "clipce.yaml"
-            raise ClipCEError(
-                f"{ckpt} cannot be resumed: it has no optimizer state (the run that wrote it finished all its epochs, or "
-                f"it is a released weights file). To train on from its weights, start a new run: 'clipce-rtdetr train "
-                f"model={ckpt} data=... epochs=N'"
-                + (
-                    f", giving again the CLIP-CE settings listed in {settings}"
-                    if settings.is_file()
-                    else ", with the CLIP-CE settings you want"
-                )
-                + " (a new run starts from cfg/default.yaml's)."
-            )
+    ckpt = overrides["resume"] if isinstance(overrides["resume"], str) else model_arg
+    if isinstance(ckpt, str) and Path(ckpt).is_file():
+        state = resumable(ckpt)
+        if state is None:
+            raise ClipCEError(unreadable_checkpoint(ckpt))
+        if state is False:
+            raise ClipCEError(not_resumable(ckpt))
+    return model_arg
+
+
+def not_resumable(ckpt: str) -> str:
+    settings = Path(ckpt).resolve().parent.parent / "clipce.yaml"
+    return (
+        f"{ckpt} cannot be resumed: it has no optimizer state (the run that wrote it finished all its epochs, or "
+        f"it is a released weights file). To train on from its weights, start a new run: 'clipce-rtdetr train "
+        f"model={ckpt} data=... epochs=N'"
+        + (
+            f", giving again the CLIP-CE settings listed in {settings}"
+            if settings.is_file()
+            else ", with the CLIP-CE settings you want"
+        )
+        + " (a new run starts from cfg/default.yaml's)."
+    )
+
+
+def unreadable_checkpoint(ckpt: str, why: str = "") -> str:
+    why = why or checkpoint_error(ckpt)
+    return (
+        f"{ckpt} cannot be read as a checkpoint ({why}), so its run cannot be resumed. It is damaged (e.g. the disk "
+        "filled up or the run was killed while saving it). Resume from another checkpoint of that run if it has one "
+        "(weights/epoch*.pt with save_period=N), or start the run again; move the damaged file away to let "
+        "resume=True look at the other runs."
+    )
+
+
+def check_trainable(model_arg) -> None:
+    """train needs a PyTorch model: an exported file (.onnx, .engine, ...) or another file is refused here."""
+    if model_arg is None:
+        return
+    suffix = Path(str(model_arg)).suffix.lower()
+    if suffix not in ("", ".pt", ".yaml", ".yml"):
+        raise ClipCEError(
+            f"model={model_arg}: train needs a PyTorch checkpoint (.pt) or a model config (.yaml); exported models "
+            "(.onnx, .engine, ...) only predict and validate. Train from the best.pt it was exported from, or from "
+            "a config such as model=rtdetr-l.yaml."
+        )
+
+
+def fill_mode_defaults(mode: str, overrides: dict[str, Any]) -> None:
+    """What each mode needs and Ultralytics would otherwise default silently: data (train), source (predict/track,
+    required), format (export)."""
     if mode == "train" and not overrides.get("data") and not overrides.get("resume"):
         overrides["data"] = DEFAULT_DATA
-        LOGGER.warning(f"'data' argument is missing. Using default 'data={DEFAULT_DATA}' (the built-in demo dataset).")
+        warn(f"'data' argument is missing. Using default 'data={DEFAULT_DATA}' (the built-in demo dataset).")
     if mode in ("predict", "track") and "source" not in overrides:
         raise ClipCEError(f"'{mode}' needs a source, e.g. source=video.mp4, source=0 (webcam) or source=rtsp://...")
     if mode == "export" and "format" not in overrides:
         overrides["format"] = "onnx"
-        LOGGER.warning("'format' argument is missing. Using default 'format=onnx'.")
+        warn("'format' argument is missing. Using default 'format=onnx'.")
+
+
+def run_model(mode: str, model_arg, overrides: dict[str, Any]):
+    from ultralytics.utils import LOGGER
+
+    from clipce_rtdetr.models import load_detector
+
     model = load_detector(model_arg)
     if mode in ("predict", "track"):
         from clipce_rtdetr.deploy.stream import run_predict
@@ -205,7 +276,8 @@ def run_mode(mode: str, overrides: dict[str, Any], had_args: bool = True):
     if mode == "train" and getattr(model, "trainer", None) is not None:
         m, t = model.trainer.metrics or {}, model.trainer
         LOGGER.info(
-            f"\nclipce-rtdetr train done ({t.clipce_args['clipce']}): mAP50={m.get('metrics/mAP50(B)', float('nan')):.4f} "
+            f"\nclipce-rtdetr train done ({t.clipce_args['clipce']}): "
+            f"mAP50={m.get('metrics/mAP50(B)', float('nan')):.4f} "
             f"mAP50-95={m.get('metrics/mAP50-95(B)', float('nan')):.4f}  run folder: {t.save_dir}"
         )
     return result
@@ -235,7 +307,8 @@ def entrypoint(argv: list[str] | None = None) -> int:
         mode, overrides = parse_args(args)
         if mode is None:
             raise ClipCEError(
-                f"No mode given. Valid modes are {', '.join(MODEL_MODES + tuple(TOOL_MODES))}; see 'clipce-rtdetr help'."
+                f"No mode given. Valid modes are {', '.join(MODEL_MODES + tuple(TOOL_MODES))}; "
+                "see 'clipce-rtdetr help'."
             )
         run_mode(mode, overrides, had_args=len(args) > 1)
     except (ClipCEError, FileNotFoundError, AssertionError) as e:  # Ultralytics asserts on e.g. resuming a finished run
@@ -262,7 +335,10 @@ def check_device(device) -> None:
 
 def latest_unfinished_run(search_dir: str = ".") -> tuple[str, list[str]]:
     """(newest last*.pt of a run that did not finish, or "", the finished ones met first). Ultralytics' own
-    get_latest_run takes the newest file even when its run finished, and then starts a new run on its defaults."""
+    get_latest_run takes the newest file even when its run finished, and then starts a new run on its defaults.
+
+    A checkpoint that cannot be read and is newer than every resumable one is an error naming it: it may well be
+    the unfinished run the user means, and resuming an older run instead would continue the wrong one."""
     import glob
     import os
 
@@ -271,9 +347,21 @@ def latest_unfinished_run(search_dir: str = ".") -> tuple[str, list[str]]:
         state = resumable(f)
         if state:
             return f, finished
-        if state is False:  # unreadable (None): not a candidate
-            finished.append(f)
+        if state is None:
+            raise ClipCEError("resume=True: the newest run's checkpoint " + unreadable_checkpoint(f))
+        finished.append(f)
     return "", finished
+
+
+def checkpoint_error(path: str) -> str:
+    """Why torch cannot load `path`, in one line."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for a damaged file
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else 'no detail'}"
+    return "not a dict"
 
 
 def resumable(path: str) -> bool | None:
@@ -285,12 +373,14 @@ def resumable(path: str) -> bool | None:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception:
         return None
-    return isinstance(ckpt, dict) and ckpt.get("epoch", -1) != -1 and ckpt.get("optimizer") is not None
+    if not isinstance(ckpt, dict):
+        return None
+    return ckpt.get("epoch", -1) != -1 and ckpt.get("optimizer") is not None
 
 
 INTERRUPT_HINTS = {  # what survives an interrupted run, per mode
-    "train": "Continue with 'clipce-rtdetr train resume=RUN/weights/last.pt' (RUN: the run folder above), or resume=True "
-    "for the newest unfinished run; before the first epoch ends there is no last.pt: start again.",
+    "train": "Continue with 'clipce-rtdetr train resume=RUN/weights/last.pt' (RUN: the run folder above), or "
+    "resume=True for the newest unfinished run; before the first epoch ends there is no last.pt: start again.",
     "degrade": "Finished images are kept: rerun the same command to resume.",
     "clip-train": "Nothing was saved; rerun the command to start again.",
     "ablation": "Finished runs are kept: rerun the same command to resume the grid.",

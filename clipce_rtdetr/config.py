@@ -110,56 +110,112 @@ def check_project_values(cfg: dict[str, Any]) -> dict[str, Any]:
             v = cfg[k] = "none"
         if k not in defaults or v is None:
             continue
-        d = defaults[k]
-        if k in LIST_KEYS:
-            if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]") and k != "ame_templates":
-                # unquoted on the command line ([none,fame]): the parser leaves a string; items are words or numbers
-                v = cfg[k] = [_list_item(x) for x in v.strip()[1:-1].split(",") if x.strip()]
-            elif isinstance(v, str) and k != "names":
-                v = cfg[k] = [v]
-            if not isinstance(v, (list, tuple, dict)):
-                raise ConfigError(f"'{k}={v}' must be a list, e.g. {k}=[...]; quote text items: {k}=\"['a','b']\".")
-            if k.endswith("_range") and (len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]):
-                raise ConfigError(f"'{k}={v}' must be [min, max] with min <= max, e.g. {k}=[0.05,0.14].")
-        elif isinstance(d, bool):
-            if not isinstance(v, bool):
-                raise ConfigError(
-                    f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a bool, i.e. '{k}=True' or '{k}=False'."
-                )
-        elif isinstance(d, float):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(
-                    f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a float, i.e. '{k}={d}'."
-                )
-            v = cfg[k] = float(v)
-        elif isinstance(d, int):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(
-                    f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be an int, i.e. '{k}={d}'."
-                )
-        elif isinstance(d, str) and not isinstance(v, (str, Path)):
-            raise ConfigError(
-                f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be a string, i.e. '{k}={d}'."
-            )
-        if k in CHOICES and v not in CHOICES[k]:
-            raise ConfigError(f"'{k}={v}' is not valid. Valid values are {', '.join(CHOICES[k])}.")
-        if k in NON_NEGATIVE and not (math.isfinite(v) and v >= 0):
-            raise ConfigError(f"'{k}={v}' must be a finite number >= 0.")
-        if k in POSITIVE and not (math.isfinite(v) and v > 0):
-            raise ConfigError(f"'{k}={v}' must be a finite number > 0.")
-        if k in FRACTION and not 0 <= v <= 1:
-            raise ConfigError(f"'{k}={v}' must be in [0, 1].")
+        v = cfg[k] = list_value(k, v) if k in LIST_KEYS else typed_value(k, v, defaults[k])
+        check_range(k, v)
     return cfg
 
 
+def list_value(k: str, v: Any) -> Any:
+    """A list key's value as a list (an unquoted command-line list is parsed; one text item becomes a list)."""
+    if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]") and k != "ame_templates":
+        # unquoted on the command line ([none,fame]): the parser leaves a string; items are words or numbers
+        v = [_list_item(x) for x in v.strip()[1:-1].split(",") if x.strip()]
+    elif isinstance(v, str) and k != "names":
+        v = [v]
+    if not isinstance(v, (list, tuple, dict)):
+        raise ConfigError(f"'{k}={v}' must be a list, e.g. {k}=[...]; quote text items: {k}=\"['a','b']\".")
+    if k.endswith("_range") and (len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]):
+        raise ConfigError(f"'{k}={v}' must be [min, max] with min <= max, e.g. {k}=[0.05,0.14].")
+    return v
+
+
+def typed_value(k: str, v: Any, d: Any) -> Any:
+    """v checked against the type of its default d (an int given for a float key becomes a float)."""
+    bad = f"'{k}={v}' is of invalid type {type(v).__name__}. '{k}' must be"
+    if isinstance(d, bool):
+        if not isinstance(v, bool):
+            raise ConfigError(f"{bad} a bool, i.e. '{k}=True' or '{k}=False'.")
+    elif isinstance(d, float):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{bad} a float, i.e. '{k}={d}'.")
+        v = float(v)
+    elif isinstance(d, int):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{bad} an int, i.e. '{k}={d}'.")
+    elif isinstance(d, str) and not isinstance(v, (str, Path)):
+        raise ConfigError(f"{bad} a string, i.e. '{k}={d}'.")
+    return v
+
+
+def check_range(k: str, v: Any) -> None:
+    if k in CHOICES and v not in CHOICES[k]:
+        raise ConfigError(f"'{k}={v}' is not valid. Valid values are {', '.join(CHOICES[k])}.")
+    if k in NON_NEGATIVE and not (math.isfinite(v) and v >= 0):
+        raise ConfigError(f"'{k}={v}' must be a finite number >= 0.")
+    if k in POSITIVE and not (math.isfinite(v) and v > 0):
+        raise ConfigError(f"'{k}={v}' must be a finite number > 0.")
+    if k in FRACTION and not 0 <= v <= 1:
+        raise ConfigError(f"'{k}={v}' must be in [0, 1].")
+
+
 def check_ultralytics_values(cfg: dict[str, Any]) -> None:
-    """Ultralytics' own type/range checks, re-raised as ConfigError."""
+    """Ultralytics' own type/range checks, re-raised as ConfigError, and the values check_cfg leaves to a
+    traceback later (imgsz, over-long file names)."""
     from ultralytics.cfg import check_cfg
 
     try:
         check_cfg(dict(cfg), hard=True)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    check_imgsz(cfg.get("imgsz"))
+    check_path_names(cfg)
+
+
+def check_imgsz(imgsz: Any) -> None:
+    """imgsz= as Ultralytics' check_imgsz takes it: a positive number, or [h, w] / [size] of positive numbers."""
+    if imgsz is None:
+        return
+    sizes = list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz]
+    ok = 1 <= len(sizes) <= 2 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in sizes
+    )
+    if not ok:
+        raise ConfigError(
+            f"'imgsz={imgsz}' is not a valid image size: give a positive integer, e.g. imgsz=640, "
+            "or [height,width], e.g. imgsz=[480,640]."
+        )
+
+
+# Keys whose value names a file or folder (a run name is a folder name too).
+PATH_KEYS = ("name", "project", "save_dir", "data", "model", "source", "resume", "tracker", "cfg", "ame_profile",
+             "out", "depth", "report", "images", "export_check_source", "split", "clip")  # fmt: skip
+
+
+def name_max() -> int:
+    """The longest file or folder name the filesystem here allows (in bytes; 255 on Linux, macOS, Windows)."""
+    import os
+
+    try:
+        return int(os.pathconf(".", "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):
+        return 255
+
+
+def check_path_names(cfg: dict[str, Any]) -> None:
+    """A path key whose file or folder name is longer than the filesystem allows: one line here, not an OSError
+    ("File name too long") traceback from wherever the path is first used."""
+    limit = name_max()
+    for k in PATH_KEYS:
+        v = cfg.get(k)
+        if not isinstance(v, (str, Path)) or "://" in str(v):
+            continue
+        for part in Path(v).parts:
+            n = len(str(part).encode("utf-8", "surrogateescape"))
+            if n > limit:
+                raise ConfigError(
+                    f"'{k}=': the name '{str(part)[:40]}...' is {n} bytes long; the filesystem allows at most {limit} "
+                    f"bytes per file or folder name. Choose a shorter {k}=."
+                )
 
 
 def check_overrides(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -168,6 +224,7 @@ def check_overrides(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> t
     ultra, proj = split_overrides(overrides)
     check_ultralytics_values({k: v for k, v in ultra.items() if k not in extra})
     merged = {**project_defaults(), **proj}
+    check_path_names(proj)
     return ultra, check_project_values(merged)
 
 

@@ -95,14 +95,16 @@ def preflight(model, fmt: str, kwargs: dict[str, Any], proj: dict[str, Any]) -> 
             )
             raise ClipCEError(
                 f"TensorRT engine export needs an NVIDIA GPU, and {why}. Nothing was written.\n"
-                "An engine is built for the GPU it will run on: export ONNX here (clipce-rtdetr export model=best.pt format=onnx) "
-                "and build the engine on the target, e.g. on a Jetson with trtexec or 'clipce-rtdetr export format=engine' "
+                "An engine is built for the GPU it will run on: export ONNX here "
+                "(clipce-rtdetr export model=best.pt format=onnx) and build the engine on the target, "
+                "e.g. on a Jetson with trtexec or 'clipce-rtdetr export format=engine' "
                 "(see docs/deploy-jetson.md)."
             )
         if _missing("tensorrt"):
             raise ClipCEError(
-                "TensorRT engine export needs the 'tensorrt' Python package, which is not installed (export never installs packages). "
-                "Install it with: pip install tensorrt  (x86 + CUDA 12: pip install tensorrt-cu12; on a Jetson it comes with JetPack: "
+                "TensorRT engine export needs the 'tensorrt' Python package, which is not installed "
+                "(export never installs packages). Install it with: pip install tensorrt  "
+                "(x86 + CUDA 12: pip install tensorrt-cu12; on a Jetson it comes with JetPack: "
                 "sudo apt install python3-libnvinfer, see docs/deploy-jetson.md). Nothing was written."
             )
     if fmt in ("onnx", "engine"):
@@ -115,13 +117,40 @@ def preflight(model, fmt: str, kwargs: dict[str, Any], proj: dict[str, Any]) -> 
                 f"{fmt} export needs {', '.join(miss)}, not installed (export never installs packages). "
                 f"Install with: {PIP_EXPORT}{hint}. Nothing was written."
             )
+    check_output_folder(model)
     if fmt in ("onnx", "engine") and proj.get("export_check", True) and proj.get("export_check_source"):
         sample_images(proj["export_check_source"])  # a wrong path fails here, not after the export is written
     if quant in (8, "int8") and fmt in ("onnx", "engine") and not kwargs.get("data"):
         raise ClipCEError(
-            "INT8 export needs calibration images: pass data=path/to/data.yaml (your training dataset; its val split is used, "
+            "INT8 export needs calibration images: pass data=path/to/data.yaml "
+            "(your training dataset; its val split is used, "
             "a few hundred representative images are enough, e.g. fraction=0.5). Nothing was written."
         )
+
+
+def export_folder(model) -> Path:
+    """Where Ultralytics' exporter writes: beside the .pt file (a model built from a .yaml: the working folder)."""
+    m = model.model
+    file = Path(getattr(m, "pt_path", None) or getattr(m, "yaml_file", None) or m.yaml.get("yaml_file", ""))
+    return Path(".") if file.suffix in (".yaml", ".yml") else file.parent
+
+
+def check_output_folder(model) -> None:
+    """The exported file goes beside the model: a read-only folder (a shared model store, a read-only mount) is
+    found here by writing a probe file, before the export runs, not as an OSError traceback at its end."""
+    import tempfile
+
+    folder = export_folder(model)
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".clipce-export-probe-"):
+            pass
+    except OSError as e:
+        raise ClipCEError(
+            f"Export writes the exported model beside the model file, and {folder.resolve()} is not writable "
+            f"({e.strerror or e}). Copy the model into a writable folder and export the copy, e.g. "
+            f"'cp {getattr(model.model, 'pt_path', 'best.pt')} ./ && clipce-rtdetr export model=./"
+            f"{Path(str(getattr(model.model, 'pt_path', 'best.pt'))).name}'. Nothing was written."
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- compare
@@ -146,12 +175,14 @@ def source_image_files(source: str | Path) -> list[Path]:
         why = "matches no file" if glob.has_magic(str(source)) else "does not exist"
     raise ClipCEError(
         f"export_check_source='{source}' {why} (relative paths are from {Path.cwd()}). Point it at an image, a folder "
-        "of images or a glob such as 'val/images/*.jpg', or leave it empty for Ultralytics' sample images. Nothing was written."
+        "of images or a glob such as 'val/images/*.jpg', or leave it empty for Ultralytics' sample images. "
+        "Nothing was written."
     )
 
 
 def sample_images(source: str | Path | None, n: int = 4) -> list[np.ndarray]:
-    """The first `n` readable BGR images of `export_check_source` (see source_image_files), or Ultralytics' bundled samples."""
+    """The first `n` readable BGR images of `export_check_source` (see source_image_files), or Ultralytics'
+    bundled samples."""
     import cv2
     from ultralytics.utils import ASSETS
 
@@ -247,12 +278,13 @@ def onnx_outputs(path: str, batches: list[np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(sess.run(None, {inp.name: x.astype(dtype)})[0], dtype=np.float32) for x in batches]
 
 
-def engine_outputs(path: str, batches: list[np.ndarray]) -> list[np.ndarray]:
-    """TensorRT outputs through Ultralytics' AutoBackend (GPU only)."""
+def engine_outputs(path: str, batches: list[np.ndarray], device: Any = "cuda:0") -> list[np.ndarray]:
+    """TensorRT outputs through Ultralytics' AutoBackend (GPU only), on the GPU the engine was built on: an engine
+    is specific to its GPU, and with device=1 the check must not run on (or fail for lack of) cuda:0."""
     import torch
     from ultralytics.nn.autobackend import AutoBackend
 
-    be = AutoBackend(path, device=torch.device("cuda:0"), verbose=False)
+    be = AutoBackend(path, device=torch.device(device), verbose=False)
     outs = []
     with torch.inference_mode():
         for x in batches:
@@ -271,7 +303,10 @@ def check_export(model, exported: str, fmt: str, exporter_info: dict[str, Any], 
     imgs = sample_images(proj.get("export_check_source"))
     batches = preprocess(imgs, exporter_info["imgsz"], exporter_info["batch"])
     ref = reference_outputs(model.model, batches, exporter_info["max_det"])
-    out = onnx_outputs(exported, batches) if fmt == "onnx" else engine_outputs(exported, batches)
+    if fmt == "onnx":
+        out = onnx_outputs(exported, batches)
+    else:
+        out = engine_outputs(exported, batches, exporter_info.get("device", "cuda:0"))
     floor = QUANT_CHECK_CONF if quant in (8, 16) else None
     per_image = [compare_detections(r, confident(o, floor)) for rb, ob in zip(ref, out) for r, o in zip(rb, ob)]
     report = {
@@ -293,7 +328,8 @@ def check_export(model, exported: str, fmt: str, exporter_info: dict[str, Any], 
     )
     which = f"detections scoring >= {floor:g}" if floor else f"top-{report['detections_per_image']} detections"
     msg = (
-        f"Export check ({report['runtime']} vs PyTorch, {report['images']} images at {exporter_info['imgsz'][0]}x{exporter_info['imgsz'][1]}, "
+        f"Export check ({report['runtime']} vs PyTorch, {report['images']} images at "
+        f"{exporter_info['imgsz'][0]}x{exporter_info['imgsz'][1]}, "
         f"{which}): largest box difference {report['max_box_diff']:.2e} "
         f"(normalised xywh), largest score difference {report['max_score_diff']:.2e}, tolerance {tol:g}"
     )
@@ -302,7 +338,8 @@ def check_export(model, exported: str, fmt: str, exporter_info: dict[str, Any], 
     if not report["passed"]:
         raise ClipCEError(
             f"{msg}: FAILED. The exported model does not reproduce the PyTorch model; do not deploy {exported}. "
-            f"Try the default opset and simplify=True, a full-precision export (no quantize), or raise the tolerance with "
+            "Try the default opset and simplify=True, a full-precision export (no quantize), "
+            "or raise the tolerance with "
             f"export_tol=... (export_tol_quant=... for quantize=16/8) if the difference is acceptable."
         )
     LOGGER.info(f"{msg}: passed ✅")
@@ -338,13 +375,15 @@ def export_checked(model, proj: dict[str, Any], **kwargs: Any) -> str:
         head = exporter.model.model[-1]
         info.update(imgsz=tuple(int(s) for s in exporter.imgsz), batch=int(exporter.im.shape[0]),
                     quantize=exporter.args.quantize, max_det=int(getattr(head, "max_det", 300)),
-                    dynamic=bool(exporter.args.dynamic))  # fmt: skip
+                    dynamic=bool(exporter.args.dynamic), device=str(exporter.device))  # fmt: skip
 
     model.add_callback("on_export_end", grab)
     try:
         f = RTDETR.export(model, **kwargs)
     except (AssertionError, ValueError) as e:  # Ultralytics reports user errors with assert / ValueError
         raise ClipCEError(f"Export to {fmt} failed: {e}") from None
+    except OSError as e:  # e.g. the disk filled up while writing
+        raise ClipCEError(f"Export to {fmt} failed writing {e.filename or 'its output'}: {e.strerror or e}.") from None
     finally:
         model.callbacks["on_export_end"].remove(grab)
     model.export_report = None

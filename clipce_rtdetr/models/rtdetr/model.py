@@ -35,7 +35,7 @@ def resolve_model(model: str | Path | None) -> str:
     if p.suffix == "" and (MODELS_DIR / f"{name}.yaml").exists():
         return str(MODELS_DIR / f"{name}.yaml")
     if p.exists():
-        return str(p)
+        return check_model_format(p, name)
     from ultralytics.utils import SETTINGS
 
     candidates = [d.resolve() / p.name for d in weights_dirs()] + [Path(SETTINGS["weights_dir"]).resolve() / p.name]
@@ -57,6 +57,22 @@ def resolve_model(model: str | Path | None) -> str:
     raise ClipCEError(f"Model weights '{name}' not found. Tried:\n  {tried}\n{how}")
 
 
+def check_model_format(p: Path, name: str) -> str:
+    """An existing model= path of a kind Ultralytics can load (a .pt checkpoint or an exported model: a file with an
+    export suffix, or a folder such as best_openvino_model/); anything else is refused here, before Ultralytics
+    reports it with a traceback from deep inside predict or train."""
+    from ultralytics.engine.exporter import export_formats
+
+    endings = [s for s in export_formats()["Suffix"] if s != "-"] + [".pt", ".xml", ".bin"]
+    if p.is_dir() or str(p).lower().endswith(tuple(e.lower() for e in endings if e.startswith("."))):
+        return str(p)
+    raise ClipCEError(
+        f"model={name}: {p} is not a model file Ultralytics can load (a .pt checkpoint, a .yaml config, or an exported "
+        "model such as .onnx, .engine or a *_openvino_model folder). Check the path; e.g. "
+        "model=runs/detect/train/weights/best.pt."
+    )
+
+
 class ClipCERTDETR(RTDETR):
     """RT-DETR trained with CLIP-CE. `ClipCERTDETR("rtdetr-l.pt").train(data=..., clipce="fame")`."""
 
@@ -70,7 +86,8 @@ class ClipCERTDETR(RTDETR):
             raise ClipCEError(
                 f"model={model}: {path} cannot be loaded as an RT-DETR model "
                 f"({type(e).__name__}: {str(e).strip()[:300]}). Expected an Ultralytics RT-DETR checkpoint "
-                "(.pt, e.g. runs/detect/train/weights/best.pt), a model config (.yaml, e.g. rtdetr-l.yaml) or, for predict/val, an exported .onnx/.engine file."
+                "(.pt, e.g. runs/detect/train/weights/best.pt), a model config (.yaml, e.g. rtdetr-l.yaml) or, "
+                "for predict/val, an exported .onnx/.engine file."
             ) from None
 
     @property
