@@ -205,7 +205,7 @@ def test_farther_objects_are_smaller():
     depth_at, sizes = [], []
     for i in range(30):
         clean, depth, labels = render_scene(np.random.default_rng([5, i]), 128, max_objects=5)
-        for c, x1, y1, x2, y2 in labels:
+        for _cls, x1, y1, x2, y2 in labels:
             row = int(y2) - 1
             depth_at.append(float(depth[row, :][depth[row, :] < 40].max()) if (depth[row, :] < 40).any() else 40.0)
             sizes.append(max(x2 - x1, y2 - y1))
