@@ -397,3 +397,67 @@ def test_corrupt_prior_cache_is_rebuilt(tiny_hazy_shapes, tmp_path):
     data["weights"][1] = float("nan")
     torch.save(data, path)
     assert torch.equal(ec.dataset_prior_weights(labels, files, 1.5, progress=False), good)
+
+
+def test_single_cls_refused_with_class_prompts(tiny_hazy_shapes, tiny_clip, tmp_root):
+    """Issue 13.5: single_cls renames every class to one name; AME/FAME would prompt with it. prior is fine."""
+    with pytest.raises(ClipCEError, match="single_cls"):
+        ClipCERTDETR(TINY_MODEL).train(
+            data=str(tiny_hazy_shapes),
+            clip=tiny_clip,
+            clipce="fame",
+            single_cls=True,
+            project=str(tmp_root / "runs"),
+            name="scls",
+            **FAST,
+        )
+    assert not (tmp_root / "runs" / "scls").exists()
+
+
+def test_batches_before_the_weight_table_use_the_stock_loss(tiny_hazy_shapes, tiny_clip, tmp_root, monkeypatch):
+    """Issue 13.4: quantize=8 runs calibration batches through preprocess_batch inside _setup_train, before the weight
+    table exists. NVIDIA ModelOpt (Ultralytics' QAT backend) cannot be installed offline, so prepare_qat is replaced by
+    a stand-in that does what it does with the trainer: run batches through preprocess_batch and the model's loss."""
+    import ultralytics.engine.trainer as ut
+
+    seen = []
+
+    def calibrate(model, loader, preprocess, batches=2):
+        for batch, _ in zip(loader, range(batches)):
+            batch = preprocess(batch)
+            seen.append(model.criterion.object_weights)
+            model(batch)
+        return model
+
+    monkeypatch.setattr(ut, "prepare_qat", calibrate)
+    monkeypatch.setattr(ut, "qat_state", lambda ema: None)
+    model = ClipCERTDETR(TINY_MODEL)
+    model.train(
+        data=str(tiny_hazy_shapes),
+        clip=tiny_clip,
+        clipce="fame",
+        quantize=8,
+        project=str(tmp_root / "runs"),
+        name="qat",
+        **{**FAST, "val": False},
+    )
+    assert seen == [None, None] and model.trainer.weight_table is not None
+
+
+def test_non_finite_weights_or_loss_stop_the_run(tiny_hazy_shapes, tmp_root):
+    """Issue 11.2: a run whose loss goes NaN must not end as a success with mAP 0."""
+    from clipce_rtdetr.models.rtdetr.train import ClipCETrainer
+
+    trainer = object.__new__(ClipCETrainer)
+    trainer.device = torch.device("cpu")
+    with pytest.raises(ClipCEError, match="not finite"):
+        trainer._set_weight_table(torch.tensor([1.0, float("nan")]))
+
+    def poison(tr):  # the parameters go NaN in the first epoch, as after a NaN weight or an AMP overflow
+        for p in tr.model.parameters():
+            p.data.fill_(float("nan"))
+
+    model = ClipCERTDETR(TINY_MODEL)
+    model.add_callback("on_train_batch_end", poison)
+    with pytest.raises(ClipCEError, match="NaN"):
+        model.train(data=str(tiny_hazy_shapes), clipce="prior", project=str(tmp_root / "runs"), name="nan", **FAST)
