@@ -273,6 +273,17 @@ def test_incomplete_generation_is_redone(tmp_path):
     assert (y2.parent / "images" / "train" / "train_00000.png").exists() and (y2.parent / ".complete").exists()
 
 
+def test_complete_folder_with_a_file_deleted_is_generated_again(tmp_path):
+    """Issue 11 item 4's sibling: .complete alone does not make the cached dataset whole; a label file deleted by
+    hand (its image would silently turn into background) brings the whole deterministic set back."""
+    y = generate(tmp_path / "d", SMALL, progress=False)
+    lb = y.parent / "labels" / "train" / "train_00001.txt"
+    want = lb.read_bytes()
+    lb.unlink()
+    assert generate(tmp_path / "d", SMALL, progress=False) == y
+    assert lb.read_bytes() == want
+
+
 def test_refuses_to_delete_a_folder_it_did_not_make(tmp_path):
     mine = tmp_path / "my-data"
     mine.mkdir()

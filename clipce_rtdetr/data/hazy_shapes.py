@@ -201,6 +201,18 @@ def _to_u8(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.round(img * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
+def missing_outputs(out: Path, recipe: Recipe) -> list[str]:
+    """The files a complete generation owns that are not there: per image its hazy and clean copies, depth map and
+    label file, and the haze record."""
+    names = [
+        f"{split}/{split}_{i:05d}" for split, n in (("train", recipe.n_train), ("val", recipe.n_val)) for i in range(n)
+    ]
+    wanted = [f"{sub}/{n}.png" for n in names for sub in ("images", "clean", "depth")] + [
+        f"labels/{n}.txt" for n in names
+    ]
+    return [f for f in [*wanted, "haze.csv"] if not (out / f).is_file()]
+
+
 def generate(root: str | Path | None = None, recipe: Recipe | None = None, progress: bool = True) -> Path:
     """Generate hazy-shapes (if not already complete for this recipe); return its dataset YAML path."""
     from tqdm import tqdm
@@ -213,10 +225,16 @@ def generate(root: str | Path | None = None, recipe: Recipe | None = None, progr
         try:
             # The whole recipe, not only its version: the same out= folder asked for with another seed,
             # size or count must not silently return the old images.
-            if json.loads((out / "recipe.json").read_text()) == json.loads(json.dumps(asdict(recipe))):
-                return yaml_path
+            same = json.loads((out / "recipe.json").read_text()) == json.loads(json.dumps(asdict(recipe)))
         except (OSError, ValueError):
-            pass
+            same = False
+        missing = missing_outputs(out, recipe) if same else []
+        if same and not missing:
+            return yaml_path
+        if missing:  # e.g. a label file deleted by hand: the image would silently become background
+            from ultralytics.utils import LOGGER
+
+            LOGGER.warning(f"{out}: {len(missing)} files are missing (first: {missing[0]}); generating it again.")
     if out.exists():  # incomplete or stale: only ever our own generated folder, marked by recipe.json
         if not (out / "recipe.json").exists() and any(out.iterdir()):
             raise FileExistsError(
