@@ -190,3 +190,31 @@ def test_yolo_val_with_coco_metrics(yolo_fame_run, tiny_hazy_shapes):
     metrics = model.val(data=str(tiny_hazy_shapes), coco=True, imgsz=64, batch=8, device="cpu", plots=False)
     stats = metrics.coco["stats"]
     assert 0.0 <= stats["AP50"] <= 1.0 and 0.0 <= stats["AP"] <= stats["AP50"] + 1e-9
+
+
+def test_yolo26_resume_keeps_clipce_loss_and_its_schedule(tiny_hazy_shapes, tiny_clip, tmp_root):
+    """Ultralytics' resume_training rebuilds a stock E2ELoss at the resumed step: the CLIP-CE loss replaces it and
+    keeps that step (one-to-many/one-to-one gains), so a resumed run weights the same way as an uninterrupted one."""
+    from clipce_rtdetr.models.yolo.loss import ClipCEE2ELoss
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_save(trainer):
+        raise Stop
+
+    model = load_detector("yolo26n.yaml")
+    model.add_callback("on_model_save", stop_after_first_save)
+    with pytest.raises(Stop):
+        model.train(
+            data=str(tiny_hazy_shapes), clip=tiny_clip, clipce="fame", project=str(tmp_root / "runs"),
+            name="yolo-resume", **{**FAST, "epochs": 3, "val": False},
+        )  # fmt: skip
+    last = Path(model.trainer.save_dir) / "weights" / "last.pt"
+    resumed = load_detector(str(last))
+    resumed.train(resume=True, data=str(tiny_hazy_shapes))
+    crit = resumed.trainer.model.criterion
+    assert isinstance(crit, ClipCEE2ELoss) and crit.object_weights is not None
+    assert crit.updates == 3  # 1 restored at the resumed step + one per resumed epoch (2 and 3)
+    rows = list(csv.DictReader(open(last.parents[1] / "results.csv")))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3]
