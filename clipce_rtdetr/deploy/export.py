@@ -163,7 +163,9 @@ def source_image_files(source: str | Path) -> list[Path]:
 
     p = Path(str(source))
     if p.is_dir():
-        files = sorted(p.rglob("*"))
+        from clipce_rtdetr.data.dataset import walk_files
+
+        files = walk_files(p)  # linked folders followed as in a dataset, a link loop refused
     else:
         files = [p] if p.is_file() else sorted(map(Path, glob.glob(str(source), recursive=True)))
     images = [f for f in files if f.suffix.lower() in IMG_SUFFIXES and f.is_file()]
