@@ -77,11 +77,11 @@ class ClipCETrainerMixin:
         self.clipce_args = check_project_values({**defaults, **given})
         if self.clipce_args["clipce"] in ("ame", "fame"):  # before a run folder exists (or any worker starts)
             check_single_cls(self.clipce_args["clipce"], overrides.get("single_cls"))
+            load_profile(self.clipce_args["ame_profile"])  # unknown name, unreadable file (classes: once data is read)
             if "clip" in given:
                 require_weights(self.clipce_args["clip"])
             if not overrides.get("resume"):  # resuming: the checkpoint's clip=, checked once restored
                 check_clip_available(self.clipce_args["clip"])
-            load_profile(self.clipce_args["ame_profile"])  # unknown name, unreadable file (classes: once data is read)
         self._padded_weights = None  # per-object AME/prior weights + a trailing 1 (ame_crops=source or prior)
         self.scorer = None  # AMEScorer, ame_crops=batch
         self.weight_source = None  # how this process got its weight table (logs, tests)
