@@ -48,3 +48,16 @@ def test_no_labels_at_all_is_an_error(tmp_path):
     y = _dataset(tmp_path, with_labels=False)
     with pytest.raises(ClipCEError, match="No label files found"):
         data.resolve_data(str(y))
+
+
+def test_a_new_scan_version_scans_again(tmp_path, monkeypatch):
+    """Reports cached by an older scan (e.g. one that called a byte-order mark a bad field) are not reused."""
+    y = _dataset(tmp_path)
+    calls = []
+    real = data.scan_labels
+    monkeypatch.setattr(data, "scan_labels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(data, "report_label_problems", lambda r, strict=False: None)
+    data.resolve_data(str(y))
+    monkeypatch.setattr(data, "SCAN_VERSION", data.SCAN_VERSION + 1)
+    data.resolve_data(str(y))
+    assert len(calls) == 2

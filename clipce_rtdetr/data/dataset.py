@@ -20,6 +20,7 @@ from clipce_rtdetr.paths import DATASETS_DIR
 
 IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
 MAX_LISTED = 10
+SCAN_VERSION = 2  # part of the label-scan cache key: bump when the scan's rules change (2: Ultralytics 8.4.190's)
 # Formats PIL cannot verify without plugins: left to Ultralytics.
 NO_VERIFY = {".heic", ".heif", ".pfm"}
 HEIF_SUFFIXES = (".heic", ".heif")  # PIL reads these only with the pi_heif plugin
@@ -88,7 +89,8 @@ def checked_scan(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...]) 
 
     files = [str(f) for s in splits for src in split_paths(cfg, yaml_path, s) for f in image_files(src)]
     files += [str(label_file(Path(f))) for f in files]
-    key = hashlib.sha256(f"{yaml_path.resolve()}|{splits}|{class_count(cfg)}|{get_hash(files)}".encode()).hexdigest()
+    ident = f"{SCAN_VERSION}|{yaml_path.resolve()}|{splits}|{class_count(cfg)}|{get_hash(files)}"
+    key = hashlib.sha256(ident.encode()).hexdigest()
     marker = home() / "label-scans" / f"{key[:32]}.json"
     try:
         report = json.loads(marker.read_text())["report"]  # unchanged files: the problems found last time
