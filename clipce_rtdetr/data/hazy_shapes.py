@@ -213,6 +213,21 @@ def missing_outputs(out: Path, recipe: Recipe) -> list[str]:
     return [f for f in [*wanted, "haze.csv"] if not (out / f).is_file()]
 
 
+def is_complete(out: Path, recipe: Recipe) -> bool:
+    """A finished folder of this whole recipe (not only its version: the same out= folder asked for with another
+    seed, size or count must not silently return the old images), with every file it owns still there."""
+    try:
+        same = json.loads((out / "recipe.json").read_text()) == json.loads(json.dumps(asdict(recipe)))
+    except (OSError, ValueError):
+        return False
+    missing = missing_outputs(out, recipe) if same else []
+    if missing:  # e.g. a label file deleted by hand: the image would silently become background
+        from ultralytics.utils import LOGGER
+
+        LOGGER.warning(f"{out}: {len(missing)} files are missing (first: {missing[0]}); generating it again.")
+    return same and not missing
+
+
 def generate(root: str | Path | None = None, recipe: Recipe | None = None, progress: bool = True) -> Path:
     """Generate hazy-shapes (if not already complete for this recipe); return its dataset YAML path."""
     from tqdm import tqdm
@@ -221,20 +236,8 @@ def generate(root: str | Path | None = None, recipe: Recipe | None = None, progr
     out = Path(root) if root is not None else cache_root() / recipe.folder_name()
     yaml_path = out / f"{NAME}.yaml"
     done = out / ".complete"
-    if done.exists() and yaml_path.exists():
-        try:
-            # The whole recipe, not only its version: the same out= folder asked for with another seed,
-            # size or count must not silently return the old images.
-            same = json.loads((out / "recipe.json").read_text()) == json.loads(json.dumps(asdict(recipe)))
-        except (OSError, ValueError):
-            same = False
-        missing = missing_outputs(out, recipe) if same else []
-        if same and not missing:
-            return yaml_path
-        if missing:  # e.g. a label file deleted by hand: the image would silently become background
-            from ultralytics.utils import LOGGER
-
-            LOGGER.warning(f"{out}: {len(missing)} files are missing (first: {missing[0]}); generating it again.")
+    if done.exists() and yaml_path.exists() and is_complete(out, recipe):
+        return yaml_path
     if out.exists():  # incomplete or stale: only ever our own generated folder, marked by recipe.json
         if not (out / "recipe.json").exists() and any(out.iterdir()):
             raise FileExistsError(
