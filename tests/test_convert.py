@@ -119,17 +119,8 @@ def test_image_with_an_unreadable_object_is_left_out(tmp_path):
 
 
 def test_voc_keep_difficult_split_and_copy(tmp_path):
-    y = convert(
-        "voc",
-        FIX / "voc",
-        tmp_path / "o",
-        keep_difficult=True,
-        val_fraction=0.5,
-        seed=3,
-        link=False,
-        progress=False,
-        keep_unreadable=True,
-    )
+    opts = dict(keep_difficult=True, val_fraction=0.5, seed=3, link=False, progress=False, keep_unreadable=True)
+    y = convert("voc", FIX / "voc", tmp_path / "o", **opts)
     lb = labels(tmp_path / "o")
     assert len(lb["a2.txt"]) == 2
     cfg = yaml.safe_load(y.read_text())
@@ -141,17 +132,7 @@ def test_voc_keep_difficult_split_and_copy(tmp_path):
         "val": "annotations/instances_val.json",
     }
     # Same seed, same split; a convert folder is replaced on rerun.
-    convert(
-        "voc",
-        FIX / "voc",
-        tmp_path / "o",
-        keep_difficult=True,
-        val_fraction=0.5,
-        seed=3,
-        link=False,
-        progress=False,
-        keep_unreadable=True,
-    )
+    convert("voc", FIX / "voc", tmp_path / "o", **opts)
     assert labels(tmp_path / "o") == lb
 
 
