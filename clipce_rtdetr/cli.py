@@ -6,6 +6,7 @@ every `yolo` key works unchanged; project keys come from cfg/default.yaml.
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from importlib import import_module
@@ -314,10 +315,31 @@ def entrypoint(argv: list[str] | None = None) -> int:
     except (ClipCEError, FileNotFoundError, AssertionError) as e:  # Ultralytics asserts on e.g. resuming a finished run
         print(f"clipce-rtdetr {args[0]}: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"clipce-rtdetr {args[0]}: error: {write_error(e)}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:
         print(f"Interrupted. {INTERRUPT_HINTS.get(args[0], '')}".rstrip(), file=sys.stderr)
         return 130
     return 0
+
+
+WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
+def write_error(e: OSError) -> str:
+    """A file-system refusal met anywhere in a run (a read-only or full disk, no permission, a name too long), as
+    one line naming the path and what to do, instead of the traceback of whichever library met it."""
+    what = {errno.EROFS: "the file system is read-only", errno.ENOSPC: "the disk is full",
+            errno.EDQUOT: "the disk quota is used up", errno.ENAMETOOLONG: "a file name is too long"}.get(
+        e.errno, "permission denied")  # fmt: skip
+    where = f" {e.filename}" if e.filename else ""
+    return (
+        f"cannot write{where}: {what} ({e.strerror}). Point project=/out= (or the file named) at a writable folder "
+        "with free space, or use a shorter name=."
+    )
 
 
 def check_device(device) -> None:

@@ -97,3 +97,27 @@ def test_export_records_the_device_it_used(tmp_path, monkeypatch):
     shutil.copy(TINY_PT, tmp_path / "m.pt")
     ClipCERTDETR(tmp_path / "m.pt").export(format="onnx", imgsz=64, device="cpu")
     assert seen["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [
+            "predict",
+            f"model={TINY_MODEL}",
+            "imgsz=64",
+            "source=" + str(TINY_PT.parents[1] / "tests" / "fixtures" / "data" / "coco" / "images" / "val" / "u3.jpg"),
+        ],
+        ["train", f"model={TINY_MODEL}", "data=hazy-shapes", "epochs=1", "imgsz=64", "clipce=none", "batch=2"],
+        ["convert", "format=voc", "source=" + str(TINY_PT.parents[1] / "tests" / "fixtures" / "data" / "voc")],
+        ["degrade", "data=hazy-shapes"],
+    ],
+)
+def test_outputs_in_a_read_only_folder_are_one_line(capsys, read_only_folder, tmp_path, monkeypatch, args):
+    """Siblings of export: every mode whose output folder (project=, out=) is read-only ends with one line naming
+    the path, before or when it first writes, never a traceback."""
+    monkeypatch.chdir(tmp_path)
+    key = "project" if args[0] in ("predict", "train") else "out"
+    rc, _, err = run_cli(capsys, *args, f"{key}={read_only_folder / 'runs'}")
+    assert_clear_error(rc, err, str(read_only_folder / "runs"), "read-only")
+    assert sorted(p.name for p in read_only_folder.iterdir()) == ["best.pt"]
