@@ -179,10 +179,6 @@ def test_top_level_export_is_lazy():
     assert out.stdout.strip().splitlines()[-1] == "clipce_rtdetr.models.yolo.model"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eval/coco.py labels_to_coco reads lb['shape'], which YOLO's rect val dataset pops (reported)",
-)
 def test_yolo_val_with_coco_metrics(yolo_fame_run, tiny_hazy_shapes):
     """`val coco=True` (the ablation's evaluation) on a YOLO checkpoint: pycocotools' numbers next to Ultralytics'."""
     save_dir, _ = yolo_fame_run

@@ -39,6 +39,19 @@ def verified_labels(images: list[Path], nc: int) -> list[dict[str, Any]]:
     return out
 
 
+def image_hw(label: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of a label's image: its recorded shape, else the image header (YOLO's rect validation
+    dataset drops `shape` from its labels once it has sorted the images by aspect ratio)."""
+    if label.get("shape") is not None:
+        return tuple(int(v) for v in label["shape"])
+    from PIL import Image
+    from ultralytics.data.utils import exif_size
+
+    with Image.open(label["im_file"]) as im:
+        w, h = exif_size(im)
+    return int(h), int(w)
+
+
 def labels_to_coco(labels: list[dict[str, Any]], names: dict[int, str] | list[str]) -> dict[str, Any]:
     """COCO ground truth from Ultralytics-format labels (normalised cx cy w h -> pixel x y w h); ids 1..N,
     categories 1..nc named after the classes."""
@@ -51,7 +64,7 @@ def labels_to_coco(labels: list[dict[str, Any]], names: dict[int, str] | list[st
         "categories": [{"id": k + 1, "name": v} for k, v in sorted(names.items())],
     }
     for i, lb in enumerate(sorted(labels, key=lambda x: str(x["im_file"])), 1):
-        h, w = (int(v) for v in lb["shape"])
+        h, w = image_hw(lb)
         gt["images"].append({"id": i, "file_name": Path(lb["im_file"]).name, "width": w, "height": h})
         for c, (cx, cy, bw, bh) in zip(lb["cls"].reshape(-1), lb["bboxes"].reshape(-1, 4)):
             box = [float((cx - bw / 2) * w), float((cy - bh / 2) * h), float(bw * w), float(bh * h)]
