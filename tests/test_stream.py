@@ -1,4 +1,5 @@
-"""Predict and track on video files and (simulated) live streams: frame counts, saved video, drops, reconnects."""
+"""Predict and track on video files and scripted live streams (FakeCamera): frame counts, saved video, drops,
+reconnects. Real servers: test_stream_server.py."""
 
 from __future__ import annotations
 
@@ -110,6 +111,10 @@ class FakeCamera:
     """A cv2.VideoCapture stand-in for a live stream (unknown frame count) that drops on a script.
 
     `script` lists, per open, how many frames that connection delivers (None: never opens).
+    Kept only for what a real server cannot produce on cue: a drop after exactly N frames followed by a
+    reconnection attempt that fails and the next one that succeeds, without timing races. The same
+    behaviours against a real RTSP/HTTP server (killed mid-stream, restarted, never back, wrong path,
+    two cameras, Ctrl-C/SIGTERM) are in test_stream_server.py.
     """
 
     script: list[int | None] = []
@@ -162,7 +167,7 @@ def test_stream_reconnects_then_ends_with_clear_message(media, camera):
     # 6 frames, drop; 1st reconnection fails; 2nd gives 5 frames, drop; never comes back.
     camera.script = [6, None, 5]
     model = ClipCERTDETR(media["pt"])
-    args = {"source": "rtsp://camera.invalid/live", "imgsz": 64, "verbose": False, "stream_buffer": True,
+    args = {"source": "rtsp://127.0.0.1:1/live", "imgsz": 64, "verbose": False, "stream_buffer": True,
             "stream_retries": 2, "stream_backoff": 0.01}  # fmt: skip
     with pytest.raises(StreamLostError, match="did not come back after 2 reconnection attempts") as e:
         run_predict(model, "predict", args)
@@ -179,9 +184,9 @@ def test_stream_that_never_opens(media, camera):
     from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     camera.script = []
-    with pytest.raises(StreamLostError, match="Gave up after 1 retries"):
-        run_predict(ClipCERTDETR(media["pt"]), "track",
-                    {"source": "rtsp://camera.invalid/live", "imgsz": 64, "stream_retries": 1, "stream_backoff": 0.01})  # fmt: skip
+    args = {"source": "rtsp://127.0.0.1:1/live", "imgsz": 64, "stream_retries": 1, "stream_backoff": 0.01}
+    with pytest.raises(StreamLostError, match="Gave up after 1 retries.*Nothing answers at 127.0.0.1:1"):
+        run_predict(ClipCERTDETR(media["pt"]), "track", args)
 
 
 def test_bad_inputs(media, tmp_path):
@@ -238,7 +243,7 @@ def test_nothing_saved_is_never_reported_as_saved(media, tmp_path, camera, ultra
     camera.script = []  # a webcam / RTSP stream that never opens
     with pytest.raises(StreamLostError, match="Failed to open"):
         run_predict(ClipCERTDETR(media["pt"]), "predict",
-                    {"source": "rtsp://camera.invalid/live", "imgsz": 64, "stream_retries": 0})  # fmt: skip
+                    {"source": "rtsp://127.0.0.1:1/live", "imgsz": 64, "stream_retries": 0})  # fmt: skip
     assert not [r for r in ultra_log.records if "saved to" in r.getMessage()]
 
 
@@ -283,12 +288,12 @@ def test_per_frame_tracking_checks_the_tracker_once(media, monkeypatch):
     it (the first frame), not on every frame."""
     import numpy as np
 
-    from clipce_rtdetr.deploy import stream
+    from clipce_rtdetr.deploy import stream_checks
     from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
 
     calls = []
-    real = stream.check_tracker_cfg
-    monkeypatch.setattr(stream, "check_tracker_cfg", lambda t: calls.append(t) or real(t))
+    real = stream_checks.check_tracker_cfg
+    monkeypatch.setattr(stream_checks, "check_tracker_cfg", lambda t: calls.append(t) or real(t))
     model = ClipCERTDETR(media["pt"])
     frame = np.full((64, 64, 3), 90, np.uint8)
     for _ in range(3):

@@ -1,219 +1,64 @@
 """Prediction and tracking on video files, webcams, RTSP/RTMP/HTTP streams and `.streams` lists.
 
 Everything runs through Ultralytics' own predictor (`model.predict(stream=True)` / tracking callbacks),
-with three additions hooked in rather than copied:
+with these additions hooked in rather than copied:
 
-* `ResilientStreams` (a `LoadStreams` subclass): a live source that drops is reopened with bounded
-  retries and exponential backoff. Ultralytics' loader reopens once, feeds black frames meanwhile
-  and ends silently when the reopen fails; here no fake frames reach the model or the saved video,
-  and a stream that does not come back ends the run with a clear message (`StreamLostError`).
-  A finite source (a file listed in `.streams`) that stops early is reported, not reopened.
-* `StreamPredictor` (a mixin over the model's own predictor class): installs that loader through
-  `setup_source` and keeps a live FPS / latency figure (`LiveStats`), logged every few seconds.
-* `run_predict` (the CLI's predict/track): saves the annotated video by default and makes sure the
-  video writers are released on every exit (end of stream, lost stream, Ctrl-C, SIGTERM), so what was
-  written stays playable. "Saved to" is said only when a file was written; a file or folder source
-  that gives no frame is an error.
-* Checks before the run whose Ultralytics errors name neither file nor fix: the tracker YAML
-  (`check_tracker_cfg`) and the entries of a .txt/.csv list of sources (`check_source_list`).
+* `ResilientStreams` (stream_loader.py, a `LoadStreams` subclass): dropped live sources are reopened with
+  bounded retries and backoff, no filler frames, a clear `StreamLostError` when a stream does not come back.
+* `StreamPredictorMixin` (over the model's own predictor class): installs that loader through `setup_source`,
+  reads an http(s) MPEG-TS address as the live stream it is (Ultralytics would try to download it, for ever),
+  and keeps a live figure (`LiveStats`): FPS, latency per frame, and the lag from a frame's arrival to its
+  result, logged every few seconds.
+* `run_predict` (the CLI's predict/track): saves the annotated video by default. Ctrl-C or SIGTERM stop the run
+  at the next frame boundary (a second one stops it at once), and the video writers are released on every exit,
+  so what was processed is what was written and the file stays playable. "Saved to" is said only when a file
+  was written; a file or folder source that gives no frame is an error.
+* Checks before the run (stream_checks.py): the tracker YAML and the entries of a .txt/.csv list of sources.
 
 Works with `.pt`, `.onnx` and `.engine` models, since Ultralytics' AutoBackend loads all three.
 """
 
 from __future__ import annotations
 
-import csv
-import glob
 import logging
-import math
 import signal
-import sys
 import threading
 import time
 import types
+import urllib.parse
 from collections import deque
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-from ultralytics.data.loaders import LoadImagesAndVideos, LoadStreams
+from ultralytics.data.loaders import LoadImagesAndVideos
 from ultralytics.utils import LOGGER
 
+from clipce_rtdetr.deploy.stream_checks import (  # noqa: F401  (re-exported: the public names of this module)
+    check_source_list,
+    check_tracker_cfg,
+    check_tracking,
+    ensure_lap,
+)
+from clipce_rtdetr.deploy.stream_loader import (  # noqa: F401  (re-exported)
+    STREAM_BACKOFF,
+    STREAM_RETRIES,
+    ResilientStreams,
+    StreamLostError,
+)
 from clipce_rtdetr.errors import ClipCEError
 
-STREAM_RETRIES = 5  # reconnection attempts before a lost stream ends the run
-STREAM_BACKOFF = 1.0  # seconds before the first attempt; doubles each attempt
-STREAM_MAX_BACKOFF = 30.0  # cap on one wait
-STREAM_TIMEOUT_MS = 10000  # FFmpeg open/read timeout for network streams on reconnection
 REPORT_EVERY = 2.0  # seconds between live FPS / latency lines
+LIVE_HTTP_SUFFIXES = (".ts",)  # http(s) addresses of these are live streams (MPEG-TS), not files to download
 _LOADER_LOCK = threading.Lock()
-
-
-def _has_ffmpeg() -> bool:
-    try:
-        return bool(cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG))
-    except Exception:
-        return False
-
-
-class StreamLostError(ClipCEError):
-    """A live source dropped and did not come back within the retry budget."""
-
-
-# ------------------------------------------------------------------------------------------------ loader
-class ResilientStreams(LoadStreams):
-    """`LoadStreams` that reconnects dropped live sources with bounded retries and exponential backoff.
-
-    Attributes added: `errors` {stream index: message} for streams lost for good, `ended_early`
-    {index: (frames read, frames expected)} for finite sources that stopped early, `reconnects`
-    {index: count} of successful reconnections.
-    """
-
-    def __init__(
-        self,
-        sources: str = "file.streams",
-        vid_stride: int = 1,
-        buffer: bool = False,
-        channels: int = 3,
-        retries: int = STREAM_RETRIES,
-        backoff: float = STREAM_BACKOFF,
-        max_backoff: float = STREAM_MAX_BACKOFF,
-    ):
-        self.retries, self.backoff, self.max_backoff = int(retries), float(backoff), float(max_backoff)
-        self.errors: dict[int, str] = {}
-        self.ended_early: dict[int, tuple[int, float]] = {}
-        self.reconnects: dict[int, int] = {}
-        t0 = time.time()
-        for attempt in range(self.retries + 1):  # the first open gets the same retry budget (camera still booting)
-            try:
-                super().__init__(sources, vid_stride=vid_stride, buffer=buffer, channels=channels)
-                return
-            except ConnectionError as e:
-                if attempt == self.retries:
-                    raise StreamLostError(
-                        f"{e}. Gave up after {self.retries} retries over {time.time() - t0:.0f} s. Check the address, "
-                        "credentials and network (try it in a player: ffplay/vlc), or the camera index for a webcam."
-                    ) from None
-                delay = self._delay(attempt + 1)
-                LOGGER.warning(f"{e}; retrying in {delay:.0f} s (attempt {attempt + 1}/{self.retries})")
-                time.sleep(delay)
-
-    def _delay(self, attempt: int) -> float:
-        return min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
-
-    @staticmethod
-    def open_capture(stream: str | int) -> cv2.VideoCapture:
-        """Open a source for reconnection; network streams get FFmpeg open/read timeouts so a dead host fails fast."""
-        if isinstance(stream, str) and "://" in stream and _has_ffmpeg():
-            params = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                STREAM_TIMEOUT_MS,
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                STREAM_TIMEOUT_MS,
-            ]
-            return cv2.VideoCapture(stream, cv2.CAP_FFMPEG, params)
-        return cv2.VideoCapture(stream)
-
-    def _wait(self, seconds: float) -> bool:
-        """Sleep in small steps; False when the loader was closed meanwhile."""
-        end = time.time() + seconds
-        while self.running and time.time() < end:
-            time.sleep(min(0.05, max(0.0, end - time.time())))
-        return self.running
-
-    def _push(self, i: int, im: np.ndarray) -> None:
-        if self.cv2_flag == cv2.IMREAD_GRAYSCALE and im.ndim == 3:
-            im = cv2.cvtColor(im, cv2.COLOR_BGR2GRAY)[..., None]
-        if self.buffer:
-            self.imgs[i].append(im)
-        else:
-            self.imgs[i] = [im]
-
-    def _reconnect(self, i: int, stream: str | int, cap: cv2.VideoCapture):
-        """Reopen stream i; return the new capture, or None when it did not come back (reason in self.errors)."""
-        name = self.sources[i] if i < len(self.sources) else str(stream)
-        t0 = time.time()
-        try:
-            cap.release()
-        except Exception:
-            pass
-        LOGGER.warning(f"Stream {i + 1}/{self.bs} ({name}) dropped; reconnecting (up to {self.retries} attempts)...")
-        for k in range(1, self.retries + 1):
-            if not self._wait(self._delay(k)):
-                return None
-            new = self.open_capture(stream)
-            ok, im = new.read() if new is not None and new.isOpened() else (False, None)
-            if ok and im is not None:
-                self.caps[i] = new
-                self.reconnects[i] = self.reconnects.get(i, 0) + 1
-                self._push(i, im)
-                LOGGER.info(
-                    f"Stream {i + 1}/{self.bs} ({name}) reconnected after {k} attempt(s), {time.time() - t0:.1f} s."
-                )
-                return new
-            if new is not None:
-                new.release()
-            LOGGER.warning(f"Stream {i + 1}/{self.bs} ({name}): reconnection attempt {k}/{self.retries} failed.")
-        self.errors[i] = (
-            f"Stream {i + 1}/{self.bs} ({name}) dropped and did not come back after {self.retries} reconnection "
-            f"attempts over {time.time() - t0:.0f} s"
-        )
-        LOGGER.error(self.errors[i])
-        return None
-
-    def update(self, i: int, cap: cv2.VideoCapture, stream: str | int) -> None:
-        """Read frames in a daemon thread (as `LoadStreams.update`), reconnecting a dropped live source."""
-        n, f = 0, self.frames[i]
-        live = not math.isfinite(f) or isinstance(stream, int)
-        while self.running and n < f - 1:
-            if len(self.imgs[i]) >= 30:  # keep a <= 30-image buffer
-                time.sleep(0.01)
-                continue
-            n += 1
-            ok = cap.grab()
-            if ok and n % self.vid_stride:
-                continue
-            im = None
-            if ok:
-                ok, im = cap.retrieve()
-            if ok and im is not None:
-                self._push(i, im)
-                continue
-            if not live:  # a file: unreadable from here on, reopening would restart it
-                self.ended_early[i] = (n, f)
-                LOGGER.warning(
-                    f"Stream {i + 1}/{self.bs} ({self.sources[i]}) ended early: frame {n} of {f:g} is unreadable."
-                )
-                return
-            cap = self._reconnect(i, stream, cap)
-            if cap is None:
-                return
-
-    def __next__(self) -> tuple[list[str], list[np.ndarray], list[str]]:
-        """As `LoadStreams.__next__`, but waits quietly while a stream reconnects (the reconnect logs its own lines)."""
-        self.count += 1
-        images = []
-        for i in range(self.bs):
-            while not self.imgs[i]:
-                if not self.threads[i].is_alive():
-                    self.close()
-                    raise StopIteration
-                time.sleep(0.005)
-            x = self.imgs[i]
-            if self.buffer:
-                images.append(x.pop(0))
-            else:
-                images.append(x.pop(-1) if x else np.zeros(self.shape[i], dtype=np.uint8))
-                x.clear()
-        return self.sources, images, [""] * self.bs
 
 
 # ------------------------------------------------------------------------------------------- live figure
 class LiveStats:
-    """Frames per second (wall clock, sliding window) and per-frame latency (pre + inference + post)."""
+    """Frames per second (wall clock, sliding window), per-frame latency (pre + inference + post) and, for live
+    streams, the lag from a frame's arrival from the camera to its result (annotated and written included)."""
 
     def __init__(self, mode: str, every: float = REPORT_EVERY, window: float = 5.0):
         self.mode, self.every, self.window = mode, every, window
@@ -221,6 +66,7 @@ class LiveStats:
         self.frames = 0
         self.hist: deque[tuple[float, int]] = deque()
         self.latencies: list[float] = []
+        self.lags: list[tuple[float, float]] = []  # (time of the result, ms from the frame's arrival to it)
         self.fps = 0.0
         self.latency_ms = 0.0
         self.videos: dict[str, tuple[int, int]] = {}  # video path -> (frames read, frames declared)
@@ -239,6 +85,9 @@ class LiveStats:
             sp = results[0].speed
             self.latency_ms = sum(v for v in sp.values() if v is not None)
             self.latencies.append(self.latency_ms)
+        arrivals = getattr(getattr(predictor, "dataset", None), "batch_arrivals", None)
+        if arrivals:
+            self.lags.append((now, (now - min(arrivals)) * 1e3))
         ds = getattr(predictor, "dataset", None)
         if getattr(ds, "mode", None) == "video" and hasattr(ds, "frames"):
             path = predictor.batch[0][0] if getattr(predictor, "batch", None) else ""
@@ -253,7 +102,10 @@ class LiveStats:
         res = getattr(predictor, "results", None)
         if res and getattr(res[0], "speed", None):
             sp = res[0].speed
-            s += f" (pre {sp.get('preprocess', 0):.1f} + inference {sp.get('inference', 0):.1f} + post {sp.get('postprocess', 0):.1f})"
+            pre, inference, post = (sp.get(k, 0) for k in ("preprocess", "inference", "postprocess"))
+            s += f" (pre {pre:.1f} + inference {inference:.1f} + post {post:.1f})"
+        if self.lags:
+            s += f" | lag {self.lags[-1][1]:.0f} ms"
         s += f" | {self.frames} frames"
         if self.mode == "track" and res is not None:
             ids = getattr(getattr(res[0], "boxes", None), "id", None) if res else None
@@ -263,13 +115,18 @@ class LiveStats:
     def summary(self) -> dict[str, float]:
         wall = time.perf_counter() - self.t0
         lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
-        return {
+        out = {
             "frames": self.frames,
             "seconds": round(wall, 3),
             "fps": round(self.frames / wall, 2) if wall > 0 else 0.0,
             "latency_ms_median": round(float(np.median(lat)), 2),
             "latency_ms_p95": round(float(np.percentile(lat, 95)), 2),
         }
+        if self.lags:
+            lag = np.asarray([x for _, x in self.lags])
+            out["lag_ms_median"] = round(float(np.median(lag)), 2)
+            out["lag_ms_p95"] = round(float(np.percentile(lag, 95)), 2)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- predictor
@@ -287,15 +144,23 @@ class StreamPredictorMixin:
                                 retries=self.stream_retries, backoff=self.stream_backoff)  # fmt: skip
 
     def setup_source(self, source, stride=None):
-        """Ultralytics' setup_source with `ResilientStreams` in place of `LoadStreams` for live sources."""
+        """Ultralytics' setup_source with `ResilientStreams` in place of `LoadStreams` for live sources, and
+        http(s) MPEG-TS addresses read as streams (Ultralytics' check_source would download them: for ever)."""
         from ultralytics.data import build
 
-        with _LOADER_LOCK:  # load_inference_source looks LoadStreams up in its module at call time
-            orig, build.LoadStreams = build.LoadStreams, self._make_streams
+        loader, check = build.LoadStreams, build.check_source
+
+        def check_source(src):
+            if is_live_http(src):
+                return src, True, False, False, False, False  # webcam-like: a live stream
+            return check(src)
+
+        with _LOADER_LOCK:  # load_inference_source looks both names up in its module at call time
+            build.LoadStreams, build.check_source = self._make_streams, check_source
             try:
                 return super().setup_source(source, stride)
             finally:
-                build.LoadStreams = orig
+                build.LoadStreams, build.check_source = loader, check
 
     def run_callbacks(self, event: str):
         super().run_callbacks(event)
@@ -303,6 +168,13 @@ class StreamPredictorMixin:
             self.live = LiveStats(getattr(self.args, "mode", "predict") or "predict")
         elif event == "on_predict_batch_end" and self.live is not None:
             self.live.update(self)
+
+
+def is_live_http(source: Any) -> bool:
+    """An http(s) address of a live stream format (MPEG-TS), which Ultralytics would take for a file to download."""
+    if not isinstance(source, (str, Path)) or not str(source).lower().startswith(("http://", "https://")):
+        return False
+    return urllib.parse.urlsplit(str(source)).path.lower().endswith(LIVE_HTTP_SUFFIXES)
 
 
 @cache
@@ -321,127 +193,6 @@ def _stream_settings(overrides: dict[str, Any]) -> tuple[dict[str, Any], int, fl
     if retries < 0 or backoff < 0:
         raise ClipCEError(f"stream_retries={retries} and stream_backoff={backoff} must be >= 0.")
     return ov, retries, backoff
-
-
-# -------------------------------------------------------------------------------------------------- lap
-def ensure_lap() -> None:
-    """Make Ultralytics' trackers importable without the optional `lap` package.
-
-    Ultralytics imports `lap` at import time of its matching module and pip-installs it when missing,
-    which is disabled here (YOLO_AUTOINSTALL=False). Without it, a small stand-in built on Ultralytics'
-    own `linear_sum_assignment` is registered (same result as Ultralytics' use_lap=False path, slower
-    on many objects). For speed: pip install 'lap>=0.5.12'.
-    """
-    try:
-        import lap  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-    from ultralytics.utils.ops import linear_sum_assignment
-
-    def lapjv(cost, extend_cost=True, cost_limit=np.inf, return_cost=True):
-        cost = np.asarray(cost, dtype=np.float64)
-        x = -np.ones(cost.shape[0], dtype=np.int64)
-        y = -np.ones(cost.shape[1], dtype=np.int64)
-        if cost.size:
-            rows, cols = linear_sum_assignment(cost)
-            for r, c in zip(rows, cols):
-                if cost[r, c] <= cost_limit:
-                    x[r], y[c] = c, r
-        total = float(sum(cost[r, c] for r, c in enumerate(x) if c >= 0))
-        return (total, x, y) if return_cost else (x, y)
-
-    mod = types.ModuleType("lap")
-    mod.__version__ = "0.0+clipce-fallback"
-    mod.lapjv = lapjv
-    sys.modules["lap"] = mod
-    LOGGER.warning(
-        "Package 'lap' not installed: tracking uses a slower built-in assignment. For speed: pip install 'lap>=0.5.12'"
-    )
-
-
-# --------------------------------------------------------------------------------------------- checks
-def check_tracker_cfg(tracker: str) -> Path:
-    """Resolve and validate a tracker YAML before Ultralytics reads it; return its path.
-
-    Ultralytics fails on a broken file with a bare ValueError, and on a missing key with an AttributeError
-    that blames its default.yaml. Here the message names the file (and line), and lists the keys missing
-    compared with Ultralytics' bundled config of the same tracker_type, which is the file to start from.
-    """
-    import yaml
-    from ultralytics.trackers.track import TRACKER_MAP
-    from ultralytics.utils import ROOT, YAML
-    from ultralytics.utils.checks import check_yaml
-
-    bundled_dir = ROOT / "cfg" / "trackers"
-    try:
-        path = Path(check_yaml(tracker))
-    except (FileNotFoundError, AssertionError) as e:
-        raise ClipCEError(f"tracker={tracker}: {e}. Use a bundled tracker ({', '.join(sorted(TRACKER_MAP))}, "
-                          f"e.g. tracker=bytetrack.yaml) or the path of your own copy of one from {bundled_dir}.") from None  # fmt: skip
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark else ""
-        raise ClipCEError(f"Tracker config {path}{where}: invalid YAML ({getattr(e, 'problem', None) or e}). "
-                          f"Fix that line, or start again from a copy of {bundled_dir / 'bytetrack.yaml'}.") from None  # fmt: skip
-    if not isinstance(cfg, dict):
-        raise ClipCEError(f"Tracker config {path} is not a list of 'key: value' settings. "
-                          f"Start from a copy of a file in {bundled_dir}, e.g. bytetrack.yaml.")  # fmt: skip
-    ttype = cfg.get("tracker_type")
-    if ttype not in TRACKER_MAP:
-        raise ClipCEError(f"Tracker config {path}: tracker_type must be one of {', '.join(sorted(TRACKER_MAP))}, "
-                          f"got {ttype!r}. Start from a copy of a file in {bundled_dir}, e.g. bytetrack.yaml.")  # fmt: skip
-    bundled = bundled_dir / f"{ttype}.yaml"
-    missing = [k for k in YAML.load(bundled) if k not in cfg] if bundled.is_file() else []
-    if missing:
-        unknown = sorted(set(cfg) - set(YAML.load(bundled)))
-        extra = f" (it has keys {ttype} does not use: {', '.join(unknown)}; a typo?)" if unknown else ""
-        raise ClipCEError(f"Tracker config {path} lacks {', '.join(missing)}, which tracker_type: {ttype} needs{extra}. "
-                          f"Copy Ultralytics' {bundled} as a starting point and change only what you need.")  # fmt: skip
-    return path
-
-
-def check_tracking(model, tracker: str | None = None) -> None:
-    """What Ultralytics' tracking reads, checked first: `lap` (or the stand-in) and the tracker YAML in use."""
-    from ultralytics.cfg import DEFAULT_CFG
-
-    ensure_lap()
-    check_tracker_cfg(tracker or model.overrides.get("tracker") or DEFAULT_CFG.tracker)
-
-
-def _listed_source_exists(entry: str, list_dir: Path) -> bool:
-    """As LoadImagesAndVideos resolves a listed entry: from the current folder, else from the list's folder."""
-    for p in (Path(entry).absolute(), (list_dir / entry).absolute()):
-        if glob.glob(str(p), recursive=True) if "*" in str(p) else p.exists():
-            return True
-    return False
-
-
-def check_source_list(source: Any) -> None:
-    """A .txt/.csv source is a list of sources (Ultralytics reads it so without saying); check every entry.
-
-    Ultralytics reports a missing entry as only "<entry> does not exist"; here the list file and line are named.
-    """
-    if (
-        not isinstance(source, (str, Path))
-        or Path(source).suffix.lower() not in (".txt", ".csv")
-        or not Path(source).is_file()
-    ):
-        return
-    lst = Path(source)
-    lines = lst.read_text(encoding="utf-8-sig", errors="replace").splitlines()
-    rows = [[x] for x in lines] if lst.suffix.lower() == ".txt" else list(csv.reader(lines))
-    start = 2 if lst.suffix.lower() == ".csv" and rows[:1] == [["source"]] else 1  # csv: optional header row
-    entries = [(n, e.strip()) for n, row in enumerate(rows[start - 1 :], start) for e in row if e.strip()]
-    LOGGER.info(f"source={source} is a list of sources, one per line: {len(entries)} listed.")
-    for n, entry in entries:
-        if not _listed_source_exists(entry, lst.parent):
-            hint = " Streams (rtsp://, http://, webcams) go in a .streams file, one per line." if "://" in entry else ""
-            raise ClipCEError(f"{lst}, line {n}: '{entry}' does not exist (looked from {Path.cwd()} and from {lst.parent}). "
-                              f"Fix or remove that line.{hint}")  # fmt: skip
 
 
 def saved_output(predictor) -> Path | None:
@@ -504,14 +255,15 @@ def _report_end(predictor, source) -> None:
     for path, (read, declared) in live.videos.items() if live else []:
         if declared and read < declared:
             LOGGER.warning(
-                f"Video {path} ended at frame {read} of {declared}: the rest could not be read (truncated or corrupt file?)."
+                f"Video {path} ended at frame {read} of {declared}: the rest could not be read "
+                "(truncated or corrupt file?)."
             )
     errors = getattr(ds, "errors", None)
     if errors:
         saved = saved_output(predictor)
         where = f" Annotated video so far saved to {saved}." if saved and getattr(predictor.args, "save", False) else ""
         raise StreamLostError(
-            "; ".join(errors.values()) + f".{where} Check the camera and network, then run the same command again "
+            " ".join(errors.values()) + f"{where} Run the same command again when the stream is back "
             "(raise stream_retries / stream_backoff to wait longer)."
         )
     if isinstance(ds, LoadImagesAndVideos) and not predictor.seen and not predictor.args.embed:  # embed skips `seen`
@@ -531,12 +283,41 @@ def _no_frames(predictor, source, files: list[str]) -> None:
     )
 
 
+class StopOnSignal:
+    """Ctrl-C / SIGTERM (docker stop, systemd) during a run: the first asks it to stop at the next frame boundary
+    (the stream loader ends its iteration, also while it waits for a stream to come back), a second stops it at
+    once. Before frames flow (model loading, first connection) the first one stops at once."""
+
+    def __init__(self, model):
+        self.model, self.requested = model, False
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # sets flags only: no logging or joining inside a signal handler
+        predictor = getattr(self.model, "predictor", None)
+        dataset = getattr(predictor, "dataset", None)
+        if self.requested or dataset is None or getattr(predictor, "live", None) is None:
+            raise KeyboardInterrupt
+        self.requested = True
+        if hasattr(dataset, "request_stop"):
+            dataset.request_stop()
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def run_predict(model, mode: str, overrides: dict[str, Any]):
     """`clipce-rtdetr predict|track`: stream through the source, log a live FPS/latency figure, save the video.
 
     `overrides` are validated key=value arguments (source included). Saving is on by default, as in
-    `yolo predict`. Ctrl-C or SIGTERM stop the run cleanly (the saved video stays playable).
-    Returns the run summary (frames, seconds, fps, latency median/p95).
+    `yolo predict`. Ctrl-C or SIGTERM stop the run cleanly (`StopOnSignal`): every processed frame is in the
+    saved video, which stays playable. Returns the run summary (frames, seconds, fps, latency and lag median/p95).
     """
     ov = dict(overrides)
     source = ov.pop("source", None)
@@ -545,33 +326,35 @@ def run_predict(model, mode: str, overrides: dict[str, Any]):
     ov.setdefault("save", True)
     persist = bool(ov.pop("persist", False))
     gen = stream_predict(model, source, mode=mode, persist=persist, **ov)
-
-    def _term(signum, frame):  # SIGTERM (docker stop, systemd) -> the same clean stop as Ctrl-C
-        raise KeyboardInterrupt
-
-    prev = signal.signal(signal.SIGTERM, _term) if threading.current_thread() is threading.main_thread() else None
     status, lost = "done", None
-    try:
-        for _ in gen:
-            pass
-    except KeyboardInterrupt:
-        status = "stopped"
-    except StreamLostError as e:
-        status, lost = "ended: stream lost", e
-    finally:
-        gen.close()
-        if prev is not None:
-            signal.signal(signal.SIGTERM, prev)
-    pred = model.predictor
-    live = getattr(pred, "live", None)
-    summary = live.summary() if live else {}
-    if summary:
-        LOGGER.info(
-            f"{mode} {status}: {summary['frames']} frames in {summary['seconds']:.1f} s, {summary['fps']:.1f} FPS, "
-            f"latency median {summary['latency_ms_median']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms"
-        )
-    if ov.get("save") and (saved := saved_output(pred)):
+    with StopOnSignal(model) as stop:
+        try:
+            for _ in gen:
+                if stop.requested:
+                    break
+        except KeyboardInterrupt:
+            status = "stopped"
+        except StreamLostError as e:
+            status, lost = "ended: stream lost", e
+        finally:
+            gen.close()
+        status = "stopped" if stop.requested else status
+    summary = _log_summary(model.predictor, mode, status)
+    if ov.get("save") and (saved := saved_output(model.predictor)):
         LOGGER.info(f"Annotated output saved to {saved}")
     if lost is not None:
         raise lost
+    return summary
+
+
+def _log_summary(predictor, mode: str, status: str) -> dict[str, float]:
+    live = getattr(predictor, "live", None)
+    summary = live.summary() if live else {}
+    if summary:
+        lag = (f", lag from arrival median {summary['lag_ms_median']:.0f} ms, p95 {summary['lag_ms_p95']:.0f} ms"
+               if "lag_ms_median" in summary else "")  # fmt: skip
+        LOGGER.info(
+            f"{mode} {status}: {summary['frames']} frames in {summary['seconds']:.1f} s, {summary['fps']:.1f} FPS, "
+            f"latency median {summary['latency_ms_median']:.1f} ms, p95 {summary['latency_ms_p95']:.1f} ms{lag}"
+        )
     return summary
