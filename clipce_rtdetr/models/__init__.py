@@ -94,7 +94,9 @@ def _checkpoint_family(path: str) -> tuple[str, str]:
     name = type(model).__name__
     if name in ("WorldModel", "YOLOEModel", "YOLOESegModel"):
         return "yolo", "open-vocabulary"
-    return ("rtdetr" if name.startswith("RTDETR") else "yolo"), guess_model_task(model)
+    if name.startswith("RTDETR"):  # RT-DETR is a detector only; guess_model_task cannot tell it from a tiny config
+        return "rtdetr", "detect"
+    return "yolo", guess_model_task(model) or "detect"
 
 
 def _export_family(path: str) -> tuple[str, str]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
 
 from ultralytics import RTDETR
 
-from clipce_rtdetr.config import check_overrides
 from clipce_rtdetr.errors import ClipCEError
+from clipce_rtdetr.models import ClipCEModelMixin
 from clipce_rtdetr.paths import MODELS_DIR, weights_dirs
 
 DEFAULT_MODEL = "rtdetr-l.pt"
@@ -73,7 +72,7 @@ def check_model_format(p: Path, name: str) -> str:
     )
 
 
-class ClipCERTDETR(RTDETR):
+class ClipCERTDETR(ClipCEModelMixin, RTDETR):
     """RT-DETR trained with CLIP-CE. `ClipCERTDETR("rtdetr-l.pt").train(data=..., clipce="fame")`."""
 
     def __init__(self, model: str | Path = DEFAULT_MODEL) -> None:
@@ -97,52 +96,3 @@ class ClipCERTDETR(RTDETR):
         task_map = super().task_map
         task_map["detect"] = {**task_map["detect"], "trainer": ClipCETrainer}
         return task_map
-
-    def train(self, trainer=None, **kwargs: Any):
-        from clipce_rtdetr.data.dataset import resolve_run_data
-
-        check_overrides(kwargs)
-        if isinstance(kwargs.get("data"), (list, tuple)):
-            raise ClipCEError(
-                "data= must be one dataset for CLIP-CE training (Ultralytics' multi-dataset fine-tuning "
-                "is not supported); train on each dataset in turn."
-            )
-        # With resume, a resumable checkpoint brings its own data and CLIP; data= given anyway is resolved, since
-        # Ultralytics starts a new run from it when the checkpoint turns out not to be resumable.
-        if not kwargs.get("resume") or kwargs.get("data"):
-            needs_clip = kwargs.get("clipce", "fame") in ("ame", "fame")
-            kwargs = resolve_run_data(kwargs, needs_clip, allow_download=bool(kwargs.get("allow_download")))
-        return super().train(trainer=trainer, **kwargs)
-
-    def val(self, validator=None, **kwargs: Any):
-        from clipce_rtdetr.data.dataset import resolve_data
-
-        ultra, proj = check_overrides(kwargs)
-        data = ultra.get("data") or self.overrides.get("data")
-        ultra["data"] = resolve_data(data, allow_download=proj["allow_download"], splits=(ultra.get("split") or "val",))
-        if proj["coco"]:
-            from clipce_rtdetr.eval.coco import val_with_coco  # issue: COCO-standard evaluation
-
-            return val_with_coco(self, validator=validator, **ultra)
-        return super().val(validator=validator, **ultra)
-
-    def predict(self, source=None, stream: bool = False, predictor=None, **kwargs: Any):
-        from clipce_rtdetr.deploy.stream import check_source_list
-
-        ultra, _ = check_overrides(kwargs)
-        check_source_list(source)  # a .txt/.csv list of sources: each entry checked, file and line named
-        return super().predict(source=source, stream=stream, predictor=predictor, **ultra)
-
-    def track(self, source=None, stream: bool = False, persist: bool = False, **kwargs: Any):
-        from clipce_rtdetr.deploy.stream import check_tracking
-
-        ultra, _ = check_overrides(kwargs)
-        if not (persist and hasattr(self.predictor, "trackers")):  # when Ultralytics (re)reads it: not per frame
-            check_tracking(self, ultra.get("tracker"))
-        return super().track(source=source, stream=stream, persist=persist, **ultra)
-
-    def export(self, **kwargs: Any) -> str:
-        ultra, proj = check_overrides(kwargs)
-        from clipce_rtdetr.deploy.export import export_checked
-
-        return export_checked(self, proj, **ultra)
