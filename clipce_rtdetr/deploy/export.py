@@ -254,6 +254,39 @@ def confident(out: np.ndarray, floor: float | None, fallback: int = 10) -> np.nd
     return keep if len(keep) else out[np.argsort(-out[:, 4])[:fallback]]
 
 
+def compare_raw(ref: np.ndarray, out: np.ndarray, imgsz: tuple[int, int], floor: float | None) -> dict[str, float]:
+    """Largest differences between two raw YOLO head outputs (4 + nc, anchors) of one image: boxes in pixels
+    (divided by the image size), class scores. A quantized export is compared on the anchors PyTorch scores at
+    `floor` or above (the top 10 when none reach it), as for DETR lists."""
+    keep = np.arange(ref.shape[1])
+    if floor is not None:
+        best = ref[4:].max(0)
+        keep = np.flatnonzero(best >= floor) if (best >= floor).any() else np.argsort(-best)[:10]
+    d = np.abs(out[:, keep] - ref[:, keep])
+    box = d[:4].max(initial=0.0) / max(imgsz)
+    return {"box": float(box), "score": float(d[4:].max(initial=0.0)), "unmatched": 0, "n": int(len(keep))}
+
+
+def compare_image(ref: np.ndarray, out: np.ndarray, layout: str, imgsz: tuple[int, int], floor: float | None):
+    """One image's differences, by the head's output layout: `detr` (normalised top-k list), `end2end` (YOLO26's
+    top-k list, boxes in pixels) or `raw` (a YOLO head's (4 + nc, anchors) tensor)."""
+    if layout == "raw":
+        return compare_raw(ref, out, imgsz, floor)
+    if layout == "end2end":
+        scale = np.array([imgsz[1], imgsz[0], imgsz[1], imgsz[0]], dtype=np.float32)
+        ref, out = ref.copy(), out.copy()
+        ref[:, :4] /= scale
+        out[:, :4] /= scale
+    return compare_detections(ref, confident(out, floor))
+
+
+def output_layout(head) -> str:
+    """How a detection head's exported output is laid out (see compare_image)."""
+    if type(head).__name__.startswith("RTDETR"):
+        return "detr"
+    return "end2end" if getattr(head, "end2end", False) else "raw"
+
+
 def reference_outputs(pt_model, batches: list[np.ndarray], max_det: int) -> list[np.ndarray]:
     """PyTorch predictions (B, K, 6) of the unexported model, fp32, on CPU."""
     from copy import deepcopy
@@ -310,7 +343,8 @@ def check_export(model, exported: str, fmt: str, exporter_info: dict[str, Any], 
     else:
         out = engine_outputs(exported, batches, exporter_info.get("device", "cuda:0"))
     floor = QUANT_CHECK_CONF if quant in (8, 16) else None
-    per_image = [compare_detections(r, confident(o, floor)) for rb, ob in zip(ref, out) for r, o in zip(rb, ob)]
+    layout, imgsz = exporter_info.get("layout", "detr"), exporter_info["imgsz"]
+    per_image = [compare_image(r, o, layout, imgsz, floor) for rb, ob in zip(ref, out) for r, o in zip(rb, ob)]
     report = {
         "file": str(exported),
         "format": fmt,
@@ -328,12 +362,15 @@ def check_export(model, exported: str, fmt: str, exporter_info: dict[str, Any], 
     report["passed"] = (
         report["max_box_diff"] <= tol and report["max_score_diff"] <= tol and report["unmatched_class"] == 0
     )
-    which = f"detections scoring >= {floor:g}" if floor else f"top-{report['detections_per_image']} detections"
+    what = "anchors" if layout == "raw" else "detections"
+    which = f"{what} scoring >= {floor:g}" if floor else f"top-{report['detections_per_image']} {what}"
+    if layout == "raw" and not floor:
+        which = f"all {report['detections_per_image']} anchors"
     msg = (
         f"Export check ({report['runtime']} vs PyTorch, {report['images']} images at "
         f"{exporter_info['imgsz'][0]}x{exporter_info['imgsz'][1]}, "
         f"{which}): largest box difference {report['max_box_diff']:.2e} "
-        f"(normalised xywh), largest score difference {report['max_score_diff']:.2e}, tolerance {tol:g}"
+        f"(normalised), largest score difference {report['max_score_diff']:.2e}, tolerance {tol:g}"
     )
     if report["unmatched_class"]:
         msg += f", {report['unmatched_class']} detections with no same-class counterpart"
@@ -350,12 +387,13 @@ def check_export(model, exported: str, fmt: str, exporter_info: dict[str, Any], 
 
 # ------------------------------------------------------------------------------------------------ entry
 def export_checked(model, proj: dict[str, Any], **kwargs: Any) -> str:
-    """`ClipCERTDETR.export`: validate, export with Ultralytics, then check ONNX/engine outputs against PyTorch.
+    """`ClipCERTDETR.export` / `ClipCEYOLO.export`: validate, export with Ultralytics, then check ONNX/engine
+    outputs against PyTorch.
 
     The check report is kept in `model.export_report` (None when no check ran).
     """
-    from ultralytics import RTDETR
     from ultralytics.cfg import _handle_deprecation
+    from ultralytics.engine.model import Model
     from ultralytics.utils import LOGGER
 
     kwargs = _handle_deprecation(dict(kwargs))  # half/int8 -> quantize, as Ultralytics does
@@ -377,11 +415,12 @@ def export_checked(model, proj: dict[str, Any], **kwargs: Any) -> str:
         head = exporter.model.model[-1]
         info.update(imgsz=tuple(int(s) for s in exporter.imgsz), batch=int(exporter.im.shape[0]),
                     quantize=exporter.args.quantize, max_det=int(getattr(head, "max_det", 300)),
-                    dynamic=bool(exporter.args.dynamic), device=str(exporter.device))  # fmt: skip
+                    dynamic=bool(exporter.args.dynamic), device=str(exporter.device),
+                    layout=output_layout(head))  # fmt: skip
 
     model.add_callback("on_export_end", grab)
     try:
-        f = RTDETR.export(model, **kwargs)
+        f = Model.export(model, **kwargs)  # Ultralytics' own export, for any detector family
     except (AssertionError, ValueError) as e:  # Ultralytics reports user errors with assert / ValueError
         raise ClipCEError(f"Export to {fmt} failed: {e}") from None
     except OSError as e:  # e.g. the disk filled up while writing
