@@ -284,6 +284,25 @@ def summary_line(rep: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
+def training_mode(pretrained, train_text: bool | None, lr: float | None) -> tuple[bool, bool, float]:
+    """(from scratch?, train the text tower?, learning rate): a random start trains both towers at its own rate."""
+    scratch = _random_start(pretrained)
+    train_text = scratch if train_text is None else train_text
+    if scratch and not train_text:
+        raise ClipCEError("clip-train: a model trained from scratch must train its text tower too (clip_text=True).")
+    return scratch, bool(train_text), float(lr) if lr is not None else (LR_SCRATCH if scratch else LR_FINETUNE)
+
+
+def start_message(name: str, scratch: bool, seed: int, bundle, train_text: bool, root) -> str:
+    size, mean, std = bundle.image_size, bundle.mean, bundle.std
+    return (
+        f"clip-train: {name} ({f'random init, seed {seed}' if scratch else 'pretrained'}), "
+        f"input {size} px, mean {tuple(round(m, 4) for m in mean)}, std {tuple(round(s, 4) for s in std)}; "
+        f"training {'both towers' if train_text else 'the image tower'}; "
+        f"crops from {root or 'the images themselves'}"
+    )
+
+
 def clip_train(
     data: str | None,
     clip: str,
@@ -325,23 +344,14 @@ def clip_train(
     check_numbers(epochs, batch, fliplr, rgb_shuffle, jitter)
     check_params(context, temperature, alpha, form)
     model_name, pretrained = parse_clip_spec(clip)
-    scratch = _random_start(pretrained)
-    train_text = scratch if train_text is None else train_text
-    if scratch and not train_text:
-        raise ClipCEError("clip-train: a model trained from scratch must train its text tower too (clip_text=True).")
-    lr = float(lr) if lr is not None else (LR_SCRATCH if scratch else LR_FINETUNE)
+    scratch, train_text, lr = training_mode(pretrained, train_text, lr)
     device = torch.device(device)
     d = load_data(data, images)
     prompts = build_prompts(profile, d.names, templates)
 
     bundle = load_seeded(clip, model_name, scratch, seed, device)
     size, mean, std = bundle.image_size, bundle.mean, bundle.std
-    LOGGER.info(
-        f"clip-train: {model_name if scratch else clip} ({f'random init, seed {seed}' if scratch else 'pretrained'}), "
-        f"input {size} px, mean {tuple(round(m, 4) for m in mean)}, std {tuple(round(s, 4) for s in std)}; "
-        f"training {'both towers' if train_text else 'the image tower'}; "
-        f"crops from {d.root or 'the images themselves'}"
-    )
+    LOGGER.info(start_message(model_name if scratch else clip, scratch, seed, bundle, train_text, d.root))
     objs = train_objects(d, size, context, progress)
     ame = dict(profile=profile, templates=templates, context=context, temperature=temperature, alpha=alpha, form=form)
     degraded = d.eval_labels if d.root is not None else None
