@@ -1,6 +1,9 @@
 """Ablation: clipce=none|prior|ame|fame over seeds, everything else equal (see clipce_rtdetr/eval/ablation.py).
 
-Default: hazy-shapes, tiny RT-DETR, CPU, under an hour on 2 cores; results to benchmarks/results/.
+Default: hazy-shapes, tiny RT-DETR, CPU, under an hour on 2 cores; results to benchmarks/results/<name>.*.
+YOLO (the committed ablation_yolo.* results):
+    python benchmarks/ablation.py --model yolo11n-shapes.pt --seeds 0,1,2,3,4 --epochs 8 --name ablation_yolo
+Report again from a saved record (no training):  python benchmarks/ablation.py --report-only results/ablation.json
 Real data on a GPU:  python benchmarks/ablation.py --data datasets/rtts/rtts.yaml --model rtdetr-l.pt \
                         --device 0 --epochs 72 --imgsz 640 --batch 16 --clip ViT-B-32:openai
 """
@@ -8,6 +11,8 @@ Real data on a GPU:  python benchmarks/ablation.py --data datasets/rtts/rtts.yam
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -31,9 +36,18 @@ def main(argv=None):
     ap.add_argument("--clip", default=None, help="CLIP spec; default for hazy-shapes: the committed demo CLIP")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--project", default=None, help="run folders (default: a temp dir)")
+    ap.add_argument("--name", default="ablation", help="file name prefix of the results (<name>.md, .json, .png)")
+    ap.add_argument("--report-only", default=None, help="an ablation JSON: write its report again, train nothing")
     args = ap.parse_args(argv)
 
     from clipce_rtdetr.eval.ablation import run_ablation_grid
+    from clipce_rtdetr.eval.ablation_report import write_report
+
+    if args.report_only:
+        record = json.loads(Path(args.report_only).read_text())
+        for path in write_report(record, Path(args.out), args.name):
+            print(f"wrote {path}")
+        return 0
 
     train_kwargs = dict(
         epochs=args.epochs,
@@ -58,6 +72,8 @@ def main(argv=None):
         train_kwargs,
         Path(args.out),
         project,
+        prefix=args.name,
+        command=shlex.join(["python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)]),
     )
 
 

@@ -7,7 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from clipce_rtdetr.eval.ablation import aggregate, markdown_table, mean_std, plot_summary
+from clipce_rtdetr.eval.ablation_report import (
+    aggregate,
+    markdown_table,
+    mean_std,
+    paired_differences,
+    paired_table,
+    pairing_check,
+    plot_summary,
+    t_interval,
+    t_quantile,
+    write_report,
+)
 
 
 def _runs():
@@ -67,6 +78,79 @@ def test_table_and_plots(tmp_path):
     assert [p.name for p in paths] == ["ablation_map.png", "ablation_per_level.png", "ablation_weights.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
     json.dumps(summary)  # serialisable as written to ablation.json
+
+
+def test_t_quantile_matches_tables():
+    # two-sided 95 % critical values from a printed t table
+    for df, value in ((1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622), (30, 2.0423)):
+        assert t_quantile(0.975, df) == pytest.approx(value, abs=1e-4)
+    assert t_quantile(0.95, 4) == pytest.approx(2.1318, abs=1e-4)
+
+
+def test_t_interval_by_hand():
+    ci = t_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    # mean 3, s = sqrt(2.5), t(0.975, 4 df) = 2.776445 (table value): half-width 2.776445 * 1.581139 / sqrt(5)
+    assert ci["n"] == 5 and ci["mean"] == pytest.approx(3.0) and ci["std"] == pytest.approx(2.5**0.5)
+    assert (ci["low"], ci["high"]) == pytest.approx((3 - 1.963243, 3 + 1.963243), abs=1e-5)
+    one = t_interval([0.2])
+    assert one["mean"] == 0.2 and np.isnan(one["low"]) and np.isnan(one["high"])
+
+
+def _paired_runs():
+    """`none` varies a lot from seed to seed; `fame` is always `none` + 0.01..0.03 on the same seed."""
+    none = [0.50, 0.60, 0.40, 0.55]
+    gain = [0.02, 0.03, 0.01, 0.02]
+    runs = []
+    for seed, (base, g) in enumerate(zip(none, gain)):
+        for method, v in (("none", base), ("fame", base + g)):
+            heavy = {"mAP50": v - 0.1, "mAP50-95": v / 4}
+            levels = {"light": {"mAP50": v, "mAP50-95": v / 2}, "heavy": heavy}
+            runs.append({"method": method, "seed": seed, "mAP50": v, "mAP50-95": v / 2, "per_level": levels})
+    runs.append({"method": "fame", "seed": 9, "mAP50": 0.0, "mAP50-95": 0.0, "per_level": {}})  # no `none` to pair
+    return runs
+
+
+def test_paired_differences_by_hand():
+    runs = _paired_runs()
+    del runs[1]["per_level"]["heavy"]  # fame seed 0 has no heavy images: that seed drops out of the heavy pair only
+    fame = paired_differences(runs)["fame"]
+    assert fame["seeds"] == [0, 1, 2, 3]  # seed 9 has no baseline
+    d = fame["mAP50"]
+    # differences 0.02, 0.03, 0.01, 0.02: mean 0.02, s = 0.0081650, t(0.975, 3 df) = 3.182446
+    assert d["mean"] == pytest.approx(0.02) and d["std"] == pytest.approx(0.0081650, abs=1e-6)
+    assert (d["low"], d["high"]) == pytest.approx((0.02 - 0.0129925, 0.02 + 0.0129925), abs=1e-6)
+    # paired, the gain is clear; unpaired, the seed spread of `none` (std 0.085) would swamp it
+    assert d["low"] > 0 and mean_std([0.50, 0.60, 0.40, 0.55])[1] > 3 * (d["high"] - d["low"])
+    assert fame["mAP50-95"]["mean"] == pytest.approx(0.01)
+    assert fame["per_level"]["light"]["mAP50"]["n"] == 4
+    heavy = fame["per_level"]["heavy"]["mAP50"]
+    assert heavy["n"] == 3 and heavy["mean"] == pytest.approx(0.02)  # seeds 1-3: 0.03, 0.01, 0.02
+    assert paired_differences([r for r in runs if r["method"] != "none"]) == {}
+
+
+def test_paired_table_marks_intervals_that_exclude_zero():
+    runs = _paired_runs()
+    runs += [{**r, "method": "prior"} for r in runs if r["method"] == "none"]
+    runs[-1] = {**runs[-1], "mAP50": runs[-1]["mAP50"] + 0.05}  # prior differs on one seed only: CI spans 0
+    table = paired_table(paired_differences(runs), "mAP50")
+    fame_row, prior_row = table.splitlines()[2:4]
+    assert fame_row.startswith("| fame − none | 4 | **+0.020 [+0.007, +0.033]** |")
+    assert prior_row.startswith("| prior − none | 4 | +0.013 [") and "**" not in prior_row
+
+
+def test_pairing_check_and_written_report(tmp_path):
+    runs = _paired_runs()[:8]
+    for r in runs:
+        r["data_order_sha1"] = f"order-{r['seed']}"
+    runs[7]["data_order_sha1"] = "other"  # fame seed 3 saw other batches
+    assert pairing_check(runs) == {"same": [0, 1, 2], "differ": [3], "not_recorded": []}
+    record = {"data": "d.yaml", "model": "m.pt", "train_kwargs": {}, "methods": ["none", "fame"], "seeds": [0, 1, 2, 3]}
+    paths = write_report({**record, "runs": runs, "command": "python x"}, tmp_path, "abl")
+    assert [p.name for p in paths] == ["abl.json", "abl.md", "abl_map.png", "abl_per_level.png", "abl_paired.png"]
+    md = (tmp_path / "abl.md").read_text()
+    assert "Not paired exactly" in md and "seeds [3]" in md and "Command: `python x`" in md
+    saved = json.loads((tmp_path / "abl.json").read_text())
+    assert saved["paired"]["fame"]["mAP50"]["mean"] == pytest.approx(0.02)
 
 
 def test_interrupted_grid_resumes(tmp_path, monkeypatch, tiny_hazy_shapes):

@@ -1,5 +1,6 @@
 """Ablation harness: train `clipce=none|prior|ame|fame` with everything else equal, over seeds, and report
-mAP50 / mAP50-95 as mean ± std overall and per degradation level (markdown, JSON, PNG plots).
+mAP50 / mAP50-95 as mean ± std and as the paired difference to `none` (95 % interval over seeds), overall and
+per degradation level (markdown, JSON, PNG plots; see ablation_report.py).
 
 `clipce-rtdetr ablation data=... model=... epochs=... ablation_methods=[none,prior,ame,fame] ablation_seeds=[0,1,2]`
 or `python benchmarks/ablation.py` (the committed results in benchmarks/results/ came from the latter).
@@ -7,124 +8,43 @@ or `python benchmarks/ablation.py` (the committed results in benchmarks/results/
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-METRICS = ("mAP50", "mAP50-95")
+from clipce_rtdetr.eval.ablation_report import (
+    aggregate,
+    markdown_table,
+    paired_differences,
+    paired_table,
+    write_report,
+)
 
 
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
-    v = np.asarray(list(values), dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+def record_data_order(det: Any) -> Any:
+    """Hash every training batch (file order, augmented pixels, boxes) a run sees, to check the pairing by seed.
 
+    Two methods with the same seed are paired only if they saw the same batches; the digest proves it per run.
+    Hooks the trainer's `preprocess_batch` at train start (the batch is not passed to any callback)."""
+    digest = hashlib.sha1()
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """runs: [{method, seed, mAP50, mAP50-95, per_level: {level: {mAP50, mAP50-95}}}] -> summary per method.
+    def on_train_start(trainer):
+        inner = trainer.preprocess_batch
 
-    Returns {method: {"n": seeds, "mAP50": (mean, std), "mAP50-95": (mean, std), "per_level": {level: {...}}}},
-    methods in first-seen order, levels in first-seen order.
-    """
-    out: dict[str, Any] = {}
-    for method in dict.fromkeys(r["method"] for r in runs):
-        rs = [r for r in runs if r["method"] == method]
-        entry: dict[str, Any] = {"n": len(rs), "seeds": [r["seed"] for r in rs]}
-        for m in METRICS:
-            entry[m] = mean_std(r[m] for r in rs)
-        levels = list(dict.fromkeys(lv for r in rs for lv in r.get("per_level", {})))
-        entry["per_level"] = {
-            lv: {m: mean_std(r["per_level"][lv][m] for r in rs if lv in r.get("per_level", {})) for m in METRICS}
-            for lv in levels
-        }
-        out[method] = entry
-    return out
+        def hashed(batch):
+            digest.update("\n".join(batch["im_file"]).encode())
+            for key in ("img", "bboxes"):  # not "cls": CLIP-CE modes carry object ids in it
+                digest.update(batch[key].detach().cpu().contiguous().numpy().tobytes())
+            return inner(batch)
 
+        trainer.preprocess_batch = hashed
 
-def markdown_table(summary: dict[str, Any], digits: int = 3) -> str:
-    """One row per method: overall and per-level mAP as mean ± std."""
-    levels = list(dict.fromkeys(lv for e in summary.values() for lv in e["per_level"]))
-    f = lambda ms: f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"  # noqa: E731
-    head = ["method", "seeds", "mAP50", "mAP50-95"] + [f"mAP50 ({lv})" for lv in levels]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, e in summary.items():
-        cells = [method, str(e["n"]), f(e["mAP50"]), f(e["mAP50-95"])]
-        cells += [f(e["per_level"][lv]["mAP50"]) if lv in e["per_level"] else "–" for lv in levels]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_summary(summary: dict[str, Any], out_dir: Path, weights: dict[str, np.ndarray] | None = None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    methods = list(summary)
-
-    def grouped_bars(groups, series, ylabel, title, name):
-        """One group of bars per x tick; series: {label: [(mean, std) per group]}."""
-        fig, ax = plt.subplots(figsize=(1.5 + 1.5 * len(groups), 3.4))
-        x, wbar = np.arange(len(groups)), 0.8 / max(len(series), 1)
-        for k, (label, ms) in enumerate(series.items()):
-            ax.bar(
-                x + (k - (len(series) - 1) / 2) * wbar,
-                [m for m, _ in ms],
-                wbar,
-                yerr=[s_ for _, s_ in ms],
-                capsize=2,
-                label=label,
-            )
-        ax.set_xticks(x, groups)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out_dir / name)
-        fig.savefig(paths[-1], dpi=130)
-        plt.close(fig)
-
-    grouped_bars(
-        methods,
-        {m: [summary[me][m] for me in methods] for m in METRICS},
-        "mAP (mean ± std over seeds)",
-        "mAP per method",
-        "ablation_map.png",
-    )
-    levels = list(dict.fromkeys(lv for e in summary.values() for lv in e["per_level"]))
-    if levels:
-        missing = {"mAP50": (0.0, 0.0)}
-        grouped_bars(
-            levels,
-            {me: [summary[me]["per_level"].get(lv, missing)["mAP50"] for lv in levels] for me in methods},
-            "mAP50 (mean ± std)",
-            "mAP50 per haze level",
-            "ablation_per_level.png",
-        )
-
-    if weights:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for me, w in weights.items():
-            if len(w):
-                ax.hist(w, bins=30, alpha=0.5, label=f"{me} (mean {np.mean(w):.2f})")
-        ax.set_xlabel("per-object weight w (before FAME)")
-        ax.set_ylabel("objects")
-        ax.set_title("Weight distributions (train split)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out_dir / "ablation_weights.png")
-        fig.savefig(paths[-1], dpi=130)
-        plt.close(fig)
-    return paths
+    det.add_callback("on_train_start", on_train_start)
+    return digest
 
 
 def run_one(
@@ -134,6 +54,7 @@ def run_one(
     from clipce_rtdetr.models import load_detector
 
     det = load_detector(model)
+    data_order = record_data_order(det)
     t0 = time.time()
     det.train(
         data=data,
@@ -165,6 +86,7 @@ def run_one(
         "method": method,
         "seed": seed,
         "train_seconds": round(train_s, 1),
+        "data_order_sha1": data_order.hexdigest(),
         "mAP50": coco["stats"]["AP50"],
         "mAP50-95": coco["stats"]["AP"],
         "ultralytics_mAP50": float(metrics.box.map50),
@@ -211,10 +133,13 @@ def run_ablation_grid(
     train_kwargs: dict[str, Any],
     out_dir: Path,
     project: Path,
+    prefix: str = "ablation",
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Every (method, seed); writes ablation.json, ablation.md and plots to out_dir; returns the summary.
+    """Every (method, seed); writes <prefix>.json, <prefix>.md and plots to out_dir; returns the summary.
 
-    Each finished run is recorded in `project/<method>-s<seed>.json`; rerunning the same grid reuses those."""
+    Each finished run is recorded in `project/<method>-s<seed>.json`; rerunning the same grid reuses those.
+    Seeds are the outer loop, so an interrupted grid leaves whole seeds (every method) behind."""
     from clipce_rtdetr.data.dataset import resolve_run_data
 
     resolved = resolve_run_data({**train_kwargs, "data": data}, needs_clip=bool({"ame", "fame"} & set(methods)))
@@ -241,26 +166,20 @@ def run_ablation_grid(
                 f"({r['train_seconds']}s)",
                 flush=True,
             )
-    summary = aggregate(runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "data": data,
         "model": model,
         "train_kwargs": train_kwargs,
+        "command": command,
         "methods": methods,
         "seeds": seeds,
         "runs": runs,
-        "summary": summary,
     }
-    (out_dir / "ablation.json").write_text(json.dumps(record, indent=2, default=str))
-    table = markdown_table(summary)
-    (out_dir / "ablation.md").write_text(
-        f"# Ablation: {', '.join(methods)} over seeds {seeds}\n\n"
-        f"Data `{Path(data).name}`, model `{Path(model).name}`, training {json.dumps(train_kwargs, default=str)}.\n"
-        f"COCO mAP (pycocotools) on the val split, mean ± std over seeds.\n\n{table}\n"
-    )
-    plot_summary(summary, out_dir, weights)
-    print(table, flush=True)
+    write_report(record, out_dir, prefix, weights)
+    summary = aggregate(runs)
+    print(markdown_table(summary), flush=True)
+    if "none" in methods:
+        print(paired_table(paired_differences(runs), "mAP50"), flush=True)
     return summary
 
 
