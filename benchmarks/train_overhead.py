@@ -42,8 +42,10 @@ use the same thread count unless --threads is given.
     python benchmarks/train_overhead.py            # rtdetr-l, ViT-B-32, < 20 min on 2 CPU cores
     python benchmarks/train_overhead.py --quick    # rtdetr-tiny, ViT-B-32, ~3 min
     python benchmarks/train_overhead.py --model rtdetr-l.yaml --imgsz 192 --n-train 32 --epochs 4
+    python benchmarks/train_overhead.py --model yolo11n.yaml --name train_overhead_yolo   # YOLO: stock
+        ultralytics.YOLO vs ClipCEYOLO; its loss (not an nn.Module) is timed through a proxy; no loss micro-benchmark
 
-Writes benchmarks/results/train_overhead.json and train_overhead.md (or --out DIR).
+Writes benchmarks/results/train_overhead.json and train_overhead.md (or --out DIR; --name sets the file names).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ CONFIGS = {
 }
 LABELS = {
     "stock": "stock RT-DETR (ultralytics.RTDETR)",
+    "stock-yolo": "stock YOLO (ultralytics.YOLO)",
     "source": "CLIP-CE fame, ame_crops=source (cache)",
     "batch": "CLIP-CE fame, ame_crops=batch (online)",
 }
@@ -180,6 +183,28 @@ class Lockstep:
 
 
 # ---------------------------------------------------------------------------------------------- timing hooks
+class TimedLoss:
+    """Times the calls of a loss that is not an nn.Module (YOLO's v8DetectionLoss, E2ELoss). Attributes are read
+    and set on the wrapped loss, so the trainer setting `object_weights` on `model.criterion` still reaches it."""
+
+    def __init__(self, loss, record):
+        object.__setattr__(self, "_loss", loss)
+        object.__setattr__(self, "_record", record)
+        object.__setattr__(self, "_bench_wrapped", True)
+
+    def __call__(self, *args, **kwargs):
+        t = time.perf_counter()
+        out = self._loss(*args, **kwargs)
+        self._record(time.perf_counter() - t)
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self._loss, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._loss, name, value)
+
+
 class Timer:
     """Callbacks and wrappers recording one training's times (seconds), waiting for the baton excluded."""
 
@@ -246,10 +271,15 @@ class Timer:
     def _wrap_criterion(self, tr) -> None:
         """Time the loss forward. The stock criterion is created on the first loss call, so wrap after it
         (the first epoch, where that happens, is not measured)."""
+        import torch
         from ultralytics.utils.torch_utils import unwrap_model
 
-        crit = getattr(unwrap_model(tr.model), "criterion", None)
+        model = unwrap_model(tr.model)
+        crit = getattr(model, "criterion", None)
         if crit is None or getattr(crit, "_bench_wrapped", False):
+            return
+        if not isinstance(crit, torch.nn.Module):  # YOLO's losses: plain classes called through __call__
+            model.criterion = TimedLoss(crit, lambda s: self.crit.append((self._epoch, s)))
             return
         orig = crit.forward
 
@@ -279,23 +309,34 @@ def detach_tree(x):
 
 
 # ---------------------------------------------------------------------------------------------- training
-def make_model(name: str, args, clip_spec: str):
-    from ultralytics import RTDETR
+def model_family(model: str) -> str:
+    """'rtdetr' or 'yolo', as `train model=` decides it."""
+    from clipce_rtdetr.models import detector_family
+    from clipce_rtdetr.models.rtdetr.model import resolve_model
 
-    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR, resolve_model
+    return detector_family(resolve_model(model))[0]
+
+
+def make_model(name: str, args, clip_spec: str):
+    from ultralytics import RTDETR, YOLO
+
+    from clipce_rtdetr.models import load_detector
+    from clipce_rtdetr.models.rtdetr.model import resolve_model
 
     extra = dict(CONFIGS[name])
     if extra:
         extra["clip"] = clip_spec
-        return ClipCERTDETR(resolve_model(args.model)), extra
-    return RTDETR(resolve_model(args.model)), extra
+        return load_detector(args.model), extra
+    stock = YOLO if model_family(args.model) == "yolo" else RTDETR
+    return stock(resolve_model(args.model)), extra
 
 
 def train_lockstep(names: list[str], args, data: str, clip_spec: str, work: Path) -> tuple[dict, tuple | None]:
     """Train every configuration in lockstep (one iteration each in turn); return (per-config results, captured)."""
 
     lock = Lockstep(len(names))
-    timers = {n: Timer(lock, i, capture=n == "source") for i, n in enumerate(names)}
+    capture = model_family(args.model) == "rtdetr"  # the loss micro-benchmark compares RT-DETR's losses
+    timers = {n: Timer(lock, i, capture=capture and n == "source") for i, n in enumerate(names)}
     totals, errors = {}, []
     common = {"data": data, "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch, "device": "cpu",
               "workers": 0, "val": False, "plots": False, "save": False, "seed": args.seed, "deterministic": True,
@@ -353,13 +394,13 @@ def measured(series: dict, skip: int = 1) -> list[float]:
     return [v for k, v in series.items() if int(k.split(".")[0]) >= skip]
 
 
-def summarise_training(runs: dict, micro: dict | None = None) -> dict:
+def summarise_training(runs: dict, micro: dict | None = None, family: str = "rtdetr") -> dict:
     out = {}
     for n, r in runs.items():
         ep = r["epoch_s_all"][1:]
         it, da = measured(r["iter_s"]), measured(r["data_s"])
         out[n] = {
-            "label": LABELS[n],
+            "label": LABELS["stock-yolo" if n == "stock" and family == "yolo" else n],
             "epochs_measured": len(ep),
             "iters_measured": len(it),
             "epoch_s_median": round(med(ep), 3),
@@ -544,14 +585,15 @@ def verdict(o: dict, goal: float) -> str:
     )
 
 
-def write_report(res: dict, out_dir: Path) -> None:
+def write_report(res: dict, out_dir: Path, name: str = "train_overhead") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "train_overhead.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out_dir / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     m, s = res["meta"], res["settings"]
     cfgs = res["training"]
     goal = s["goal_ratio"]
     lines = [
-        f"# Training overhead of CLIP-CE vs stock RT-DETR{' (quick run)' if s['quick'] else ''}",
+        f"# Training overhead of CLIP-CE vs stock {'YOLO' if s.get('family') == 'yolo' else 'RT-DETR'}"
+        f"{' (quick run)' if s['quick'] else ''}",
         "",
         f"Machine: {m['machine']} ({m['cpu']}). Date {m['date']}; torch {m['torch']}, ultralytics {m['ultralytics']}, "
         f"open_clip {m['open_clip']}, Python {m['python']}; wall time {m['wall_s'] / 60:.1f} min.",
@@ -651,7 +693,7 @@ def write_report(res: dict, out_dir: Path) -> None:
         ]
     if res.get("notes"):
         lines += ["## Notes", ""] + [f"- {x}" for x in res["notes"]] + [""]
-    (out_dir / "train_overhead.md").write_text("\n".join(lines))
+    (out_dir / f"{name}.md").write_text("\n".join(lines))
 
 
 def print_table(res: dict) -> None:
@@ -667,7 +709,14 @@ def print_table(res: dict) -> None:
             f"{o['iter_s_median']:7.3f} "
             f"{o.get('iter_ratio', 1.0):7.3f} ({o.get('iter_ratio_paired_median', 1.0):.3f})   "
             f"{o['preprocess_ms_median']:7.2f} {o['criterion_ms_median']:8.1f} {o['data_ms_median']:8.1f} "
-            f"{o.get('direct_ratio', 1.0):7.4f} {o.get('micro_ratio', 1.0):6.4f}"
+            f"{o.get('direct_ratio', 1.0):7.4f} "
+            + (
+                f"{o['micro_ratio']:6.4f}"
+                if "micro_ratio" in o
+                else "     -"
+                if res["loss_micro"] is None
+                else "1.0000"
+            )
         )
     tp = res.get("cache_throughput")
     if tp:
@@ -704,6 +753,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--goal", type=float, default=1.02)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--name", default="train_overhead", help="file names of the results (<name>.json, <name>.md)")
     ap.add_argument("--work", default=None, help="work folder (default: a new temp dir, removed at the end)")
     a = ap.parse_args(argv)
     a.model = a.model or (TINY if a.quick else "rtdetr-l.yaml")
@@ -758,7 +808,8 @@ def main(argv=None) -> int:
 
         nc = len(yaml.safe_load(Path(data).read_text())["names"])
         micro = loss_micro(captured, nc, a.loss_reps, threads)
-    training = summarise_training(runs, micro)
+    family = model_family(a.model)
+    training = summarise_training(runs, micro, family)
 
     tp = None
     if not a.no_throughput:
@@ -801,6 +852,7 @@ def main(argv=None) -> int:
             "threads": runs[names[0]]["threads"],
             "goal_ratio": a.goal,
             "quick": a.quick,
+            "family": family,
         },  # fmt: skip
         "training": training,
         "loss_micro": micro,
@@ -821,8 +873,8 @@ def main(argv=None) -> int:
         ],
     }
     print_table(res)
-    write_report(res, Path(a.out))
-    print(f"\nwrote {Path(a.out) / 'train_overhead.json'} and .md  ({res['meta']['wall_s']:.0f} s)", flush=True)
+    write_report(res, Path(a.out), a.name)
+    print(f"\nwrote {Path(a.out) / a.name}.json and .md  ({res['meta']['wall_s']:.0f} s)", flush=True)
     if tmp is not None:
         tmp.cleanup()
     return 0
