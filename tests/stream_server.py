@@ -189,6 +189,45 @@ class HttpTsServer(_ServerProcess):
         return f"http://{HOST}:{self.port}/live.ts"
 
 
+class UdpRtspRelay(_ServerProcess):
+    """An RTSP relay with RTP over UDP: Debian's rtsp-server-perl (apt, not pip: optional) fed by an ffmpeg publisher
+    looping `clip`. Clients read `url` with OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;udp" (OpenCV asks for TCP
+    by default, which this relay refuses)."""
+
+    BINARY = "rtsp-server-perl"
+
+    def __init__(self, clip: Path, log: Path | None = None):
+        super().__init__(log or Path(clip).with_suffix(".relay.log"))
+        self.clip, self.source_port, self.publisher = Path(clip), free_port(), None
+
+    def command(self) -> list[str]:
+        rtp = 20000 + 2 * (self.port % 10000)  # the relay's own UDP ports, spread by the free TCP port
+        return [self.BINARY, "-c", str(self.port), "-s", str(self.source_port), "--client_listen_address", HOST,
+                "--source_listen_address", HOST, "--rtp_start_port", str(rtp)]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> UdpRtspRelay:
+        import imageio_ffmpeg
+
+        super().start(timeout)
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1",
+               "-i", str(self.clip), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "udp",
+               f"rtsp://{HOST}:{self.source_port}/live"]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.publisher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
+
+    def stop(self) -> None:
+        if self.publisher is not None and self.publisher.poll() is None:
+            self.publisher.kill()
+            self.publisher.wait(timeout=10)
+        self.publisher = None
+        super().stop()
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://{HOST}:{self.port}/live"
+
+
 def _listening(port: int) -> bool:
     """Whether a TCP socket listens on 127.0.0.1:port (read from /proc, without connecting)."""
     want = f"0100007F:{port:04X}"

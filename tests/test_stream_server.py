@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import cv2
 import pytest
 from conftest import REPO
-from stream_server import HttpTsServer, RtspServer, frame_index, make_clip, missing_servers
+from stream_server import HttpTsServer, RtspServer, UdpRtspRelay, frame_index, make_clip, missing_servers
 
 pytestmark = pytest.mark.skipif(missing_servers() is not None, reason=str(missing_servers()))
 
@@ -163,10 +164,10 @@ class _ListHandler:
 class Cli:
     """`python -m clipce_rtdetr ARGS` in a subprocess, its output collected line by line as it comes."""
 
-    def __init__(self, *args: str, cwd: Path):
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None):
         cmd = [sys.executable, "-m", "clipce_rtdetr", *args]
         self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})  # fmt: skip
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -205,9 +206,9 @@ class Cli:
         return int(m.group(1))
 
 
-def cli_predict(source: str, tmp_path: Path, *extra: str) -> Cli:
+def cli_predict(source: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Cli:
     return Cli("predict", f"model={MODEL}", f"source={source}", f"imgsz={IMGSZ}", f"project={tmp_path}", "name=run",
-               "stream_buffer=True", *extra, cwd=tmp_path)  # fmt: skip
+               "stream_buffer=True", *extra, cwd=tmp_path, env=env)  # fmt: skip
 
 
 def test_cli_server_never_returns(rtsp, tmp_path):
@@ -255,3 +256,19 @@ def test_cli_stopped_by_signal_keeps_a_playable_video(rtsp, tmp_path, sig):
     assert cli.wait() == 0, cli.output  # a live run is ended by Ctrl-C / docker stop: that is its normal end
     (video,) = saved_videos(tmp_path / "run")
     assert count_frames(video) == cli.summary_frames("stopped") >= 10
+
+
+NO_UDP_RELAY = "RTP over UDP relay not installed (optional; Debian: apt-get install rtsp-server-perl)"
+
+
+@pytest.mark.skipif(shutil.which(UdpRtspRelay.BINARY) is None, reason=NO_UDP_RELAY)
+def test_cli_rtsp_over_udp_relay(clips, tmp_path):
+    """The issue's recipe: an RTSP relay with RTP over UDP, an ffmpeg publisher, a 10 fps stream."""
+    with UdpRtspRelay(clips / "cam.mp4", log=tmp_path / "relay.log") as relay:
+        cli = cli_predict(relay.url, tmp_path, env={"OPENCV_FFMPEG_CAPTURE_OPTIONS": "rtsp_transport;udp"})
+        cli.wait_frames(30)
+        cli.proc.send_signal(signal.SIGINT)
+        assert cli.wait() == 0, cli.output
+    assert "dropped" not in cli.output, cli.output
+    (video,) = saved_videos(tmp_path / "run")
+    assert count_frames(video) == cli.summary_frames("stopped") >= 30
