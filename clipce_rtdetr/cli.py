@@ -275,7 +275,8 @@ def run_model(mode: str, model_arg, overrides: dict[str, Any]):
         return None
     result = getattr(model, mode)(**overrides)
     if mode == "train" and getattr(model, "trainer", None) is not None:
-        m, t = model.trainer.metrics or {}, model.trainer
+        t = model.trainer
+        m = t.metrics or last_results_row(t.save_dir)  # Ultralytics' device=0,1 launcher: the workers trained
         LOGGER.info(
             f"\nclipce-rtdetr train done ({t.clipce_args['clipce']}): "
             f"mAP50={m.get('metrics/mAP50(B)', float('nan')):.4f} "
@@ -326,6 +327,18 @@ def entrypoint(argv: list[str] | None = None) -> int:
     return 0
 
 
+def last_results_row(save_dir) -> dict[str, float]:
+    """The last epoch's row of a run's results.csv ({} when there is none)."""
+    import csv
+
+    try:
+        with open(Path(save_dir) / "results.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return {}
+    return {k.strip(): float(v) for k, v in rows[-1].items() if k and v not in (None, "")} if rows else {}
+
+
 WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG}
 
 
@@ -336,6 +349,11 @@ def write_error(e: OSError) -> str:
             errno.EDQUOT: "the disk quota is used up", errno.ENAMETOOLONG: "a file name is too long"}.get(
         e.errno, "permission denied")  # fmt: skip
     where = f" {e.filename}" if e.filename else ""
+    if e.errno in (errno.EACCES, errno.EPERM):  # reading an input is refused the same way as writing an output
+        return (
+            f"cannot access{where}: permission denied ({e.strerror}). If it is an input, make it readable; if it is "
+            "an output, point project=/out= (or the file named) at a writable folder."
+        )
     return (
         f"cannot write{where}: {what} ({e.strerror}). Point project=/out= (or the file named) at a writable folder "
         "with free space, or use a shorter name=."

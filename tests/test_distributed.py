@@ -176,3 +176,46 @@ def test_missing_clip_weights_reported_at_start(own_dataset, tmp_path):
     out = _finish(proc, ok=False)
     assert proc.returncode != 0 and "weights file not found" in out
     assert not (tmp_path / "runs").exists()  # before any run folder or data loading
+
+
+# ---------------------------------------------------------------------------------------------- pieces, in-process
+def test_no_device_and_no_gpu_means_the_cpu():
+    """torchrun without device= on a machine without CUDA trains on the CPU (as Ultralytics does), not a traceback."""
+    from clipce_rtdetr.engine import distributed
+
+    job = distributed.DistEnv(rank=0, world_size=2, local_rank=0, local_world_size=2, node_rank=0)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: no device= means its GPUs here")
+    assert distributed.local_device_arg(None, job) == "cpu"
+    assert distributed.local_device_arg("", job) == "cpu"
+
+
+def test_resume_takes_the_devices_the_run_started_on(tmp_path):
+    from clipce_rtdetr.engine import distributed
+
+    ckpt = tmp_path / "last.pt"
+    torch.save({"train_args": {"device": "0,1,2,3"}, "epoch": 3}, ckpt)
+    assert distributed.checkpoint_device(str(ckpt)) == "0,1,2,3"
+    assert distributed.checkpoint_device(True, str(ckpt)) == "0,1,2,3"  # resume=True with model=last.pt
+    assert distributed.checkpoint_device(str(tmp_path / "missing.pt")) is None
+
+
+def test_nan_recovery_leaves_the_ema_loss_stock():
+    """Ultralytics rebuilds the EMA from the live model after a NaN recovery: its loss must not keep the last
+    training batch's object weights (validation would weight, or crash on, a different batch's objects)."""
+    from types import SimpleNamespace
+
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+    from ultralytics.utils.torch_utils import ModelEMA
+
+    from clipce_rtdetr.engine.trainer import ClipCETrainerMixin
+    from clipce_rtdetr.models.rtdetr.loss import ClipCEDetectionLoss
+
+    model = RTDETRDetectionModel(TINY_MODEL, nc=5, verbose=False)
+    model.criterion = ClipCEDetectionLoss(nc=5)
+    model.criterion.object_weights = torch.tensor([2.0, 1.5, 1.2])  # a training batch's three objects
+    trainer = SimpleNamespace(ema=ModelEMA(model))
+    assert trainer.ema.ema.criterion.object_weights is not None  # the copy Ultralytics makes
+    ClipCETrainerMixin._stock_ema_criterion(trainer)
+    assert trainer.ema.ema.criterion.object_weights is None
+    assert model.criterion.object_weights is not None  # the live model's loss keeps weighting

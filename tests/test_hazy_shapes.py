@@ -318,3 +318,26 @@ def test_data_hazy_shapes_resolves_to_generator(monkeypatch, tmp_path):
     monkeypatch.setattr(hs, "generate", lambda *a, **k: fake)
     assert resolve_data("hazy-shapes") == str(fake)
     assert resolve_data("hazy-shapes.yaml") == str(fake)
+
+
+def test_processes_generating_at_once_take_turns(tmp_path):
+    """The ranks of a torchrun job all resolve data=hazy-shapes at start: one generates, the others wait for it
+    (before, one rank could delete the folder another was writing)."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "shapes"
+    start = time.time() + 15  # every process imports first, then all ask for the folder in the same instant
+    code = (
+        "import time; from clipce_rtdetr.data.hazy_shapes import Recipe, generate\n"
+        f"time.sleep(max(0.0, {start} - time.time()))\n"
+        f"print(generate({str(out)!r}, Recipe(seed=3, n_train=12, n_val=4, size=96, max_objects=3), progress=False))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]  # fmt: skip
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
+    assert {r[0].strip().splitlines()[-1] for r in results} == {str(out / "hazy-shapes.yaml")}
+    assert hs.is_complete(out, hs.Recipe(seed=3, n_train=12, n_val=4, size=96, max_objects=3))
+    assert len(list((out / "images" / "train").iterdir())) == 12

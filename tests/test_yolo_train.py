@@ -99,8 +99,8 @@ def test_embedding_cache_shared_with_rtdetr(yolo_fame_run, tiny_hazy_shapes, tin
     assert isinstance(model, ClipCERTDETR)
     model.train(data=str(tiny_hazy_shapes), clip=tiny_clip, clipce="ame", project=str(tmp_root / "runs"), **FAST)
     assert _cache_files(tiny_hazy_shapes).keys() == before.keys()  # no new file
-    (path,) = [p for p in before if p.name.startswith("train.")]
-    assert f"CLIP-CE: reusing cache {path}" in caplog.text
+    reused = [p for p in before if f"CLIP-CE: reusing cache {p}" in caplog.text]  # other tests add their own
+    assert len(reused) == 1 and reused[0].name.startswith("train.")
 
 
 @pytest.mark.parametrize(

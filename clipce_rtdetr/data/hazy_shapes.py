@@ -229,11 +229,23 @@ def is_complete(out: Path, recipe: Recipe) -> bool:
 
 
 def generate(root: str | Path | None = None, recipe: Recipe | None = None, progress: bool = True) -> Path:
-    """Generate hazy-shapes (if not already complete for this recipe); return its dataset YAML path."""
-    from tqdm import tqdm
+    """Generate hazy-shapes (if not already complete for this recipe); return its dataset YAML path.
+
+    Processes that ask at once (the ranks of a torchrun job) take turns on a lock file beside the folder: the
+    first generates, the others find it complete."""
+    import fcntl
 
     recipe = recipe or Recipe()
     out = Path(root) if root is not None else cache_root() / recipe.folder_name()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _generate_unlocked(out, recipe, progress)
+
+
+def _generate_unlocked(out: Path, recipe: Recipe, progress: bool) -> Path:
+    from tqdm import tqdm
+
     yaml_path = out / f"{NAME}.yaml"
     done = out / ".complete"
     if done.exists() and yaml_path.exists() and is_complete(out, recipe):

@@ -66,6 +66,8 @@ def local_device_arg(device: Any, env: DistEnv) -> str:
     text = "" if device is None else str(device).strip().lower().replace("cuda:", "")
     if text in ("cpu", "mps"):
         return text
+    if not text and not torch.cuda.is_available():
+        return "cpu"  # as Ultralytics: no device given and no GPU means the CPU
     devices = [d for d in text.split(",") if d.strip() != ""]
     if not devices:
         devices = [str(i) for i in range(env.local_world_size)]
@@ -76,6 +78,15 @@ def local_device_arg(device: Any, env: DistEnv) -> str:
             f"device={','.join(str(i) for i in range(env.local_world_size))}, or use device=cpu."
         )
     return ",".join(devices)
+
+
+def checkpoint_device(resume: Any, model: Any = None) -> str | None:
+    """The `device=` a resumed run was started with (its checkpoint's train_args), or None if unreadable."""
+    path = resume if isinstance(resume, (str, os.PathLike)) else model
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False).get("train_args", {}).get("device")
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by Ultralytics' own resume check
+        return None
 
 
 def torch_device(device_arg: str, env: DistEnv) -> torch.device:

@@ -106,8 +106,9 @@ class ClipCETrainerMixin:
         from ultralytics.cfg import cfg2dict, get_cfg, get_save_dir
 
         overrides = dict(overrides)
-        if "device" in overrides or not overrides.get("resume"):
-            overrides["device"] = distributed.local_device_arg(overrides.get("device"), job)
+        if overrides.get("resume") and "device" not in overrides:  # the devices the run was started on
+            overrides["device"] = distributed.checkpoint_device(overrides["resume"], overrides.get("model"))
+        overrides["device"] = distributed.local_device_arg(overrides.get("device"), job)
         distributed.init_process_group(distributed.torch_device(overrides.get("device") or "cpu", job))
         if overrides.get("resume") or overrides.get("save_dir"):  # the checkpoint / Ultralytics' launcher names it
             return cfg, overrides
@@ -205,6 +206,8 @@ class ClipCETrainerMixin:
         if job is None:
             return super()._setup_ddp()
         self.device = distributed.torch_device(distributed.local_device_arg(self.args.device, job), job)
+        if self.device.type == "cuda":  # also when the group was joined in __init__ (e.g. before a resume's device)
+            torch.cuda.set_device(self.device)
         distributed.init_process_group(self.device)
 
     def final_eval(self):
@@ -332,15 +335,24 @@ class ClipCETrainerMixin:
                 "Check the CLIP weights (clip=) and delete the dataset's *.clipce-*.pt caches."
             )
         if super()._handle_nan_recovery(epoch):
+            self._stock_ema_criterion()  # the EMA was rebuilt from the live model: a copy of its batch's weights
             return True
         loss_bad = self.loss is not None and not bool(torch.isfinite(self.loss).all())
         fitness_bad = self.fitness is not None and not math.isfinite(float(self.fitness))
         if distributed.any_rank(loss_bad or fitness_bad):
             raise ClipCEError(
-                f"the training loss went NaN/inf in epoch {epoch + 1} and cannot be recovered from a checkpoint; the "
-                "run is stopped (its weights would be garbage). Try amp=False, a lower lr0, or gradient clipping."
+                f"the training loss went NaN/inf in epoch {epoch + 1} (in at least one process) and Ultralytics did "
+                "not recover it from a checkpoint; the run is stopped (its weights would be garbage). Try amp=False, "
+                "a lower lr0, or gradient clipping."
             )
         return False
+
+    def _stock_ema_criterion(self) -> None:
+        """Validation runs the EMA model's loss: it must not weight its objects by a training batch's weights."""
+        ema = getattr(self, "ema", None)
+        crit = getattr(unwrap_model(ema.ema), "criterion", None) if ema is not None else None
+        if crit is not None and hasattr(crit, "object_weights"):
+            crit.object_weights = None
 
     # ----------------------------------------------------------------------------- logging
     def _reset_weight_stats(self):
