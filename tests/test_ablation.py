@@ -185,3 +185,20 @@ def test_interrupted_grid_resumes(tmp_path, monkeypatch, tiny_hazy_shapes):
     calls.clear()
     ablation.run_ablation_grid(*args, {"epochs": 2}, tmp_path / "out", tmp_path / "runs")
     assert len(calls) == 4  # other training settings: nothing reused
+
+
+def test_runs_of_one_seed_see_the_same_batches(tiny_hazy_shapes, tmp_path):
+    """The pairing the report relies on, on the real Ultralytics pipeline: with one seed, `none` and `fame` (which
+    loads a CLIP and carries object ids) train on identical batches; another seed gives other batches."""
+    from clipce_rtdetr.clip.loader import make_random_clip
+    from clipce_rtdetr.eval.ablation import run_one
+
+    clip = make_random_clip(tmp_path / "clip" / "tiny-clip.safetensors")
+    train_kwargs = dict(epochs=1, imgsz=64, batch=8, device="cpu", workers=0, plots=False, verbose=False, clip=clip)
+    runs = [
+        run_one(method, seed, str(tiny_hazy_shapes), "yolo11n.yaml", train_kwargs, tmp_path / "runs")
+        for method, seed in (("none", 0), ("fame", 0), ("none", 1))
+    ]
+    hashes = [r["data_order_sha1"] for r in runs]
+    assert hashes[0] == hashes[1] != hashes[2]
+    assert pairing_check(runs) == {"same": [0, 1], "differ": [], "not_recorded": []}
