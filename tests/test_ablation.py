@@ -151,6 +151,12 @@ def test_pairing_check_and_written_report(tmp_path):
     assert "Not paired exactly" in md and "seeds [3]" in md and "Command: `python x`" in md
     saved = json.loads((tmp_path / "abl.json").read_text())
     assert saved["paired"]["fame"]["mAP50"]["mean"] == pytest.approx(0.02)
+    runs[7]["data_order_sha1"] = "order-3"
+    for r in runs[:2]:
+        del r["data_order_sha1"]  # seed 0 run before the harness hashed batches
+    write_report({**record, "runs": runs}, tmp_path, "abl")
+    md = (tmp_path / "abl.md").read_text()
+    assert "not hashed for seeds [0]" in md and "for seeds [1, 2, 3] all methods saw identical batches" in md
 
 
 def test_interrupted_grid_resumes(tmp_path, monkeypatch, tiny_hazy_shapes):

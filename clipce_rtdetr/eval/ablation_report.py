@@ -168,9 +168,12 @@ def _pairing_sentence(check: dict[str, list[int]]) -> str:
     if check["differ"]:
         return f"**Not paired exactly:** the methods saw different training batches for seeds {check['differ']}."
     if check["not_recorded"]:
+        checked = (
+            f"; for seeds {check['same']} all methods saw identical batches (hash-checked)" if check["same"] else ""
+        )
         return (
             f"Pairing by seed (same `seed=`, `deterministic=True`, `workers=0`); the batches were not hashed for "
-            f"seeds {check['not_recorded']} (runs made before the harness recorded them)."
+            f"seeds {check['not_recorded']} (runs made before the harness recorded them){checked}."
         )
     return f"Paired by seed: for every seed {check['same']} all methods saw identical training batches (hash-checked)."
 
