@@ -77,10 +77,19 @@ def open_failure_hint(source: str | int) -> str:
     u = urllib.parse.urlsplit(str(source))
     where = f"{u.hostname}:{u.port or DEFAULT_PORTS.get(u.scheme.lower())}"
     if answers:
-        return (f"The server at {where} answers, but this stream could not be opened there: check the path "
-                "and the credentials in the address (try it in a player: ffplay/vlc).")  # fmt: skip
+        check = "check the path and the credentials in the address (try it in a player: ffplay/vlc)."
+        hint = _transport_hint(u.scheme)
+        return f"The server at {where} answers, but this stream could not be opened there: {check}{hint}"
     return (f"Nothing answers at {where}: check the address and port, that the camera is on, and the network "
             "between here and there.")  # fmt: skip
+
+
+def _transport_hint(scheme: str) -> str:
+    """OpenCV asks RTSP servers for RTP over TCP; a server or relay that only sends RTP over UDP refuses it."""
+    if scheme.lower() != "rtsp" or "rtsp_transport" in os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", ""):
+        return ""
+    return (" If the server only sends RTP over UDP (OpenCV asks for TCP), set "
+            "OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;udp' in the environment.")  # fmt: skip
 
 
 def _source_list(sources: str) -> list[str]:
