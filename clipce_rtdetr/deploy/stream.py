@@ -8,7 +8,7 @@ with these additions hooked in rather than copied:
 * `StreamPredictorMixin` (over the model's own predictor class): installs that loader through `setup_source`,
   reads an http(s) MPEG-TS address as the live stream it is (Ultralytics would try to download it, for ever),
   and keeps a live figure (`LiveStats`): FPS, latency per frame, and the lag from a frame's arrival to its
-  result, logged every few seconds. The annotated video is encoded on a thread of its own (video_writer.py).
+  result, logged every few seconds.
 * `run_predict` (the CLI's predict/track): saves the annotated video by default. Ctrl-C or SIGTERM stop the run
   at the next frame boundary (a second one stops it at once), and the video writers are released on every exit,
   so what was processed is what was written and the file stays playable. "Saved to" is said only when a file
@@ -32,7 +32,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from ultralytics.data.loaders import LoadImagesAndVideos
 from ultralytics.utils import LOGGER
@@ -49,7 +48,6 @@ from clipce_rtdetr.deploy.stream_loader import (  # noqa: F401  (re-exported)
     ResilientStreams,
     StreamLostError,
 )
-from clipce_rtdetr.deploy.video_writer import BackgroundVideoWriter
 from clipce_rtdetr.errors import ClipCEError
 
 REPORT_EVERY = 2.0  # seconds between live FPS / latency lines
@@ -140,7 +138,6 @@ class StreamPredictorMixin:
     live: LiveStats | None = None
     live_fps = 0.0
     live_latency_ms = 0.0
-    background_writer = True  # encode the annotated video on its own thread (video_writer.py)
 
     def _make_streams(self, source, vid_stride=1, buffer=False, channels=3):
         return ResilientStreams(source, vid_stride=vid_stride, buffer=buffer, channels=channels,
@@ -164,23 +161,6 @@ class StreamPredictorMixin:
                 return super().setup_source(source, stride)
             finally:
                 build.LoadStreams, build.check_source = loader, check
-
-    def save_predicted_images(self, save_path: Path, frame: int | None = 0):
-        """Ultralytics' save; a video writer it has just made is handed to a background encoding thread."""
-        super().save_predicted_images(save_path, frame)
-        writer = self.vid_writer.get(save_path)
-        if self.background_writer and type(writer) is cv2.VideoWriter:
-            self.vid_writer[save_path] = BackgroundVideoWriter(writer)
-
-    def stream_inference(self, *args, **kwargs):
-        """Ultralytics' loop; at its end, also on Ctrl-C and errors, the background writers finish their files
-        (Ultralytics' own end releases only the `cv2.VideoWriter`s it still holds)."""
-        try:
-            yield from super().stream_inference(*args, **kwargs)
-        finally:
-            for writer in getattr(self, "vid_writer", {}).values():
-                if isinstance(writer, BackgroundVideoWriter):
-                    writer.release()
 
     def run_callbacks(self, event: str):
         super().run_callbacks(event)
