@@ -215,7 +215,7 @@ def test_cli_server_never_returns(rtsp, tmp_path):
     cli = cli_predict(rtsp.url("cam.mp4"), tmp_path, "stream_retries=2", "stream_backoff=0.5")
     cli.wait_frames(10)
     rtsp.stop()
-    assert cli.wait() == 2
+    assert cli.wait() == 2, cli.output
     out = cli.output
     assert "dropped and did not come back after 2 reconnection attempts" in out, out
     assert "Annotated video so far saved to" in out, out
