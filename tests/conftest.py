@@ -7,6 +7,8 @@ YOLO_CONFIG_DIR and YOLO_OFFLINE at import).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,11 +31,37 @@ SETTINGS.update(
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = str(REPO / "cfg" / "models" / "rtdetr-tiny.yaml")
+FAST = dict(epochs=1, imgsz=64, batch=8, device="cpu", workers=0, plots=False, val=True, verbose=False)
+_BLOCK_CLIPCE = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'clipce_rtdetr':
+            raise ImportError('clipce_rtdetr is blocked in this test')
+sys.meta_path.insert(0, Block())
+"""
+
+
+def run_without_clipce(code: str, cwd: Path) -> str:
+    """Runs `code` in a fresh Python where clipce_rtdetr cannot be imported at all; returns its stdout."""
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
+    out = subprocess.run([sys.executable, "-c", _BLOCK_CLIPCE + code], capture_output=True, text=True, env=env,
+                         cwd=cwd, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
 
 
 @pytest.fixture(scope="session")
 def tmp_root() -> Path:
     return _TMP
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_root) -> str:
+    """A small open_clip model with random weights, saved to a weights file that loads through the real path."""
+    from clipce_rtdetr.clip.loader import make_random_clip
+
+    return make_random_clip(tmp_root / "clip" / "tiny-clip.safetensors")
 
 
 @pytest.fixture(scope="session")

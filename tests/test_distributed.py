@@ -22,7 +22,6 @@ from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.distributed
 readonly_dataset = test_readonly_cache.readonly_dataset  # fixture: the tiny dataset on a read-only mount
-tiny_clip = test_readonly_cache.tiny_clip  # fixture
 TRAIN = ["device=cpu", f"model={TINY_MODEL}", "imgsz=64", "batch=8", "workers=0", "plots=False"]
 
 # torchrun's target for the tests that look inside the processes: the `clipce-rtdetr` entry point itself, with a

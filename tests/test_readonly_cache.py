@@ -13,20 +13,13 @@ import pytest
 import torch
 
 from clipce_rtdetr import ClipCERTDETR
-from tests.conftest import TINY_MODEL
-from tests.test_trainer import FAST, _FakeBundle, _labels
+from tests.conftest import FAST, TINY_MODEL
+from tests.test_trainer import _FakeBundle, _labels
 
 
 def _mount(cmd: list[str]) -> str | None:
     out = subprocess.run(cmd, capture_output=True, text=True)
     return None if out.returncode == 0 else (out.stderr or out.stdout).strip()
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_root) -> str:
-    from clipce_rtdetr.clip.loader import make_random_clip
-
-    return make_random_clip(tmp_root / "clip" / "tiny-clip.safetensors")
 
 
 @pytest.fixture

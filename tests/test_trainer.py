@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,16 +13,7 @@ import yaml
 
 from clipce_rtdetr import ClipCERTDETR
 from clipce_rtdetr.errors import ClipCEError, ConfigError
-from tests.conftest import TINY_MODEL
-
-FAST = dict(epochs=1, imgsz=64, batch=8, device="cpu", workers=0, plots=False, val=True, verbose=False)
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_root) -> str:
-    from clipce_rtdetr.clip.loader import make_random_clip
-
-    return make_random_clip(tmp_root / "clip" / "tiny-clip.safetensors")
+from tests.conftest import FAST, TINY_MODEL, run_without_clipce
 
 
 @pytest.fixture(scope="session")
@@ -70,22 +59,11 @@ def test_checkpoint_runs_in_plain_ultralytics(fame_run, tiny_hazy_shapes, tmp_pa
     save_dir, _ = fame_run
     img = next((Path(tiny_hazy_shapes).parent / "images" / "val").glob("*.png"))
     code = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'clipce_rtdetr':
-            raise ImportError('clipce_rtdetr is blocked in this test')
-sys.meta_path.insert(0, Block())
 from ultralytics import RTDETR
 r = RTDETR({str(save_dir / "weights" / "best.pt")!r}).predict({str(img)!r}, imgsz=64, verbose=False)
 print('OK', len(r), r[0].boxes.data.shape[1])
 """
-    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "OK 1 6" in out.stdout
+    assert "OK 1 6" in run_without_clipce(code, tmp_path)
 
 
 def test_embedding_cache_reused_and_keyed(fame_run, tiny_hazy_shapes, tiny_clip):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,9 @@ import torch
 
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.models import load_detector
-from tests.conftest import TINY_MODEL
+from tests.conftest import FAST, TINY_MODEL, run_without_clipce
 
-FAST = dict(epochs=1, imgsz=64, batch=8, device="cpu", workers=0, plots=False, val=True, verbose=False)
 SCRIPT = Path(sys.executable).parent / "clipce-rtdetr"
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_root) -> str:
-    from clipce_rtdetr.clip.loader import make_random_clip
-
-    return make_random_clip(tmp_root / "clip" / "tiny-clip.safetensors")
 
 
 def _cache_files(dataset: Path) -> dict[Path, int]:
@@ -69,23 +60,12 @@ def test_yolo_checkpoint_runs_in_plain_ultralytics(yolo_fame_run, tiny_hazy_shap
     save_dir, _ = yolo_fame_run
     img = next((Path(tiny_hazy_shapes).parent / "images" / "val").glob("*.png"))
     code = f"""
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'clipce_rtdetr':
-            raise ImportError('clipce_rtdetr is blocked in this test')
-sys.meta_path.insert(0, Block())
 from ultralytics import YOLO
 m = YOLO({str(save_dir / "weights" / "best.pt")!r})
 r = m.predict({str(img)!r}, imgsz=64, conf=0.0, verbose=False)
 print('OK', type(m.model).__name__, len(r), r[0].boxes.data.shape[1])
 """
-    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "OK DetectionModel 1 6" in out.stdout
+    assert "OK DetectionModel 1 6" in run_without_clipce(code, tmp_path)
 
 
 def test_embedding_cache_shared_with_rtdetr(yolo_fame_run, tiny_hazy_shapes, tiny_clip, tmp_root, caplog):
