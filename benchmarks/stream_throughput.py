@@ -135,8 +135,7 @@ class StageTimer:
         predictor.run_callbacks = timed_callbacks
 
 
-def pipeline(onnx: Path, url: str, mode: str, seconds: float, out: Path, warmup: float = 3.0,
-             server_pid: int | None = None) -> dict:  # fmt: skip
+def pipeline(onnx: Path, url: str, mode: str, seconds: float, out: Path, server_pid: int, warmup: float = 3.0) -> dict:
     """stream_predict on the RTSP url for `seconds` after `warmup` s: FPS, per-stage ms per frame, lag, and the
     server's CPU use meanwhile (% of one core)."""
     from clipce_rtdetr.deploy.stream import stream_predict
@@ -153,7 +152,7 @@ def pipeline(onnx: Path, url: str, mode: str, seconds: float, out: Path, warmup:
             now = time.perf_counter()
             if t_start is None and now - t0 >= warmup:
                 t_start, lag_from, enc_from = now, len(model.predictor.live.lags), len(stages.encode_ms)
-                cpu_from = process_cpu(server_pid)
+                cpu_from, track_from = process_cpu(server_pid), len(stages.track_ms)
             elif t_start is not None:
                 n += 1
                 speeds.append(r.speed)
@@ -167,17 +166,15 @@ def pipeline(onnx: Path, url: str, mode: str, seconds: float, out: Path, warmup:
     stage_ms = {k: round(float(np.mean([s[k] for s in speeds])), 2) for k in ("preprocess", "inference", "postprocess")}
     stage_ms["annotate"] = round(float(np.mean(stages.annotate_ms[enc_from:])), 2)
     stage_ms["encode"] = round(float(np.mean(stages.encode_ms[enc_from:])), 2)
-    stage_ms["tracker update"] = round(float(np.mean(stages.track_ms[-n:])), 2) if mode == "track" else 0.0
+    stage_ms["tracker update"] = round(float(np.mean(stages.track_ms[track_from:])), 2)  # ~0 when predicting
     return {"frames": n, "seconds": round(wall, 2), "fps": round(n / wall, 2), "ms_per_frame": stage_ms,
             "server_cpu_percent": round(server_cpu, 1),
             "lag_ms": percentiles([x for _, x in lags]), "lag_ms_first_10s": percentiles(window(lags, 0, 10)),
             "lag_ms_last_10s": percentiles(window(lags, -10, None))}  # fmt: skip
 
 
-def process_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) a process has used so far; 0 without a pid."""
-    if pid is None:
-        return 0.0
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
     import psutil
 
     t = psutil.Process(pid).cpu_times()
@@ -195,12 +192,12 @@ def window(lags: list[tuple[float, float]], start: float, end: float | None) -> 
 
 
 def part_fast(work: Path, onnx: Path, server: RtspServer, seconds: float) -> dict:
-    frames = decode_frames(server.url("fast.mp4"), 120)
     url, pid = server.url("fast.mp4"), server.proc.pid
+    frames = decode_frames(url, 120)
     bare1 = bare_ort(onnx, frames, seconds / 2)
-    predict = pipeline(onnx, url, "predict", seconds, work / "runs", server_pid=pid)
+    predict = pipeline(onnx, url, "predict", seconds, work / "runs", pid)
     bare2 = bare_ort(onnx, frames, seconds / 2)
-    track = pipeline(onnx, url, "track", seconds, work / "runs", server_pid=pid)
+    track = pipeline(onnx, url, "track", seconds, work / "runs", pid)
     bare3 = bare_ort(onnx, frames, seconds / 2)
     bare_fps = float(np.mean([b["fps"] for b in (bare1, bare2, bare3)]))
     bare_extra = float(np.mean([1e3 / b["fps"] - b["inference_ms"] for b in (bare1, bare2, bare3)]))  # resize etc.
@@ -244,7 +241,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with RtspServer(work, log=work / "rtsp.log") as server:
         fast = part_fast(work, onnx, server, args.fast_seconds)
-        slow = pipeline(onnx, server.url("slow.mp4"), "predict", args.seconds, work / "runs")
+        slow = pipeline(onnx, server.url("slow.mp4"), "predict", args.seconds, work / "runs", server.proc.pid)
     result = {
         "machine": {
             "cpus": os.cpu_count(),

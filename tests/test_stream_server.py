@@ -277,7 +277,7 @@ def test_cli_rtsp_over_udp_relay(clips, tmp_path):
 @pytest.mark.skipif(shutil.which(UdpRtspRelay.BINARY) is None, reason=NO_UDP_RELAY)
 def test_cli_udp_only_relay_names_the_transport(clips, tmp_path, monkeypatch):
     """OpenCV asks for RTP over TCP, which this relay refuses: the error says how to ask for UDP instead."""
-    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)  # set, even empty, OpenCV drops its TCP default
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)  # unset: OpenCV asks for TCP, as by default
     with UdpRtspRelay(clips / "cam.mp4", log=tmp_path / "relay.log") as relay:
         cli = cli_predict(relay.url, tmp_path, "stream_retries=1", "stream_backoff=0.2")
         assert cli.wait() == 2, cli.output

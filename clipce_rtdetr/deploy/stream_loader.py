@@ -85,8 +85,10 @@ def open_failure_hint(source: str | int) -> str:
 
 
 def _transport_hint(scheme: str) -> str:
-    """OpenCV asks RTSP servers for RTP over TCP; a server or relay that only sends RTP over UDP refuses it."""
-    if scheme.lower() != "rtsp" or "rtsp_transport" in os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", ""):
+    """OpenCV asks RTSP servers for RTP over TCP when OPENCV_FFMPEG_CAPTURE_OPTIONS is unset or empty (other options
+    leave the transport to ffmpeg, which tries UDP); a server or relay that only sends RTP over UDP refuses TCP."""
+    options = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS", "")
+    if scheme.lower() != "rtsp" or (options and "rtsp_transport;tcp" not in options):
         return ""
     return (" If the server only sends RTP over UDP (OpenCV asks for TCP), set "
             "OPENCV_FFMPEG_CAPTURE_OPTIONS='rtsp_transport;udp' in the environment.")  # fmt: skip
