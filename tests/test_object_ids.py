@@ -1,61 +1,23 @@
-"""Object identity survives Ultralytics' real augmentation pipeline (mosaic, perspective, flips, mixup, cutmix)."""
+"""Object identity survives Ultralytics' real augmentation pipeline (mosaic, perspective, flips, mixup, cutmix),
+also for ids past 2^24 (where float32 stops holding every integer)."""
 
 from __future__ import annotations
 
 import random
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from ultralytics.cfg import get_cfg
 from ultralytics.models.rtdetr.train import RTDETRDataset
-from ultralytics.utils import DEFAULT_CFG
 
-from clipce_rtdetr.method.object_ids import as_object_id_dataset, object_offsets, split_object_ids
-
-N_IMG, PER_IMG = 8, 3
+from clipce_rtdetr.method.object_ids import ID_BASE, id_columns, ids_from_columns, split_object_ids
+from tests.object_id_data import check_ids_through_batches, object_id_dataset, write_unique_class_images
 
 
 @pytest.fixture(scope="module")
 def unique_class_dataset(tmp_path_factory):
-    """Every object has its own class, so a wrong id -> class mapping cannot go unnoticed."""
     root = tmp_path_factory.mktemp("ids")
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir()
-    (root / "labels").mkdir()
-    c = 0
-    for i in range(N_IMG):
-        img = np.full((96, 128, 3), 90, np.uint8)
-        lines = []
-        for _j in range(PER_IMG):
-            if i == N_IMG - 1:
-                break  # one image without objects
-            x1, y1 = rng.integers(0, 80), rng.integers(0, 50)
-            w, h = rng.integers(20, 45), rng.integers(20, 45)
-            cv2.rectangle(
-                img, (int(x1), int(y1)), (int(x1 + w), int(y1 + h)), tuple(int(v) for v in rng.integers(0, 255, 3)), -1
-            )
-            lines.append(f"{c} {(x1 + w / 2) / 128:.5f} {(y1 + h / 2) / 96:.5f} {w / 128:.5f} {h / 96:.5f}")
-            c += 1
-        cv2.imwrite(str(root / "images" / f"im{i}.jpg"), img)
-        (root / "labels" / f"im{i}.txt").write_text("\n".join(lines))
-    return root, c
-
-
-def _dataset(root, nc, **hyp):
-    args = get_cfg(DEFAULT_CFG, {"imgsz": 96, **hyp})
-    ds = RTDETRDataset(
-        img_path=str(root / "images"),
-        imgsz=96,
-        batch_size=4,
-        augment=True,
-        hyp=args,
-        rect=False,
-        data={"names": {i: f"c{i}" for i in range(nc)}, "channels": 3},
-        prefix="ids: ",
-    )
-    return as_object_id_dataset(ds, args), args
+    return root, write_unique_class_images(root)
 
 
 @pytest.mark.parametrize(
@@ -77,39 +39,45 @@ def _dataset(root, nc, **hyp):
 )
 def test_ids_survive_augmentation(unique_class_dataset, hyp):
     root, nc = unique_class_dataset
-    ds, _ = _dataset(root, nc, **hyp)
-    src_cls = torch.cat([torch.as_tensor(lb["cls"]).view(-1) for lb in ds.labels]).long()
-    assert len(src_cls) == nc and object_offsets(ds.labels)[-1] == nc
-    random.seed(0)  # Ultralytics' augmentations draw from Python's and numpy's global generators
-    np.random.seed(0)
-    seen, rows = set(), 0
-    for _epoch in range(3):
-        for start in range(0, len(ds), 4):
-            batch = ds.collate_fn([ds[i] for i in range(start, min(start + 4, len(ds)))])
-            ids = split_object_ids(batch)
-            assert batch["cls"].shape == (len(ids), 1)
-            assert torch.equal(batch["cls"].view(-1).long(), src_cls[ids]), "an augmented box lost its source object"
-            seen.update(ids.tolist())
-            rows += len(ids)
+    ds, _ = object_id_dataset(RTDETRDataset, root, nc, **hyp)
+    seen, rows, _ = check_ids_through_batches(ds, nc)
     assert rows > 0 and len(seen) > nc // 2  # the pipeline really moved objects around
+
+
+@pytest.mark.parametrize("offset", [ID_BASE - 5, 3 * ID_BASE + 7, 25_000_000, 2**40 + 1])
+def test_ids_past_float32_survive_augmentation(unique_class_dataset, offset):
+    """A dataset as if it had `offset` objects before these (Objects365 has ~25 M): every id comes back exactly
+    (as one float32 column, ids 2^24 + 1 and 2^24 would collide and the class check would fail)."""
+    root, nc = unique_class_dataset
+    ds, _ = object_id_dataset(RTDETRDataset, root, nc, mosaic=1.0, mixup=1.0, scale=0.5, fliplr=0.5)
+    seen, rows, _ = check_ids_through_batches(ds, nc, id_offset=offset, epochs=2)
+    assert rows > 0 and len(seen) > nc // 2
+
+
+def test_id_columns_round_trip():
+    ids = np.array([0, 1, ID_BASE - 1, ID_BASE, ID_BASE + 1, 25_000_001, 2**47 + 3, -1])
+    cols = id_columns(ids)
+    assert cols.dtype == np.float32 and cols.shape == (len(ids), 2)
+    assert ids_from_columns(torch.from_numpy(cols)).tolist() == ids.tolist()
+    assert float(np.float32(ID_BASE + 1)) == ID_BASE  # why one float32 column is not enough
 
 
 def test_close_mosaic_keeps_ids(unique_class_dataset):
     root, nc = unique_class_dataset
     # scale/translate off too: the remaining random perspective may otherwise push a box out of the frame
-    ds, args = _dataset(root, nc, mosaic=1.0, scale=0.0, translate=0.0)
+    ds, args = object_id_dataset(RTDETRDataset, root, nc, mosaic=1.0, scale=0.0, translate=0.0)
     ds.close_mosaic(hyp=args)
     random.seed(0)
     np.random.seed(0)
     batch = ds.collate_fn([ds[i] for i in range(len(ds))])
     ids = split_object_ids(batch)
-    assert ids is not None and len(ids) == nc  # no mosaic, no crop, no shift: every object once
+    assert ids is not None and sorted(ids.tolist()) == list(range(nc))  # no mosaic, no crop: every object once
 
 
 def test_empty_batch_collates(unique_class_dataset):
     root, nc = unique_class_dataset
-    ds, _ = _dataset(root, nc, mosaic=0.0, scale=0.0, translate=0.0)
+    ds, _ = object_id_dataset(RTDETRDataset, root, nc, mosaic=0.0, scale=0.0, translate=0.0)
     empty = ds[len(ds) - 1]  # the image without objects
-    assert empty["cls"].shape == (0, 2)
+    assert empty["cls"].shape == (0, 3)
     batch = ds.collate_fn([empty, empty])
     assert split_object_ids(batch).numel() == 0
