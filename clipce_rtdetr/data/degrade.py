@@ -8,8 +8,9 @@ dataset YAML names under `degradation:` so `val coco=True` can report mAP per le
 Parameters are drawn per image from a generator seeded with (seed, CRC32 of the image's relative path), so
 the result does not depend on the process count or order, and a rerun skips finished images (each is
 written to a temporary file and renamed) and redoes a half-written one. A finished image is one whose outputs
-are all there: the degraded image and its label copy (restored when deleted or changed); degradation.csv, the COCO
-ground truth, the list files and the YAML are rewritten by every run.
+are all there and were made from its source as it is now (degradation.csv records a fingerprint of each image's
+inputs, see degrade_record): the degraded image and its label copy (restored when deleted or changed);
+degradation.csv, the COCO ground truth, the list files and the YAML are rewritten (atomically) by every run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from typing import Any
 
 import yaml
 
+from clipce_rtdetr import atomic
+from clipce_rtdetr.atomic import atomic_path, atomic_write
+from clipce_rtdetr.data import degrade_record
 from clipce_rtdetr.data.dataset import (
     IMG_SUFFIXES,
     dataset_root,
@@ -82,32 +86,25 @@ def _init_worker() -> None:
     reuse_freed_image_memory()
 
 
-def process(job: tuple) -> tuple[str, str | None]:
-    """Degrade one image and copy its label. Returns (relative path, error or None)."""
+def process(job: tuple) -> tuple[str, str | None, dict[str, str] | None]:
+    """Degrade one image and copy its label. Returns (relative path, error or None, fingerprint of its inputs)."""
     rel, src, dst, lsrc, ldst, kind, p, depth, depth_path, depth_scale = job
     try:
+        fp = degrade_record.fingerprint([src] + ([depth_path] if depth_path is not None else []))
         img = read_image(src)
         h, w = img.shape[:2]
         d = load_depth(depth, depth_path, h, w, depth_scale) if kind != "lowlight" else None
         dmax = _prior_max(depth, h, w) if kind == "underwater" and depth in ("centre", "horizon") else None
         out = degrade_array(img, kind, p, d, depth_max=dmax)
-        if lsrc is not None:  # output folders were made up front by degrade()
-            try:
-                shutil.copyfile(lsrc, ldst)
-            except FileNotFoundError:
-                if os.path.exists(lsrc):  # its folder is missing (process() called on its own)
-                    ldst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(lsrc, ldst)
-        try:
-            write_image(out, dst)  # last: its existence marks the image as done
-        except FileNotFoundError:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            write_image(out, dst)
-        return rel, None
+        if lsrc is not None:  # a redone image takes its label as it is now (or loses a copy whose source is gone)
+            restore_label(lsrc, ldst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        write_image(out, dst)  # last: its existence (with its fingerprint) marks the image as done
+        return rel, None, fp
     except DepthMapError as e:  # the image is fine: name the map that failed
-        return rel, f"{e} (for image {src})"
+        return rel, f"{e} (for image {src})", None
     except Exception as e:  # one bad image must not stop a long run; all are listed at the end
-        return rel, f"{src}: {e}"
+        return rel, f"{src}: {e}", None
 
 
 # ----------------------------------------------------------------------------------------- dataset
@@ -153,20 +150,22 @@ def degrade(
     A rerun with the same settings resumes: an image counts as done only when every output it owns is there (the
     degraded image and a copy of its label file; its degradation.csv row and COCO entry are rewritten every run).
     """
-    from ultralytics.utils import LOGGER
-
     req = check_request(data, out, kind, level, depth, ranges or {}, seed)
     out = req["out"]
     images, lists, new_cfg = list_images(req["cfg"], req["yaml"], req["root"], out)
-    plan = plan_jobs(images, req, out)
+    plan = plan_jobs(images, req, out, degrade_record.load(out / CSV_FILE))
     write_run_files(out, req["settings"], lists, plan["jobs"])
-    if plan["done"] or plan["restored"]:
-        restored = f"; {plan['restored']} of their label files restored" if plan["restored"] else ""
-        LOGGER.info(f"Resuming: {plan['done']} of {len(plan['rows'])} images already done in {out}{restored}.")
-    results = run_jobs(plan["jobs"], processes, f"Degrading ({kind}, {level}) into {out}", progress)
-    failed = {rel for rel, e in results if e}  # the rest of the images exist: done before or now
-    errors = [e for _, e in results if e]
-    new_yaml = write_records(req, out, images, plan["rows"], failed, new_cfg)
+    log_resume(plan, out)
+    journal = degrade_record.Journal(out)
+    try:
+        results = run_jobs(plan["jobs"], processes, f"Degrading ({kind}, {level}) into {out}", progress, journal.add)
+    finally:
+        journal.close(remove=False)
+    failed = {rel for rel, e, _ in results if e}  # the rest of the images exist: done before or now
+    errors = [e for _, e, _ in results if e]
+    plan["fps"].update({rel: fp for rel, e, fp in results if not e})
+    new_yaml = write_records(req, out, images, plan, failed, new_cfg)
+    journal.close(remove=True)  # degradation.csv now holds every fingerprint
     if errors:  # the rest is kept; a rerun of the same command retries only these
         raise ClipCEError(
             f"{len(errors)} of {len(plan['rows'])} images could not be degraded and are missing from {out} (and from "
@@ -275,10 +274,11 @@ def list_images(cfg: dict[str, Any], yaml_path: Path, root: Path, out: Path):
     return images, lists, new_cfg
 
 
-def plan_jobs(images: list[tuple[str, Path, str]], req: dict[str, Any], out: Path) -> dict[str, Any]:
+def plan_jobs(images: list[tuple[str, Path, str]], req: dict[str, Any], out: Path, records: dict) -> dict[str, Any]:
     """Every image's parameters (its degradation.csv row) and the jobs still to do. An image whose degraded copy
-    exists is done once its label copy is right too: a missing or changed label file is copied again here (the
-    image is deterministic, so it is not redone), and a label whose source is gone is removed."""
+    exists is done when it was made from its inputs as they are now (`records`, see degrade_record) and its label
+    copy is right too: a missing or changed label file is copied again here (the image is deterministic, so it is
+    not redone), and a label whose source is gone is removed. An image whose source changed is redone."""
     from ultralytics.data.utils import img2label_paths  # one call for all: it is a string substitution
 
     kind, level, dfolder = req["kind"], req["level"], req["dfolder"]
@@ -287,18 +287,34 @@ def plan_jobs(images: list[tuple[str, Path, str]], req: dict[str, Any], out: Pat
     unique = list({rel: (split, im) for split, im, rel in reversed(images)}.items())[::-1]  # first listing wins
     lsrcs = img2label_paths([str(im) for _, (_, im) in unique])
     ldsts = img2label_paths([str(out / rel) for rel, _ in unique])
-    rows, jobs, done, restored = [], [], 0, 0
+    rows, jobs, fps, stale, restored = [], [], {}, 0, 0
     for (rel, (split, im)), ls, ld in zip(unique, lsrcs, ldsts):
         p = sample_params(kind, level, req["ranges"], req["seed"], rel)
         rows.append(csv_row(rel, split, kind, p))
         dst = out / rel
-        if image_done(dst):
-            done += 1
-            restored += restore_label(Path(ls), Path(ld))
-            continue
         dpath = find_depth(dfolder, didx, Path(rel), stems[Path(rel).stem] == 1) if dfolder is not None else None
+        if image_done(dst):
+            fp = degrade_record.is_current([im] + ([dpath] if dpath is not None else []), records.get(rel))
+            if fp is not None:
+                fps[rel] = fp
+                restored += restore_label(Path(ls), Path(ld))
+                continue
+            stale += 1
         jobs.append((rel, im, dst, Path(ls), Path(ld), kind, p, req["depth"], dpath, req["depth_scale"]))
-    return {"rows": rows, "jobs": jobs, "done": done, "restored": restored}
+    return {"rows": rows, "jobs": jobs, "fps": fps, "done": len(fps), "stale": stale, "restored": restored}
+
+
+def log_resume(plan: dict[str, Any], out: Path) -> None:
+    from ultralytics.utils import LOGGER
+
+    if plan["done"] or plan["restored"]:
+        restored = f"; {plan['restored']} of their label files restored" if plan["restored"] else ""
+        LOGGER.info(f"Resuming: {plan['done']} of {len(plan['rows'])} images already done in {out}{restored}.")
+    if plan["stale"]:
+        LOGGER.info(
+            f"Redoing {plan['stale']} degraded images in {out} whose source (image or depth map) changed since they "
+            "were made, or that have no record of their source."
+        )
 
 
 def csv_row(rel: str, split: str, kind: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +331,7 @@ def image_done(dst: Path) -> bool:
 
 
 def restore_label(lsrc: Path, ldst: Path) -> bool:
-    """Make a finished image's label copy match its source; True when it had to be restored or removed."""
+    """Make an image's label copy match its source; True when it had to be restored or removed."""
     import filecmp
 
     if not lsrc.is_file():
@@ -326,24 +342,34 @@ def restore_label(lsrc: Path, ldst: Path) -> bool:
     if ldst.is_file() and filecmp.cmp(lsrc, ldst, shallow=False):
         return False
     ldst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(lsrc, ldst)
+    with atomic_path(ldst, fsync=False) as tmp:
+        shutil.copyfile(lsrc, tmp)
     return True
 
 
 def write_run_files(out: Path, settings: dict[str, Any], lists: dict[Path, list[str]], jobs: list[tuple]) -> None:
     """The settings file (which makes out= resumable), the list files and every output folder, up front."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    atomic.write_text(out / SETTINGS_FILE, json.dumps(settings, indent=2))
     for lst, rels in lists.items():
         lst.parent.mkdir(parents=True, exist_ok=True)
-        lst.write_text(
-            "".join("./" + Path(os.path.relpath(out / r, lst.parent)).as_posix() + "\n" for r in rels), encoding="utf-8"
-        )
+        entries = ("./" + Path(os.path.relpath(out / r, lst.parent)).as_posix() + "\n" for r in rels)
+        atomic.write_text(lst, "".join(entries))
     for folder in {x.parent for j in jobs for x in (j[2], j[4])}:  # once here, not per image in the workers
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def run_jobs(jobs: list[tuple], processes: int, desc: str, progress: bool) -> list[tuple[str, str | None]]:
+def run_jobs(jobs: list[tuple], processes: int, desc: str, progress: bool, on_done=None) -> list[tuple]:
+    """process() every job, in this process or a pool; `on_done(rel, fingerprint)` as each image finishes."""
+    results: list[tuple] = []
+    for r in _run_jobs(jobs, processes, desc, progress):
+        if on_done is not None and not r[1]:
+            on_done(r[0], r[2])
+        results.append(r)
+    return results
+
+
+def _run_jobs(jobs: list[tuple], processes: int, desc: str, progress: bool):
     from tqdm import tqdm
 
     n_proc = processes or os.cpu_count() or 1
@@ -355,30 +381,32 @@ def run_jobs(jobs: list[tuple], processes: int, desc: str, progress: bool) -> li
         threads = cv2.getNumThreads()
         cv2.setNumThreads(1)
         try:
-            return [process(j) for j in tqdm(jobs, desc=desc, disable=not progress, unit="img")]
+            yield from (process(j) for j in tqdm(jobs, desc=desc, disable=not progress, unit="img"))
         finally:
             cv2.setNumThreads(threads)
+        return
     import multiprocessing as mp
 
     with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(
         min(n_proc, len(jobs)), initializer=_init_worker
     ) as pool:
         it = pool.imap_unordered(process, jobs, chunksize=max(1, min(16, len(jobs) // (n_proc * 8))))
-        return list(tqdm(it, total=len(jobs), desc=desc, disable=not progress, unit="img"))
+        yield from tqdm(it, total=len(jobs), desc=desc, disable=not progress, unit="img")
 
 
-def write_records(req: dict[str, Any], out: Path, images, rows: list[dict], failed: set[str], new_cfg) -> Path:
-    """degradation.csv, the COCO ground truth and the dataset YAML, for the finished images only."""
+def write_records(req: dict[str, Any], out: Path, images, plan: dict, failed: set[str], new_cfg) -> Path:
+    """degradation.csv (with each image's source fingerprint), the COCO ground truth and the dataset YAML, for the
+    finished images only."""
     from ultralytics.utils import LOGGER
 
     finished = {rel for _, _, rel in images if rel not in failed}
-    rows = [r for r in rows if r["im_file"] in finished]
+    rows = [{**r, **plan["fps"][r["im_file"]]} for r in plan["rows"] if r["im_file"] in finished]
     present: dict[str, set[str]] = {}  # per split (an image listed in two splits is recorded once in rows)
     for split, _, rel in images:
         if rel in finished:
             present.setdefault(split, set()).add(Path(rel).name)
     copy_coco_annotations(req["cfg"], req["root"], out, present)
-    with open(out / CSV_FILE, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(out / CSV_FILE, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["im_file"])
         writer.writeheader()
         writer.writerows(rows)
@@ -390,10 +418,10 @@ def write_records(req: dict[str, Any], out: Path, images, rows: list[dict], fail
         "degraded": {k: v for k, v in settings.items() if k != "source"} | {"from": settings["source"]},
     }
     new_yaml = out / f"{out.resolve().name}.yaml"
-    new_yaml.write_text(
+    atomic.write_text(
+        new_yaml,
         f"# made by 'clipce-rtdetr degrade kind={req['kind']} level={req['level']}'\n"
         + yaml.safe_dump(new_cfg, sort_keys=False, allow_unicode=True),
-        encoding="utf-8",
     )
     levels = Counter(r["level"] for r in rows)
     LOGGER.info(
@@ -417,7 +445,7 @@ def copy_coco_annotations(cfg: dict[str, Any], root: Path, out: Path, present: d
             gt["images"] = [im for im in gt["images"] if im.get("id") in keep]
             gt["annotations"] = [a for a in gt.get("annotations", []) if a.get("image_id") in keep]
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        (out / rel).write_text(json.dumps(gt, ensure_ascii=False), encoding="utf-8")
+        atomic.write_text(out / rel, json.dumps(gt, ensure_ascii=False))
 
 
 def run_degrade(overrides: dict[str, Any]) -> Path:

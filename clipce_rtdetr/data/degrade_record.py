@@ -1,0 +1,116 @@
+"""Which source each degraded image was made from, so a rerun redoes the ones whose source changed since.
+
+Every finished image's row in degradation.csv carries a fingerprint of its inputs (the source image and, with
+depth=FOLDER, its depth map): `source_stat` (size and modification time in ns of each input) and `source_sha256`
+(a hash of their contents). A rerun trusts a degraded image only when its inputs still match: the same stat, or a
+changed stat (a touched or copied file) with the same contents. Images finished by a run that stopped before it
+rewrote degradation.csv are in a journal beside it (appended one line per image as they finish), so an
+interrupted run still resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+JOURNAL_FILE = ".degrade-journal.tsv"
+FIELDS = ("source_stat", "source_sha256")
+
+
+def source_stat(paths: Sequence[Path]) -> str:
+    """'size:mtime_ns' of each input, ';'-joined (cheap: no reading)."""
+    parts = []
+    for p in paths:
+        st = os.stat(p)
+        parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
+
+
+def source_sha256(paths: Sequence[Path]) -> str:
+    """A hash of the inputs' contents (each file's own hash, in order)."""
+    total = hashlib.sha256()
+    for p in paths:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        total.update(h.digest())
+    return total.hexdigest()
+
+
+def fingerprint(paths: Sequence[Path]) -> dict[str, str]:
+    """Stat first, then contents: an edit made after this call changes the stat, so the next run notices it."""
+    stat = source_stat(paths)
+    return {"source_stat": stat, "source_sha256": source_sha256(paths)}
+
+
+def load(csv_path: Path) -> dict[str, dict[str, str]]:
+    """{image path inside the dataset: fingerprint} from degradation.csv and the journal of a run that stopped
+    early (the journal is newer). Rows without a fingerprint (written before fingerprints existed) are left out,
+    so their images are redone."""
+    records: dict[str, dict[str, str]] = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                if row.get("im_file") and row.get("source_stat") and row.get("source_sha256"):
+                    records[row["im_file"]] = {k: row[k] for k in FIELDS}
+    except (OSError, csv.Error, UnicodeDecodeError):  # missing or damaged: every image is checked against nothing
+        pass
+    try:
+        lines = (csv_path.parent / JOURNAL_FILE).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    for line in lines:  # a line cut short by a crash has fewer fields or a short hash: skipped
+        parts = line.split("\t")
+        if len(parts) == 3 and len(parts[2]) == 64:
+            records[parts[0]] = dict(zip(FIELDS, parts[1:]))
+    return records
+
+
+def is_current(paths: Sequence[Path], record: dict[str, str] | None) -> dict[str, str] | None:
+    """The record (its stat refreshed) when `paths` are what the record says they were; None when the image must
+    be redone (no record, an input gone, or other contents)."""
+    if not record:
+        return None
+    try:
+        stat = source_stat(paths)
+        if stat == record["source_stat"]:
+            return record
+        if source_sha256(paths) == record["source_sha256"]:  # touched, not edited
+            return {"source_stat": stat, "source_sha256": record["source_sha256"]}
+    except OSError:
+        return None
+    return None
+
+
+class Journal:
+    """Appends one line per finished image, flushed at once, so a run killed part-way keeps its records."""
+
+    def __init__(self, out: Path):
+        self.path: Path | None = out / JOURNAL_FILE
+        self.file = None
+
+    def add(self, rel: str, fp: dict[str, str]) -> None:
+        if self.path is None:
+            return
+        try:
+            if self.file is None:
+                self.file = open(self.path, "a", encoding="utf-8")
+            self.file.write(f"{rel}\t{fp['source_stat']}\t{fp['source_sha256']}\n")
+            self.file.flush()
+        except OSError:  # no room for the journal: the images it would name are redone by a rerun, nothing is wrong
+            self.path = None
+
+    def close(self, remove: bool) -> None:
+        """`remove` once degradation.csv holds every record the journal had."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if remove and self.path is not None:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
