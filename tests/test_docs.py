@@ -106,3 +106,12 @@ def test_links_out_of_docs_are_checked_and_rewritten(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "modes/x.md: link '../../benchmarks/no_such.py' points to no file in the repository"
     ]
+
+
+def test_readme_links_point_to_files():
+    """The README is the front page on GitHub, outside the site: its relative links are checked here."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", readme) if "://" not in t]
+    assert targets, "the README links into the documentation"
+    assert [t for t in targets if t and not (REPO / t).exists()] == []
+    assert "(docs/configuration.md)" in readme and "(docs/quickstart.md)" in readme
