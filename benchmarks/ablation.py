@@ -38,6 +38,9 @@ def main(argv=None):
     ap.add_argument("--project", default=None, help="run folders (default: a temp dir)")
     ap.add_argument("--name", default="ablation", help="file name prefix of the results (<name>.md, .json, .png)")
     ap.add_argument("--report-only", default=None, help="an ablation JSON: write its report again, train nothing")
+    ap.add_argument(
+        "--reuse", default=None, help="an earlier grid's JSON (same settings): its hash-recorded runs count as done"
+    )
     args = ap.parse_args(argv)
 
     from clipce_rtdetr.eval.ablation import run_ablation_grid
@@ -73,6 +76,7 @@ def main(argv=None):
         Path(args.out),
         project,
         prefix=args.name,
+        reuse=json.loads(Path(args.reuse).read_text()) if args.reuse else None,
         command=shlex.join(["python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)]),
     )
 

@@ -18,7 +18,7 @@ from clipce_rtdetr.errors import ConfigError
 from clipce_rtdetr.paths import DEFAULT_CFG_PATH
 
 CHOICES = {
-    "clipce": ("none", "prior", "ame", "fame"),
+    "clipce": ("none", "prior", "ame", "fame", "table", "table_fame"),
     "ame_form": ("exp", "linear"),
     "clipce_terms": ("all", "final"),
     "ame_crops": ("source", "batch"),
@@ -188,7 +188,7 @@ def check_imgsz(imgsz: Any) -> None:
 
 # Keys whose value names a file or folder (a run name is a folder name too).
 PATH_KEYS = ("name", "project", "save_dir", "data", "model", "source", "resume", "tracker", "cfg", "ame_profile",
-             "out", "depth", "report", "images", "export_check_source", "split", "clip")  # fmt: skip
+             "out", "depth", "report", "images", "export_check_source", "split", "clip", "weights")  # fmt: skip
 
 
 def name_max() -> int:

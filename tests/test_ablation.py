@@ -165,7 +165,7 @@ def test_interrupted_grid_resumes(tmp_path, monkeypatch, tiny_hazy_shapes):
 
     calls = []
 
-    def fake_run_one(method, seed, data, model, train_kwargs, project):
+    def fake_run_one(method, seed, data, model, train_kwargs, project, method_kwargs=None):
         calls.append((method, seed))
         if len(calls) == 3 and not getattr(fake_run_one, "resumed", False):
             raise KeyboardInterrupt

@@ -239,14 +239,16 @@ def test_reused_when_recipe_unchanged(tmp_path):
     assert sentinel.stat().st_mtime_ns == stamp and (y.parent / "keep-me").exists()
 
 
-@pytest.mark.parametrize("change", [{"version": hs.RECIPE_VERSION + 1}, {"max_objects": 2}, {"seed": 99}])
+@pytest.mark.parametrize(
+    "change", [{"version": hs.RECIPE_VERSION + 1}, {"max_objects": 2}, {"seed": 99}, {"heavy_fraction": 0.1}]
+)
 def test_regenerated_when_recipe_changes(tmp_path, change):
     y = generate(tmp_path / "d", SMALL, progress=False)
     (y.parent / "stale-marker").write_text("x")
     new = dataclasses.replace(SMALL, **change)
     y2 = generate(tmp_path / "d", new, progress=False)
     assert y2 == y and not (y.parent / "stale-marker").exists()
-    assert json.loads((y.parent / "recipe.json").read_text()) == json.loads(json.dumps(dataclasses.asdict(new)))
+    assert json.loads((y.parent / "recipe.json").read_text()) == new.as_record()
 
 
 def test_version_bump_regenerates_default_cache(tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ def resolve_data(
 ) -> str:
     """Return a dataset YAML path Ultralytics can use, generating hazy-shapes if asked for it."""
     if hazy_shapes.is_builtin(data):
-        return str(hazy_shapes.generate())
+        return str(hazy_shapes.generate(recipe=hazy_shapes.builtin_recipe(data)))
     p = Path(data)
     if not p.exists() and (DATASETS_DIR / p.name).exists() and p.parent == Path("."):
         p = DATASETS_DIR / p.name

@@ -31,6 +31,7 @@ NAME = "hazy-shapes"
 CLASSES = ("circle", "square", "triangle", "star", "cross")
 # beta bins used to report results per haze level (upper bounds, inclusive of the lower one).
 HAZE_LEVELS = (("light", 0.0, 0.08), ("medium", 0.08, 0.16), ("heavy", 0.16, float("inf")))
+HEAVY_BETA = HAZE_LEVELS[-1][1]
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,26 @@ class Recipe:
     airlight: tuple[float, float] = (0.7, 1.0)
     version: int = RECIPE_VERSION
     classes: tuple[str, ...] = field(default=CLASSES)
+    # Train split only: the fraction of images in heavy haze (beta drawn from the heavy bin, HAZE_LEVELS, within
+    # `beta`; the others below it). None: beta uniform in `beta` for both splits (heavy is then ~50 %).
+    heavy_fraction: float | None = None
+
+    def __post_init__(self):
+        f = self.heavy_fraction
+        if f is not None and not (0.0 <= f <= 1.0 and self.beta[0] < HEAVY_BETA < self.beta[1]):
+            raise ValueError(f"heavy_fraction={f} must be in [0, 1], with beta={self.beta} spanning {HEAVY_BETA}.")
 
     def folder_name(self) -> str:
-        return f"{NAME}-v{self.version}-s{self.seed}-n{self.n_train}+{self.n_val}-{self.size}px"
+        heavy = "" if self.heavy_fraction is None else f"-heavy{self.heavy_fraction:g}"
+        return f"{NAME}-v{self.version}-s{self.seed}-n{self.n_train}+{self.n_val}-{self.size}px{heavy}"
+
+    def as_record(self) -> dict:
+        """What recipe.json holds: every field (a folder of another recipe is regenerated); heavy_fraction only
+        when set, so folders made before the option existed still match their (unchanged) recipe."""
+        d = json.loads(json.dumps(asdict(self)))
+        if d["heavy_fraction"] is None:
+            del d["heavy_fraction"]
+        return d
 
 
 def haze_level(beta: float) -> str:
@@ -190,10 +208,20 @@ def make_sample(recipe: Recipe, split: str, index: int):
     clean, depth, labels = render_scene(
         rng, recipe.size, recipe.max_objects, len(recipe.classes), recipe.max_depth, recipe.object_scale
     )
-    beta = float(rng.uniform(*recipe.beta))
+    beta = draw_beta(rng, recipe, split)
     airlight = float(rng.uniform(*recipe.airlight))
     hazy = apply_haze(clean, depth, beta, airlight)
     return clean, hazy, depth, labels, beta, airlight
+
+
+def draw_beta(rng: np.random.Generator, recipe: Recipe, split: str) -> float:
+    """One image's beta: uniform in recipe.beta; with heavy_fraction, train images are heavy with that chance.
+    The val split always draws uniformly (balanced), with the same draws as the default recipe."""
+    if recipe.heavy_fraction is None or split != "train":
+        return float(rng.uniform(*recipe.beta))
+    heavy = rng.random() < recipe.heavy_fraction
+    low, high = (HEAVY_BETA, recipe.beta[1]) if heavy else (recipe.beta[0], HEAVY_BETA)
+    return float(rng.uniform(low, high))
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -217,7 +245,7 @@ def is_complete(out: Path, recipe: Recipe) -> bool:
     """A finished folder of this whole recipe (not only its version: the same out= folder asked for with another
     seed, size or count must not silently return the old images), with every file it owns still there."""
     try:
-        same = json.loads((out / "recipe.json").read_text()) == json.loads(json.dumps(asdict(recipe)))
+        same = json.loads((out / "recipe.json").read_text()) == recipe.as_record()
     except (OSError, ValueError):
         return False
     missing = missing_outputs(out, recipe) if same else []
@@ -258,7 +286,7 @@ def _generate_unlocked(out: Path, recipe: Recipe, progress: bool) -> Path:
             )
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    (out / "recipe.json").write_text(json.dumps(recipe.as_record(), indent=2))
 
     rows = []
     jobs = [("train", i) for i in range(recipe.n_train)] + [("val", i) for i in range(recipe.n_val)]
@@ -330,6 +358,8 @@ def run_generate(overrides: dict) -> Path:
 
 
 BUILTIN = ("hazy-shapes", "hazy-shapes.yaml")
+# Named variants (data=hazy-shapes-rare-heavy): the same scenes and val split, another train beta distribution.
+VARIANTS = {"hazy-shapes-rare-heavy": Recipe(heavy_fraction=0.1)}  # heavy haze in ~10 % of train images
 # Committed demo CLIP trained on clean hazy-shapes crops (evidence issue); until it exists a tiny random CLIP.
 DEMO_CLIP_FILE = "demo-clip-hazy-shapes.safetensors"
 DEMO_CLIP_MODEL = "clipce-demo"
@@ -339,7 +369,14 @@ def is_builtin(data) -> bool:
     """True for the built-in demo dataset: no data, 'hazy-shapes', or datasets/hazy-shapes.yaml."""
     from clipce_rtdetr.paths import DATASETS_DIR
 
-    return data is None or str(data) in BUILTIN or Path(data).resolve() == (DATASETS_DIR / "hazy-shapes.yaml").resolve()
+    if data is None or str(data) in BUILTIN or str(data) in VARIANTS:
+        return True
+    return Path(data).resolve() == (DATASETS_DIR / "hazy-shapes.yaml").resolve()
+
+
+def builtin_recipe(data) -> Recipe:
+    """The recipe of a built-in name: a named variant's, else the default."""
+    return VARIANTS.get(str(data), Recipe())
 
 
 def demo_clip_spec() -> str:

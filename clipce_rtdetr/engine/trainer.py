@@ -32,6 +32,7 @@ from clipce_rtdetr.engine import distributed
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.method.object_ids import as_object_id_dataset, split_object_ids
 from clipce_rtdetr.method.prompts import load_profile
+from clipce_rtdetr.method.weight_table import TABLE_MODES, check_weights_key, read_table
 
 # Attribute on the detector carrying the CLIP-CE keys into checkpoints (a plain dict, which unpickles
 # anywhere), so `resume=True` restores them.
@@ -52,6 +53,7 @@ TRAIN_KEYS = (
     "prior_a",
     "ame_batch",
     "allow_download",
+    "weights",
 )
 WEIGHT_KEYS = ("clipce/ame_w", "clipce/fame_w", "clipce/frac_w>1.5")
 
@@ -82,6 +84,9 @@ class ClipCETrainerMixin:
                 require_weights(self.clipce_args["clip"])
             if not overrides.get("resume"):  # resuming: the checkpoint's clip=, checked once restored
                 check_clip_available(self.clipce_args["clip"])
+        table_file = check_weights_key(self.clipce_args["clipce"], self.clipce_args["weights"])
+        if table_file is not None and not overrides.get("resume") and RANK in {-1, 0}:
+            read_table(table_file)  # the file's own errors before a run folder exists (objects: once data is read)
         self._padded_weights = None  # per-object AME/prior weights + a trailing 1 (ame_crops=source or prior)
         self.scorer = None  # AMEScorer, ame_crops=batch
         self.weight_source = None  # how this process got its weight table (logs, tests)
@@ -175,7 +180,9 @@ class ClipCETrainerMixin:
     @property
     def needs_object_ids(self) -> bool:
         """Weights looked up per source object (cache or prior), not scored on the augmented batch."""
-        return self.mode == "prior" or (self.mode in ("ame", "fame") and self.clipce_args["ame_crops"] == "source")
+        return self.mode in ("prior", *TABLE_MODES) or (
+            self.mode in ("ame", "fame") and self.clipce_args["ame_crops"] == "source"
+        )
 
     def get_dataset(self):
         # Ultralytics would run a YAML's `download:` script (Python, via exec) for missing data:
@@ -244,12 +251,15 @@ class ClipCETrainerMixin:
 
         dataset = self.train_loader.dataset
         lhash = labels_hash(dataset.labels)
-        table = (
-            self._build_weight_table(dataset.labels, getattr(dataset, "label_files", None))
-            if distributed.is_main()
-            else None
-        )
+        table = None
+        if distributed.is_main():
+            try:
+                table = self._build_weight_table(dataset.labels, getattr(dataset, "label_files", None))
+            except ClipCEError as e:  # every process stops with rank 0's message (none waits on a broadcast)
+                table = e
         rank0_hash, table = distributed.broadcast_object((lhash, table) if distributed.is_main() else None)
+        if isinstance(table, ClipCEError):
+            raise table
         if rank0_hash != lhash:
             raise ClipCEError(
                 f"rank {RANK} reads other training labels than rank 0 ({self.data['train']}): node-local copies of the "
@@ -267,6 +277,13 @@ class ClipCETrainerMixin:
         built = ec.COUNTS["built"]
         if self.mode == "prior":
             w = ec.dataset_prior_weights(labels, label_files, a["prior_a"])
+        elif self.mode in TABLE_MODES:
+            from clipce_rtdetr.method.weight_table import table_weights
+
+            w = table_weights(read_table(a["weights"]), labels)
+            LOGGER.info(f"CLIP-CE: {len(w)} object weights from {a['weights']}; mean w={float(w.mean()):.3f}")
+            self.weight_source = "table"
+            return w
         else:
             names = list(self.data["names"].values())
             _, d, w, scorer = ec.score_dataset(labels, label_files, names, a, self.device, progress=RANK in {-1, 0})

@@ -187,7 +187,7 @@ def report_markdown(record: dict[str, Any], baseline: str = "none") -> str:
     summary, paired = record["summary"], record.get("paired", {})
     parts = [
         f"# Ablation: {', '.join(record['methods'])} over seeds {record['seeds']}\n",
-        f"Data `{Path(record['data']).name}`, model `{Path(record['model']).name}`, "
+        f"Data `{Path(record['data']).parent.name}/{Path(record['data']).name}`, model `{Path(record['model']).name}`, "
         f"training {json.dumps(record['train_kwargs'], default=str)}.",
     ]
     if record.get("command"):
@@ -200,6 +200,19 @@ def report_markdown(record: dict[str, Any], baseline: str = "none") -> str:
         markdown_table(summary, metric="mAP50-95"),
         "",
     ]
+    vs_ame = record.get("paired_vs_ame") or {}
+    if vs_ame:
+        parts += [
+            "## Ranking's share: paired difference to `ame` (same weight values, only their order differs for "
+            "`oracle-ranked`)\n",
+            paired_table(vs_ame, "mAP50", "ame"),
+            "",
+            paired_table(vs_ame, "mAP50-95", "ame"),
+            "",
+        ]
+    if any(r.get("reused") for r in record["runs"]):
+        reused = sorted({(r["method"], r["seed"]) for r in record["runs"] if r.get("reused")})
+        parts.append(f"Runs taken from an earlier grid with the same settings (batch hash recorded): {reused}.\n")
     if paired:
         parts += [
             f"## Paired difference to `{baseline}` (mean [95 % t-interval] over seeds)\n",
@@ -219,6 +232,9 @@ def write_report(record: dict[str, Any], out_dir: Path, prefix: str = "ablation"
     runs = record["runs"]
     record = {**record, "summary": aggregate(runs), "paired": paired_differences(runs)}
     record["pairing"] = pairing_check(runs)
+    if {"ame", "oracle-ranked"} <= {r["method"] for r in runs}:
+        vs_ame = paired_differences([r for r in runs if r["method"] in ("ame", "oracle-ranked")], baseline="ame")
+        record["paired_vs_ame"] = vs_ame
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{prefix}.json").write_text(json.dumps(record, indent=2, default=str))
     (out_dir / f"{prefix}.md").write_text(report_markdown(record))

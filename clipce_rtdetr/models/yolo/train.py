@@ -9,6 +9,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from clipce_rtdetr.engine.trainer import ClipCETrainerMixin
 from clipce_rtdetr.method.object_ids import split_object_ids
+from clipce_rtdetr.method.weight_table import uses_fame
 from clipce_rtdetr.models.yolo.loss import build_yolo_criterion
 
 
@@ -26,7 +27,7 @@ class ClipCEYOLOTrainer(ClipCETrainerMixin, DetectionTrainer):
             return None  # the mixin asks while the model is being built (no args, not on its device yet)
         a = self.clipce_args
         return build_yolo_criterion(
-            unwrap_model(self.model), fame=self.mode == "fame", fame_gamma=a["fame_gamma"], terms=a["clipce_terms"]
+            unwrap_model(self.model), fame=uses_fame(self.mode), fame_gamma=a["fame_gamma"], terms=a["clipce_terms"]
         )
 
     def _setup_train(self):
