@@ -127,10 +127,10 @@ def render_reference() -> str:
 
     return "\n".join(
         [
-            "## clipce-rtdetr keys (`cfg/default.yaml`)",
+            "## clipce-rtdetr keys (`cfg/default.yaml`) {#project-keys}",
             "",
             render_table(project_rows(), with_values=True),
-            f"## Ultralytics keys (ultralytics {ultralytics.__version__}, accepted unchanged)",
+            f"## Ultralytics keys (ultralytics {ultralytics.__version__}, accepted unchanged) {{#ultralytics-keys}}",
             "",
             render_table(ultralytics_rows(), with_values=False),
         ]
