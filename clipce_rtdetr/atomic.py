@@ -64,15 +64,17 @@ def _unlink_quietly(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | Path, fsync: bool = True, missing_ok: bool = False) -> Iterator[Path]:
     """Yields a temporary path to write (with any writer: torch.save, cv2.imwrite, safetensors); on a clean exit
-    it replaces `path`. Any error (or a writer that produced no file) removes the temporary file, leaves `path`
-    untouched and raises AtomicWriteError naming `path`."""
+    it replaces `path`. Any error (or a writer that produced no file, unless `missing_ok`: then nothing changes)
+    removes the temporary file, leaves `path` untouched and raises AtomicWriteError naming `path`."""
     path = Path(path)
     tmp = temp_path_for(path)
     try:
         yield tmp
         if not tmp.exists():
+            if missing_ok:
+                return
             raise OSError(f"the writer produced no file (temporary {tmp.name})")
         if fsync:
             _fsync_file(tmp)
@@ -114,3 +116,17 @@ def write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> None:
     """Path.write_bytes, atomically."""
     with atomic_write(path, "wb", fsync=fsync) as f:
         f.write(data)
+
+
+class AtomicWritePath(type(Path())):
+    """A Path whose write_bytes/write_text are atomic: handed to code we do not own (Ultralytics' trainer saves
+    checkpoints with `self.last.write_bytes(...)`). Paths derived from it (`wdir / "epoch3.pt"`) are atomic too."""
+
+    def write_bytes(self, data) -> int:
+        write_bytes(self, bytes(data))
+        return len(data)
+
+    def write_text(self, data: str, encoding: str | None = None, errors=None, newline=None) -> int:
+        with atomic_write(self, "w", encoding=encoding or "utf-8", newline=newline) as f:
+            f.write(data)
+        return len(data)

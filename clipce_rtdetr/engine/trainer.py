@@ -26,9 +26,11 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.ops import xywh2xyxy
 from ultralytics.utils.torch_utils import unwrap_model
 
+from clipce_rtdetr import atomic
 from clipce_rtdetr.clip.loader import require_weights
 from clipce_rtdetr.config import check_project_values, project_defaults
 from clipce_rtdetr.engine import distributed
+from clipce_rtdetr.engine.checkpoint_writes import atomic_checkpoint_paths, atomic_strip_optimizer
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.method.object_ids import as_object_id_dataset, split_object_ids
 from clipce_rtdetr.method.prompts import load_profile
@@ -103,7 +105,7 @@ class ClipCETrainerMixin:
             if self.mode in ("ame", "fame"):
                 check_clip_available(self.clipce_args["clip"])
         if RANK in {-1, 0}:
-            (Path(self.save_dir) / "clipce.yaml").write_text(yaml.safe_dump(self.clipce_args, sort_keys=False))
+            atomic.write_text(Path(self.save_dir) / "clipce.yaml", yaml.safe_dump(self.clipce_args, sort_keys=False))
 
     def _join_job(self, job: distributed.DistEnv, cfg, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """Join the process group now and take rank 0's run folder: every process otherwise picks its own
@@ -217,11 +219,16 @@ class ClipCETrainerMixin:
             torch.cuda.set_device(self.device)
         distributed.init_process_group(self.device)
 
+    def save_model(self):
+        with atomic_checkpoint_paths(self):  # a failed write keeps the previous last.pt/best.pt and names the file
+            return super().save_model()
+
     def final_eval(self):
-        if distributed.is_distributed() and self.device.type == "cpu":
-            with distributed.cpu_final_eval():
-                return super().final_eval()
-        return super().final_eval()
+        with atomic_strip_optimizer():
+            if distributed.is_distributed() and self.device.type == "cpu":
+                with distributed.cpu_final_eval():
+                    return super().final_eval()
+            return super().final_eval()
 
     def _setup_train(self):
         if self.mode in ("ame", "fame"):

@@ -1,0 +1,79 @@
+"""Atomic writes (issue 21 item 2): a checkpoint write that fails on a full disk (a real, small tmpfs) leaves the
+previous last.pt loadable and the error names the file; the shared helper never leaves a half-written file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clipce_rtdetr import ClipCERTDETR
+from clipce_rtdetr.atomic import AtomicWriteError, atomic_write, write_text
+from tests.conftest import FAST, TINY_MODEL
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 MiB tmpfs (root only); skipped, saying why, where mounting is not permitted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill the file system until `leave` bytes are free."""
+    st = os.statvfs(disk)
+    filler = disk / "filler.bin"
+    with open(filler, "wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def test_full_disk_during_a_checkpoint_write_keeps_the_previous_last_pt(small_disk, tiny_hazy_shapes):
+    from ultralytics.nn.tasks import load_checkpoint
+
+    filled = []
+
+    def fill_after_first_save(trainer):
+        if not filled:  # epoch 1's checkpoints are written: now the disk is full (room for results.csv's line)
+            filled.append(fill(small_disk, leave=64 * 1024))
+            # Stand-in for a checkpoint that grew between saves (a disk filled by another writer meanwhile has the
+            # same effect, but not deterministically): 1 MB more in epoch 2's train_args. Rewriting last.pt in place
+            # frees its old size and then runs out of room part-way, which is how the field lost its checkpoint.
+            trainer.args.padding = "x" * (1 << 20)
+
+    model = ClipCERTDETR(TINY_MODEL)
+    model.add_callback("on_model_save", fill_after_first_save)
+    with pytest.raises(AtomicWriteError) as err:
+        model.train(
+            data=str(tiny_hazy_shapes), clipce="none", project=str(small_disk), name="run", **{**FAST, "epochs": 2}
+        )
+    weights = small_disk / "run" / "weights"
+    assert str(weights / "last.pt") in str(err.value) and "No space left" in str(err.value)
+    good = (weights / "last.pt").read_bytes()
+    _, ckpt = load_checkpoint(weights / "last.pt")
+    assert ckpt["epoch"] == 0 and ckpt["ema"] is not None  # epoch 1's checkpoint, whole: resume can use it
+    assert sorted(p.name for p in weights.iterdir()) == ["best.pt", "last.pt"]  # no temporary file left behind
+    filled[0].unlink()  # room again: the next write goes through
+    write_text(weights / "note.txt", "ok")
+    assert (weights / "last.pt").read_bytes() == good
+
+
+def test_failed_write_keeps_the_old_file_and_names_it(small_disk):
+    target = small_disk / "report.json"
+    write_text(target, '{"old": true}')
+    fill(small_disk, leave=0)
+    with pytest.raises(AtomicWriteError, match=rf"could not write {target}: No space left on device"):
+        with atomic_write(target) as f:
+            f.write("x" * (1 << 20))
+    assert target.read_text() == '{"old": true}'
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin", "report.json"]
