@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from clipce_rtdetr import atomic
 from clipce_rtdetr.data.convert_plan import (  # noqa: F401  (names tests and tools import from here)
     DEFAULT_NAMES,
     EXDARK_CLASSES,
@@ -83,7 +84,8 @@ def place_image(src: Path, dst: Path, link: bool) -> None:
             return
         except OSError:
             pass  # no symlinks (e.g. Windows without developer mode): copy instead
-    shutil.copy2(src, dst)
+    with atomic.atomic_path(dst, fsync=False) as tmp:
+        shutil.copy2(src, tmp)
 
 
 def check_out(source: Path, out: Path) -> None:
@@ -172,7 +174,7 @@ def convert(
 
     clear_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"format": fmt, "source": str(source.resolve())}))
+    atomic.write_text(out / MARKER, json.dumps({"format": fmt, "source": str(source.resolve())}))
     written = write_images(good, out, fmt, targets, cmap, keep_difficult, link, report, progress)
     return write_dataset_files(out, fmt, source, targets, written, report, split_note)
 
@@ -297,7 +299,7 @@ def write_images(good, out: Path, fmt, targets, cmap, keep_difficult: bool, link
             per_class[r.split][targets[int(line.split()[0])]] += 1
         lb = out / "labels" / r.split / f"{Path(name).stem}.txt"
         lb.parent.mkdir(parents=True, exist_ok=True)
-        lb.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+        atomic.write_text(lb, "\n".join(lines) + ("\n" if lines else ""), fsync=False)
         n_images[r.split] += 1
         n_empty[r.split] += not lines
     return {"coco": coco, "n_images": n_images, "n_empty": n_empty, "per_class": per_class}
@@ -351,9 +353,7 @@ def write_dataset_files(out: Path, fmt, source: Path, targets, written: dict, re
     splits = [s for s in SPLITS if n_images[s]]  # not empty: every usable image was written once
     (out / "annotations").mkdir(exist_ok=True)
     for s in splits:
-        (out / "annotations" / f"instances_{s}.json").write_text(
-            json.dumps(coco[s], ensure_ascii=False), encoding="utf-8"
-        )
+        atomic.write_text(out / "annotations" / f"instances_{s}.json", json.dumps(coco[s], ensure_ascii=False))
     val = "val" if n_images["val"] else "test" if n_images["test"] else "train"  # RUOD/DUO ship train + test only
     data = {
         "path": str(out.resolve()),
@@ -368,17 +368,15 @@ def write_dataset_files(out: Path, fmt, source: Path, targets, written: dict, re
     }
     data["converted_from"] = {"format": fmt, "source": str(source.resolve()), "split": split_note}
     yaml_path = out / f"{out.resolve().name}.yaml"  # resolved: out=. would give '.yaml', a hidden file
-    yaml_path.write_text(
+    atomic.write_text(
+        yaml_path,
         f"# made by 'clipce-rtdetr convert format={fmt}'\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True),
-        encoding="utf-8",
     )
     warnings = split_warnings(n_images, val)
     summary = format_summary(
         splits, targets, n_images, written["n_empty"], written["per_class"], report, split_note, warnings
     )
-    (out / "convert_report.txt").write_text(
-        summary + "\n\nDetails:\n" + "\n".join(report.details) + "\n", encoding="utf-8"
-    )
+    atomic.write_text(out / "convert_report.txt", summary + "\n\nDetails:\n" + "\n".join(report.details) + "\n")
     summary_json = {
         "images": dict(n_images),
         "images_without_objects": dict(written["n_empty"]),
@@ -387,7 +385,7 @@ def write_dataset_files(out: Path, fmt, source: Path, targets, written: dict, re
         "split": split_note,
         "warnings": warnings,
     }
-    (out / "convert_summary.json").write_text(json.dumps(summary_json, indent=2))
+    atomic.write_text(out / "convert_summary.json", json.dumps(summary_json, indent=2))
     from ultralytics.utils import LOGGER
 
     LOGGER.info(summary + f"\nDataset YAML: {yaml_path}\nEvery skipped or changed item: {out / 'convert_report.txt'}")

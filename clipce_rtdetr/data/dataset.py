@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from clipce_rtdetr import atomic
 from clipce_rtdetr.data import hazy_shapes
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.paths import DATASETS_DIR
@@ -106,7 +107,7 @@ def checked_scan(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...]) 
     report_label_problems(report)
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"yaml": str(yaml_path), "splits": list(splits), "report": report}))
+        atomic.write_text(marker, json.dumps({"yaml": str(yaml_path), "splits": list(splits), "report": report}))
     except OSError:
         pass
 

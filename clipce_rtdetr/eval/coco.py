@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clipce_rtdetr import atomic
 from clipce_rtdetr.errors import ClipCEError
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -266,7 +267,7 @@ def save_per_level(rows: list[dict[str, Any]], save_dir: Path) -> str:
     table = f"{'level':>10} {'images':>7} {'objects':>8} {'mAP50-95':>9} {'mAP50':>7}\n" + "\n".join(
         f"{r['level']:>10} {r['images']:>7} {r['objects']:>8} {r['mAP50-95']:>9.4f} {r['mAP50']:>7.4f}" for r in rows
     )
-    (save_dir / "coco_per_level.json").write_text(json.dumps(rows, indent=2))
+    atomic.write_text(save_dir / "coco_per_level.json", json.dumps(rows, indent=2))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -294,8 +295,8 @@ def coco_report(
     from ultralytics.utils import LOGGER
 
     save_dir.mkdir(parents=True, exist_ok=True)
-    (save_dir / "coco_gt.json").write_text(json.dumps(gt, ensure_ascii=False))
-    (save_dir / "coco_predictions.json").write_text(json.dumps(preds))
+    atomic.write_text(save_dir / "coco_gt.json", json.dumps(gt, ensure_ascii=False))
+    atomic.write_text(save_dir / "coco_predictions.json", json.dumps(preds))
     LOGGER.info(
         f"\nCOCO evaluation (pycocotools) of {len(gt['images'])} images, ground truth {save_dir / 'coco_gt.json'}:"
     )
@@ -309,7 +310,7 @@ def coco_report(
             + save_per_level(rows, save_dir)
             + f"\nSaved {save_dir / 'coco_per_level.json'} and .png"
         )
-    (save_dir / "coco_metrics.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(save_dir / "coco_metrics.json", json.dumps(result, indent=2))
     return result
 
 
