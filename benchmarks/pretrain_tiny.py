@@ -37,6 +37,33 @@ def clean_view(yaml_path: Path, out: Path) -> Path:
     return data
 
 
+def pretrain(model, out: str, epochs: int, hours: float, prefix: str, **train_kwargs) -> dict:
+    """Train `model` (a ClipCERTDETR or ClipCEYOLO, stock loss) on the clean view of hazy-shapes seed 1 (384 + 64
+    images) at 160 px on the CPU, and copy its best.pt to `out`. Shared by the RT-DETR and YOLO scripts, so both
+    checkpoints are made from the same data, size and schedule limits. Returns the final validation metrics."""
+    from clipce_rtdetr.data.hazy_shapes import Recipe, generate
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        data = clean_view(generate(work / "hazy-shapes-s1", Recipe(seed=1, n_train=384, n_val=64)), work / "clean")
+        model.train(data=str(data), clipce="none", epochs=epochs, time=hours, imgsz=160, batch=16, device="cpu",
+                    workers=0, plots=False, project=str(work / "runs"), name="pre", **train_kwargs)  # fmt: skip
+        best = Path(model.trainer.best)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, out)
+        metrics = model.trainer.metrics or {}
+        print(f"saved {out} (from {best}); clean val mAP50={metrics.get('metrics/mAP50(B)', float('nan')):.3f}")
+        return metrics
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def refuse_existing(out: str) -> None:
+    """Before the training (tens of minutes), not after: nothing a user made is overwritten."""
+    if Path(out).exists():
+        raise SystemExit(f"{out} exists; remove it first or pass --out elsewhere (nothing overwritten).")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "weights" / "rtdetr-tiny-shapes.pt"))
@@ -44,37 +71,11 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=40)
     args = ap.parse_args(argv)
 
-    if Path(args.out).exists():  # before ~0.45 h of training, not after
-        raise SystemExit(f"{args.out} exists; remove it first or pass --out elsewhere (nothing overwritten).")
+    refuse_existing(args.out)
     from clipce_rtdetr import ClipCERTDETR
-    from clipce_rtdetr.data.hazy_shapes import Recipe, generate
 
-    work = Path(tempfile.mkdtemp(prefix="clipce-pretrain-"))
-    try:
-        data = clean_view(generate(work / "hazy-shapes-s1", Recipe(seed=1, n_train=384, n_val=64)), work / "clean")
-        model = ClipCERTDETR("rtdetr-tiny.yaml")
-        model.train(
-            data=str(data),
-            clipce="none",
-            epochs=args.epochs,
-            time=args.hours,
-            imgsz=160,
-            batch=16,
-            device="cpu",
-            workers=0,
-            plots=False,
-            warmup_epochs=1,
-            optimizer="AdamW",
-            lr0=0.002,
-            project=str(work / "runs"),
-            name="pre",
-        )
-        best = Path(model.trainer.best)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best, args.out)
-        print(f"saved {args.out} (from {best})")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    pretrain(ClipCERTDETR("rtdetr-tiny.yaml"), args.out, args.epochs, args.hours, "clipce-pretrain-",
+             warmup_epochs=1, optimizer="AdamW", lr0=0.002)  # fmt: skip
 
 
 if __name__ == "__main__":

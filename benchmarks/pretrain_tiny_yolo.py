@@ -11,15 +11,13 @@ on hazy data, and the toy setting mirrors that with this checkpoint, pre-trained
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from pretrain_tiny import clean_view  # noqa: E402  (same clean view as the RT-DETR checkpoint)
+from pretrain_tiny import pretrain, refuse_existing  # noqa: E402  (the RT-DETR checkpoint's recipe)
 
 
 def main(argv=None):
@@ -30,35 +28,10 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=30)
     args = ap.parse_args(argv)
 
-    if Path(args.out).exists():  # before the training, not after
-        raise SystemExit(f"{args.out} exists; remove it first or pass --out elsewhere (nothing overwritten).")
-    from clipce_rtdetr.data.hazy_shapes import Recipe, generate
+    refuse_existing(args.out)
     from clipce_rtdetr.models import load_detector
 
-    work = Path(tempfile.mkdtemp(prefix="clipce-pretrain-yolo-"))
-    try:
-        data = clean_view(generate(work / "hazy-shapes-s1", Recipe(seed=1, n_train=384, n_val=64)), work / "clean")
-        model = load_detector(args.model)
-        model.train(
-            data=str(data),
-            clipce="none",
-            epochs=args.epochs,
-            time=args.hours,
-            imgsz=160,
-            batch=16,
-            device="cpu",
-            workers=0,
-            plots=False,
-            project=str(work / "runs"),
-            name="pre",
-        )
-        best = Path(model.trainer.best)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(best, args.out)
-        m = model.trainer.metrics or {}
-        print(f"saved {args.out} (from {best}); clean val mAP50={m.get('metrics/mAP50(B)', float('nan')):.3f}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    pretrain(load_detector(args.model), args.out, args.epochs, args.hours, "clipce-pretrain-yolo-")
 
 
 if __name__ == "__main__":
