@@ -22,7 +22,9 @@ CHOICES = {
     "ame_form": ("exp", "linear"),
     "clipce_terms": ("all", "final"),
     "ame_crops": ("source", "batch"),
-    "kind": ("haze", "lowlight", "underwater"),
+    # degrade / robustness kinds: the singles, then the mixes (data/degrade_image.py KINDS, same order)
+    "kind": ("haze", "lowlight", "underwater", "rain", "snow", "rain+haze", "snow+haze", "lowlight+haze",
+             "lowlight+rain", "lowlight+snow", "lowlight+rain+haze", "lowlight+snow+haze"),  # fmt: skip
     "level": ("light", "medium", "heavy", "custom"),
 }
 NON_NEGATIVE = (
@@ -43,6 +45,9 @@ LIST_KEYS = (
     "beta_range",
     "airlight_range",
     "gamma_range",
+    "rain_rate_range",
+    "snowfall_range",
+    "conditions",
     "names",
     "ablation_methods",
     "ablation_seeds",
@@ -188,7 +193,8 @@ def check_imgsz(imgsz: Any) -> None:
 
 # Keys whose value names a file or folder (a run name is a folder name too).
 PATH_KEYS = ("name", "project", "save_dir", "data", "model", "source", "resume", "tracker", "cfg", "ame_profile",
-             "out", "depth", "report", "images", "export_check_source", "split", "clip", "weights")  # fmt: skip
+             "out", "depth", "report", "images", "export_check_source", "split", "clip", "weights",
+             "compare")  # fmt: skip
 
 
 def name_max() -> int:

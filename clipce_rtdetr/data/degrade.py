@@ -1,4 +1,5 @@
-"""`clipce-rtdetr degrade data=... kind=haze|lowlight|underwater out=DIR`: a degraded copy of a dataset.
+"""`clipce-rtdetr degrade data=... kind=haze|lowlight|underwater|rain|snow|rain+haze|... out=DIR`: a degraded copy
+of a dataset.
 
 HazyCOCO-style synthesis (METHOD.md §7) applied to any YOLO dataset YAML (a COCO dataset: convert it first,
 its COCO JSON is carried along). Images keep their relative paths, format and bit depth; labels and COCO
@@ -46,6 +47,7 @@ from clipce_rtdetr.data.degrade_image import (  # noqa: F401  (names tests and t
     degrade_array,
     level_of,
     load_depth,
+    metres_per_unit,
     prior_depth,
     ranges_for,
     read_image,
@@ -95,7 +97,7 @@ def process(job: tuple) -> tuple[str, str | None, dict[str, str] | None]:
         h, w = img.shape[:2]
         d = load_depth(depth, depth_path, h, w, depth_scale) if kind != "lowlight" else None
         dmax = _prior_max(depth, h, w) if kind == "underwater" and depth in ("centre", "horizon") else None
-        out = degrade_array(img, kind, p, d, depth_max=dmax)
+        out = degrade_array(img, kind, p, d, depth_max=dmax, metres_per_unit=metres_per_unit(depth))
         if lsrc is not None:  # a redone image takes its label as it is now (or loses a copy whose source is gone)
             restore_label(lsrc, ldst)
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,13 @@
-"""degrade, one image at a time: the parameters drawn for it and the degraded pixels (METHOD.md §7).
+"""degrade, one image at a time: the parameters drawn for it and the degraded pixels (METHOD.md §7; rain and snow:
+data/weather.py, docs/incoming/issue-24-weather.md).
 
 Parameters are drawn per image from a generator seeded with (seed, CRC32 of the image's relative path), so the
 result does not depend on the process count or order.
+
+Mixed conditions (`rain+haze`, `lowlight+haze`, ...) are named from the camera outwards and applied in the order
+light travels: the scene's haze, then the rain or snow falling between it and the camera, then the sensor's low
+light response (darkening and noise act on everything that reaches the sensor). Each component draws its own
+parameters exactly as the kind alone would.
 """
 
 from __future__ import annotations
@@ -14,10 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from clipce_rtdetr.data import physics
+from clipce_rtdetr.data import physics, weather
 from clipce_rtdetr.errors import ClipCEError
 
-KINDS = ("haze", "lowlight", "underwater")
+SINGLE_KINDS = ("haze", "lowlight", "underwater", "rain", "snow")
+# Mixed conditions, named camera-outwards: at most one of rain/snow, haze beyond it, the sensor's low light in front.
+MIXED_KINDS = ("rain+haze", "snow+haze", "lowlight+haze", "lowlight+rain", "lowlight+snow", "lowlight+rain+haze",
+               "lowlight+snow+haze")  # fmt: skip
+KINDS = SINGLE_KINDS + MIXED_KINDS
+APPLY_ORDER = ("haze", "rain", "snow", "lowlight")  # scene -> camera
+
+
+def components(kind: str) -> tuple[str, ...]:
+    """The single kinds of a (mixed) kind, in the order they are applied."""
+    parts = kind.split("+")
+    return tuple(sorted(parts, key=APPLY_ORDER.index)) if len(parts) > 1 else (kind,)
 # Named levels: the range of each kind's main parameter. The recorded `level` of an image is the bin its
 # sampled value falls in (so custom ranges are broken down the same way); haze bins match hazy-shapes.
 LEVELS: dict[str, dict[str, tuple[float, float]]] = {
@@ -28,8 +45,19 @@ LEVELS: dict[str, dict[str, tuple[float, float]]] = {
         "medium": (3.0, 6.0),
         "heavy": (6.0, 10.0),
     },  # distance (m) at the farthest pixel
+    **weather.LEVELS,  # rain rate, snowfall (mm/h)
 }
-MAIN_PARAM = {"haze": "beta", "lowlight": "gamma", "underwater": "distance"}
+MAIN_PARAM = {"haze": "beta", "lowlight": "gamma", "underwater": "distance", "rain": "rain_rate", "snow": "snowfall"}
+LEVEL_ORDER = ("light", "medium", "heavy")
+# The robustness protocol's severities 1..5 (Michaelis et al. 2019 use five): each kind's main parameter, spanning
+# its named levels from light to heavy; a mixed kind takes every component at the same severity.
+SEVERITIES = {
+    "haze": (0.02, 0.05, 0.08, 0.11, 0.15),
+    "lowlight": (1.5, 2.25, 3.0, 3.75, 4.5),
+    "underwater": (1.0, 3.0, 5.0, 7.5, 10.0),
+    "rain": (5.0, 15.0, 30.0, 60.0, 120.0),
+    "snow": (0.3, 0.8, 1.5, 2.5, 4.0),
+}
 AIRLIGHT = (0.7, 1.0)
 NOISE = {
     "light": ((0.0005, 0.002), (0.002, 0.005)),
@@ -42,7 +70,10 @@ FIELDS = {
     "haze": ("beta", "airlight"),
     "lowlight": ("gamma", "shot", "read", "noise_seed"),
     "underwater": ("distance", "atten_r", "atten_g", "atten_b", "veil_r", "veil_g", "veil_b"),
+    **weather.FIELDS,
 }
+# A mixed kind records every component's fields and each component's own level (`<kind>_level`).
+FIELDS.update({m: tuple(f for c in components(m) for f in (*FIELDS[c], f"{c}_level")) for m in MIXED_KINDS})
 PART = ".part"
 
 
@@ -56,12 +87,21 @@ def level_of(kind: str, value: float) -> str:
     return bins[-1][0]
 
 
+def severity_ranges(kind: str, severity: int) -> dict[str, list[float]]:
+    """The explicit ranges (`<param>_range` keys) that pin every component of `kind` to severity 1..5."""
+    return {f"{MAIN_PARAM[c]}_range": [SEVERITIES[c][severity - 1]] * 2 for c in components(kind)}
+
+
 def ranges_for(kind: str, level: str, cfg: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Sampling ranges: the named level's, replaced by any explicit *_range key."""
+    """Sampling ranges: the named level's, replaced by any explicit *_range key (a mixed kind: all its parts')."""
+    if "+" in kind:
+        return {k: v for c in components(kind) for k, v in ranges_for(c, level, cfg).items()}
     explicit = {
         "haze": {"beta": cfg.get("beta_range"), "airlight": cfg.get("airlight_range")},
         "lowlight": {"gamma": cfg.get("gamma_range")},
         "underwater": {"distance": cfg.get("distance_range")},
+        "rain": {"rain_rate": cfg.get("rain_rate_range")},
+        "snow": {"snowfall": cfg.get("snowfall_range")},
     }[kind]
     main = MAIN_PARAM[kind]
     if level == "custom" and explicit.get(main) is None:
@@ -89,11 +129,17 @@ RANGE_LIMITS = {
     "airlight": (0.0, 1.0, "atmospheric light as a fraction of white"),
     "gamma": (1.0, float("inf"), "I = J ** gamma darkens only for gamma >= 1; 1 with no noise is the input"),
     "distance": (0.0, float("inf"), "metres of water at the farthest pixel"),
+    **weather.RANGE_LIMITS,
 }
 
 
 def sample_params(kind: str, level: str, ranges: dict[str, tuple[float, float]], seed: int, rel: str) -> dict[str, Any]:
     """Deterministic parameters of one image from (seed, its relative path)."""
+    if "+" in kind:
+        return sample_mixed(kind, level, ranges, seed, rel)
+    if kind in weather.PRECIPITATION:
+        p = weather.sample(kind, ranges[MAIN_PARAM[kind]], seed, rel)
+        return {**p, "level": level_of(kind, p[MAIN_PARAM[kind]])}
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(rel.encode("utf-8"))])
     main = MAIN_PARAM[kind]
     p: dict[str, Any] = {main: float(rng.uniform(*ranges[main]))}
@@ -110,6 +156,23 @@ def sample_params(kind: str, level: str, ranges: dict[str, tuple[float, float]],
             p[f"veil_{c}"] = float(rng.uniform(lo, hi))
     p["level"] = level_of(kind, p[main])
     return p
+
+
+def sample_mixed(kind: str, level: str, ranges: dict[str, tuple[float, float]], seed: int, rel: str) -> dict[str, Any]:
+    """Every component's parameters as the kind alone draws them; `level` is the heaviest component's."""
+    p: dict[str, Any] = {}
+    for c in components(kind):
+        pc = sample_params(c, level, ranges, seed, rel)
+        p[f"{c}_level"] = pc.pop("level")
+        p.update(pc)
+    p["level"] = max((p[f"{c}_level"] for c in components(kind)), key=LEVEL_ORDER.index)
+    return p
+
+
+def metres_per_unit(depth_source: str) -> float:
+    """Metres per depth unit for rain and snow: the geometric priors' units are weather.PRIOR_METRES; a depth map
+    (after the dataset's depth_scale) is taken to be in metres."""
+    return weather.PRIOR_METRES if depth_source in ("centre", "horizon") else 1.0
 
 
 # ----------------------------------------------------------------------------------------- images
@@ -177,9 +240,12 @@ def _prior_max(source: str, h: int, w: int) -> float:
 
 
 def _fast_u8(
-    colour: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool, depth_max: float | None
+    colour: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool, depth_max: float | None,
+    metres: float = 1.0,
 ) -> np.ndarray | None:
     """The uint8 fast path (physics.*_u8, within one grey level of the float path); None where it does not apply."""
+    if kind in weather.PRECIPITATION:
+        return weather.apply_weather_u8(colour, weather.depth_in_metres(depth, metres), kind, p)
     if kind == "lowlight":
         return physics.lowlight_u8(colour, p["gamma"], p["shot"], p["read"], p["noise_seed"])
     if kind == "haze":
@@ -203,20 +269,30 @@ def degrade_array(
     bgr: bool = True,
     fast: bool = True,
     depth_max: float | None = None,
+    metres_per_unit: float = 1.0,
 ) -> np.ndarray:
     """Apply the degradation with parameters p to an 8/16-bit image (gray, BGR or BGRA); same dtype back.
 
     8-bit images take the uint8 fast path (within one grey level of the float reference, fast=False);
-    depth_max, when given, is depth.max() (cached for the depth priors).
+    depth_max, when given, is depth.max() (cached for the depth priors); metres_per_unit converts depth to metres
+    for rain and snow (metres_per_unit()). A mixed kind applies its components in turn (components()).
     """
     if img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{img.dtype} images are not supported; use 8- or 16-bit images")
+    for c in components(kind):
+        img = _degrade_one(img, c, p, depth, bgr, fast, depth_max, metres_per_unit)
+    return img
+
+
+def _degrade_one(img: np.ndarray, kind: str, p: dict[str, Any], depth, bgr, fast, depth_max, metres_per_unit):
+    """degrade_array for one single kind."""
     scale = 255.0 if img.dtype == np.uint8 else 65535.0
     alpha = img[..., 3:] if img.ndim == 3 and img.shape[2] == 4 else None
     colour = img[..., :3] if alpha is not None else img
     if colour.ndim == 3 and colour.shape[2] == 1:
         colour = colour[..., 0]
-    res = _fast_u8(colour, kind, p, depth, bgr, depth_max) if fast and colour.dtype == np.uint8 else None
+    fast = fast and colour.dtype == np.uint8
+    res = _fast_u8(colour, kind, p, depth, bgr, depth_max, metres_per_unit) if fast else None
     if res is not None:
         if alpha is not None:
             res = np.concatenate([res, alpha], axis=2)
@@ -234,6 +310,8 @@ def degrade_array(
         out = physics.apply_haze(j, depth, p["beta"], p["airlight"])
     elif kind == "lowlight":
         out = physics.apply_lowlight(j, p["gamma"], p["shot"], p["read"], p["noise_seed"])
+    elif kind in weather.PRECIPITATION:
+        out = weather.apply_weather(j, weather.depth_in_metres(depth, metres_per_unit), kind, p)
     else:
         if j.ndim != 3:
             raise ValueError(

@@ -291,3 +291,40 @@ def lowlight_u8(
         z *= cv2.LUT(rows[band], std)
         out[band] = cv2.add(z, cv2.LUT(rows[band], mean), dtype=cv2.CV_8U)  # rounds, saturates
     return out.reshape(src.shape)
+
+
+# ------------------------------------------------------------------------------------ severity measure
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean structural similarity (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) of the
+    luminance of two images in [0, 1] (float) or uint8."""
+    import cv2
+
+    def lum(x):
+        x = np.asarray(x, dtype=np.float32) * np.float32(1 / 255 if np.asarray(x).dtype == np.uint8 else 1)
+        return x @ np.array([0.114, 0.587, 0.299], dtype=np.float32) if x.ndim == 3 else x  # BGR
+
+    x, y = lum(a), lum(b)
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(z):
+        return cv2.GaussianBlur(z, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def box_ssim(clean: np.ndarray, degraded: np.ndarray, boxes) -> float:
+    """The severity measure of `degrade`: mean SSIM to the clean image over the object boxes (x1, y1, x2, y2 in
+    pixels), each box enlarged to at least 11 pixels a side; nan without boxes."""
+    h, w = clean.shape[:2]
+    vals = []
+    for x1, y1, x2, y2 in boxes:
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        hw, hh = max((x2 - x1) / 2, 5.5), max((y2 - y1) / 2, 5.5)
+        xa, xb = max(0, int(cx - hw)), min(w, int(np.ceil(cx + hw)))
+        ya, yb = max(0, int(cy - hh)), min(h, int(np.ceil(cy + hh)))
+        if xb > xa and yb > ya:
+            vals.append(ssim(clean[ya:yb, xa:xb], degraded[ya:yb, xa:xb]))
+    return float(np.mean(vals)) if vals else float("nan")

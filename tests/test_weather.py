@@ -1,0 +1,183 @@
+"""Rain, snow and mixed conditions in `degrade` (issue 24): recorded parameters reproduce every image, any process
+count gives the same bytes, the severity measure (object-box SSIM to the input) falls with severity, labels stay
+as they were, the particles respect the scene's depth."""
+
+from __future__ import annotations
+
+import csv
+import filecmp
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from clipce_rtdetr.data import physics, weather
+from clipce_rtdetr.data.degrade import degrade
+from clipce_rtdetr.data.degrade_image import (
+    FIELDS,
+    KINDS,
+    components,
+    degrade_array,
+    metres_per_unit,
+    prior_depth,
+    ranges_for,
+    read_image,
+    sample_params,
+    severity_ranges,
+)
+from clipce_rtdetr.errors import ClipCEError
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "degradation.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _params(row: dict, kind: str) -> dict:
+    """The parameters of a degradation.csv row, typed as sample_params returns them."""
+    p = {}
+    for k in FIELDS[kind]:
+        v = row[k]
+        p[k] = v if k.endswith("_level") else (int(v) if k.endswith("seed") else float(v))
+    return p
+
+
+@pytest.fixture(scope="module")
+def val_images(tiny_hazy_shapes):
+    """(relative path, BGR image, object boxes in pixels) of the tiny dataset's val images."""
+    root = tiny_hazy_shapes.parent
+    out = []
+    for f in sorted((root / "images" / "val").glob("*.png")):
+        img = cv2.imread(str(f))
+        h, w = img.shape[:2]
+        lb = np.loadtxt(root / "labels" / "val" / f"{f.stem}.txt", ndmin=2)
+        boxes = [((x - bw / 2) * w, (y - bh / 2) * h, (x + bw / 2) * w, (y + bh / 2) * h) for _, x, y, bw, bh in lb]
+        out.append((f"images/val/{f.name}", img, boxes))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["rain", "snow", "lowlight+snow+haze"])
+def test_recorded_parameters_reproduce_images_and_labels_untouched(tiny_hazy_shapes, tmp_path, kind):
+    out = tmp_path / "d"
+    y = degrade(tiny_hazy_shapes, out, kind=kind, level="heavy", seed=3, processes=1, progress=False)
+    assert y.is_file()
+    rows = _rows(out)
+    root = tiny_hazy_shapes.parent
+    assert len(rows) == 32 and {r["kind"] for r in rows} == {kind}
+    for r in rows[::5]:  # every recorded parameter set regenerates its image
+        src = read_image(root / r["im_file"])
+        d = prior_depth("horizon", *src.shape[:2])
+        again = degrade_array(src, kind, _params(r, kind), d, metres_per_unit=metres_per_unit("horizon"))
+        got = read_image(out / r["im_file"])
+        if "+" in kind:  # haze and low light record their floats to 6 decimals: within a grey level
+            assert np.abs(again.astype(int) - got).max() <= 1
+        else:  # rain and snow draw their floats at the recorded precision: exactly
+            assert np.array_equal(again, got)
+            drawn = sample_params(kind, "heavy", ranges_for(kind, "heavy", {}), 3, r["im_file"])
+            assert _params(r, kind) == {k: drawn[k] for k in FIELDS[kind]}
+        assert not np.array_equal(got, src)
+    for lbl in (root / "labels").rglob("*.txt"):  # labels: byte for byte the source's
+        assert filecmp.cmp(lbl, out / "labels" / lbl.relative_to(root / "labels"), shallow=False)
+
+
+def test_parameters_by_seed_and_kind_streams():
+    r = ranges_for("rain+haze", "medium", {})
+    a = sample_params("rain+haze", "medium", r, 7, "images/val/a.jpg")
+    assert a == sample_params("rain+haze", "medium", r, 7, "images/val/a.jpg")
+    assert a != sample_params("rain+haze", "medium", r, 8, "images/val/a.jpg")
+    # a mixed kind draws each component exactly as the kind alone does
+    rain = sample_params("rain", "medium", ranges_for("rain", "medium", {}), 7, "images/val/a.jpg")
+    haze = sample_params("haze", "medium", ranges_for("haze", "medium", {}), 7, "images/val/a.jpg")
+    assert all(a[k] == v for k, v in rain.items() if k != "level")
+    assert all(a[k] == v for k, v in haze.items() if k != "level")
+    assert 10.0 <= a["rain_rate"] < 50.0 and a["level"] == "medium"
+    assert components("lowlight+rain+haze") == ("haze", "rain", "lowlight")  # scene -> camera
+    assert set(FIELDS) >= set(KINDS)
+
+
+def test_process_count_invariance(tiny_hazy_shapes, tmp_path):
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"p{n}"
+        degrade(tiny_hazy_shapes, out, kind="snow+haze", level="medium", seed=1, processes=n, progress=False)
+        outs.append(out)
+    imgs = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*.png"))
+    assert len(imgs) == 32
+    for rel in imgs:
+        assert filecmp.cmp(outs[0] / rel, outs[1] / rel, shallow=False), rel
+    strip = [{k: v for k, v in r.items() if k != "source_stat"} for r in _rows(outs[0])]
+    assert strip == [{k: v for k, v in r.items() if k != "source_stat"} for r in _rows(outs[1])]
+
+
+@pytest.mark.parametrize("kind", ["rain", "snow", "rain+haze", "lowlight+haze"])
+def test_severity_monotone_by_object_box_ssim(val_images, kind):
+    """The stated measure: mean SSIM of the object boxes to the input image falls at every severity step."""
+    means = []
+    for sev in range(1, 6):
+        vals = []
+        for rel, img, boxes in val_images:
+            p = sample_params(kind, "custom", ranges_for(kind, "custom", severity_ranges(kind, sev)), 0, rel)
+            d = prior_depth("horizon", *img.shape[:2])
+            out = degrade_array(img, kind, p, d, metres_per_unit=metres_per_unit("horizon"))
+            vals.append(physics.box_ssim(img, out, boxes))
+        means.append(float(np.nanmean(vals)))
+    assert all(a > b for a, b in zip(means, means[1:])), (kind, means)
+    assert means[0] < 1.0
+
+
+def test_named_levels_monotone(tiny_hazy_shapes, tmp_path):
+    root = tiny_hazy_shapes.parent
+    scores = []
+    for level in ("light", "medium", "heavy"):
+        out = tmp_path / level
+        degrade(tiny_hazy_shapes, out, kind="rain", level=level, seed=0, processes=1, progress=False)
+        vals = []
+        for r in _rows(out):
+            if r["split"] != "val":
+                continue
+            src, deg = cv2.imread(str(root / r["im_file"])), cv2.imread(str(out / r["im_file"]))
+            vals.append(physics.ssim(src, deg))
+        scores.append(np.mean(vals))
+    assert scores[0] > scores[1] > scores[2], scores
+
+
+def test_fast_path_matches_float_and_no_rain_is_identity():
+    rng = np.random.default_rng(0)
+    img = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+    d = prior_depth("horizon", 60, 80)
+    for kind in ("rain", "snow"):
+        p = sample_params(kind, "heavy", ranges_for(kind, "heavy", {}), 0, "x.png")
+        fast = degrade_array(img, kind, p, d, metres_per_unit=10.0).astype(int)
+        ref = degrade_array(img, kind, p, d, fast=False, metres_per_unit=10.0).astype(int)
+        assert np.abs(fast - ref).max() <= 2  # the veil's and the particles' fixed-point roundings
+        zero = {**p, weather.PRECIPITATION[kind].rate_key: 0.0}
+        assert np.abs(degrade_array(img, kind, zero, d).astype(int) - img).max() <= 1
+    gray16 = (rng.random((60, 80)) * 65535).astype(np.uint16)  # 16-bit and gray images take the float path
+    p = sample_params("snow", "heavy", ranges_for("snow", "heavy", {}), 0, "x.png")
+    assert degrade_array(gray16, "snow", p, d).dtype == np.uint16
+
+
+def test_particles_respect_scene_depth():
+    p = sample_params("snow", "heavy", ranges_for("snow", "heavy", {}), 0, "x.png")
+    near = np.full((120, 160), 0.2, np.float32)  # a wall 20 cm from the lens: no flake can be in front of it
+    far = np.full((120, 160), 100.0, np.float32)
+    assert weather.particle_alpha((120, 160), near, weather.SNOW, p).max() == 0.0
+    a = weather.particle_alpha((120, 160), far, weather.SNOW, p)
+    assert 0.0 < a.max() < 1.0
+    # heavier snowfall covers more of the image (same particle seed)
+    light = weather.particle_alpha((120, 160), far, weather.SNOW, {**p, "snowfall": 0.3})
+    assert light.mean() < a.mean()
+    assert weather.extinction(weather.RAIN, 50.0) > weather.extinction(weather.RAIN, 5.0) > 0.0
+
+
+def test_custom_ranges_checked(tiny_hazy_shapes, tmp_path):
+    with pytest.raises(ClipCEError, match="rain_rate_range"):
+        ranges_for("rain+haze", "custom", {"beta_range": [0.05, 0.1]})
+    with pytest.raises(ClipCEError, match="rain_rate_range"):
+        ranges_for("rain", "medium", {"rain_rate_range": [10, 1000]})
+    r = ranges_for("snow", "custom", {"snowfall_range": [1, 2]})
+    assert r["snowfall"] == (1.0, 2.0)
+    with pytest.raises(ClipCEError, match="kind=hail"):
+        degrade(tiny_hazy_shapes, tmp_path / "x", kind="hail", progress=False)
+    assert not (tmp_path / "x").exists()
