@@ -181,3 +181,16 @@ def test_custom_ranges_checked(tiny_hazy_shapes, tmp_path):
     with pytest.raises(ClipCEError, match="kind=hail"):
         degrade(tiny_hazy_shapes, tmp_path / "x", kind="hail", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_prompt_profiles_for_every_kind():
+    """ame_profile=rain and snow are bundled; a mixed kind uses the profile of its first-named kind."""
+    from clipce_rtdetr.data.degrade_image import prompt_profile
+    from clipce_rtdetr.method.prompts import available_profiles, load_profile
+
+    assert {"rain", "snow"} <= set(available_profiles())
+    assert prompt_profile("rain+haze") == "rain" and prompt_profile("lowlight+snow+haze") == "lowlight"
+    for kind in KINDS:
+        profile = load_profile(prompt_profile(kind))
+        assert profile.negatives and profile.templates
+    assert any("rain" in n for n in load_profile("rain").negatives)

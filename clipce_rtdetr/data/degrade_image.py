@@ -169,6 +169,12 @@ def sample_mixed(kind: str, level: str, ranges: dict[str, tuple[float, float]], 
     return p
 
 
+def prompt_profile(kind: str) -> str:
+    """The bundled ame_profile for training on `kind`: the kind's own; for a mix, its first-named (camera-nearest)
+    kind's, which dominates how an object's crop looks (night over fog, rain streaks over the haze beyond)."""
+    return kind.split("+")[0]
+
+
 def metres_per_unit(depth_source: str) -> float:
     """Metres per depth unit for rain and snow: the geometric priors' units are weather.PRIOR_METRES; a depth map
     (after the dataset's depth_scale) is taken to be in metres."""
