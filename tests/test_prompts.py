@@ -62,7 +62,7 @@ def test_user_profile_with_classes(tmp_path):
 
 
 def test_unknown_profile_lists_available():
-    with pytest.raises(ClipCEError, match="haze, lowlight, underwater"):
+    with pytest.raises(ClipCEError, match="haze, lowlight, rain, snow, underwater"):
         load_profile("smog")
 
 
