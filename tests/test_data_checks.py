@@ -173,7 +173,10 @@ def test_relative_path_resolves_against_yaml_folder(tmp_path, monkeypatch):
     data["path"] = "."
     y.write_text(yaml.safe_dump(data))
     monkeypatch.chdir(tmp_path)  # not the YAML's folder
-    assert resolve_data(str(y)) == str(y)
+    from ultralytics.data.utils import check_det_dataset
+
+    given = resolve_data(str(y))  # Ultralytics alone would read path: . as the current folder (issue 21)
+    assert Path(check_det_dataset(given, autodownload=False)["path"]) == y.parent.resolve()
 
 
 def test_txt_list_split(tmp_path):

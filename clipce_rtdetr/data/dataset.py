@@ -16,6 +16,7 @@ import yaml
 
 from clipce_rtdetr import atomic
 from clipce_rtdetr.data import hazy_shapes
+from clipce_rtdetr.data.data_root import dataset_root, yaml_for_ultralytics
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.paths import DATASETS_DIR
 
@@ -64,7 +65,7 @@ def resolve_data(
         raise ClipCEError(msg)
     if check_labels:
         checked_scan(cfg, p, splits)
-    return str(p)
+    return str(yaml_for_ultralytics(p, cfg))  # Ultralytics reads the same dataset folder as the checks above
 
 
 def resolve_run_data(kwargs: dict[str, Any], needs_clip: bool, **resolve_kwargs) -> dict[str, Any]:
@@ -150,19 +151,6 @@ def check_names(cfg: dict[str, Any], path: Path) -> None:
         raise ClipCEError(
             f"Dataset YAML {path}: nc: {cfg['nc']} but {len(names)} names; remove nc: or make them agree."
         )
-
-
-def dataset_root(cfg: dict[str, Any], yaml_path: Path) -> Path:
-    root = Path(cfg.get("path") or yaml_path.parent)
-    if not root.is_absolute():
-        # Ultralytics resolves relative `path:` against its datasets_dir; try the YAML's folder first.
-        candidate = (yaml_path.parent / root).resolve()
-        if candidate.exists():
-            return candidate
-        from ultralytics.utils import DATASETS_DIR as ULTRA_DATASETS
-
-        return (Path(ULTRA_DATASETS) / root).resolve()
-    return root
 
 
 def split_paths(cfg: dict[str, Any], yaml_path: Path, split: str) -> list[Path]:

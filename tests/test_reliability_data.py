@@ -1,0 +1,69 @@
+"""Dataset input checks (issue 21 items 3, 6, 7, 8): a relative `path:` read one way by our checks and Ultralytics,
+EXIF-rotated VOC images, empty prompt profiles, an empty val folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from clipce_rtdetr.data.dataset import resolve_data
+from clipce_rtdetr.errors import ClipCEError
+
+
+def yolo_folder(root: Path, n: int, colour: int) -> Path:
+    """A small YOLO dataset folder (n images per split, one box each); `colour` tells two of them apart."""
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(root / "images" / split / f"im{i}.png"), np.full((32, 32, 3), colour, np.uint8))
+            (root / "labels" / split / f"im{i}.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    return root
+
+
+def relative_yaml(folder: Path) -> Path:
+    """A dataset YAML inside `folder` whose `path: ds` means folder/ds (the dataset beside it)."""
+    yolo_folder(folder / "ds", 2, 50)
+    y = folder / "data.yaml"
+    y.write_text(yaml.safe_dump({"path": "ds", "train": "images/train", "val": "images/val", "names": {0: "x"}}))
+    return y
+
+
+def ultralytics_val_folder(yaml_path: str) -> Path:
+    from ultralytics.data.utils import check_det_dataset
+
+    return Path(check_det_dataset(yaml_path, autodownload=False)["val"])
+
+
+def test_relative_path_beside_the_yaml_is_what_ultralytics_reads(tmp_path, monkeypatch):
+    """Run from another folder, with another dataset of the same relative name in Ultralytics' datasets_dir: both
+    our checks and Ultralytics read the dataset beside the YAML."""
+    from ultralytics.data import utils as ul_data
+
+    y = relative_yaml(tmp_path / "project")
+    other = tmp_path / "ultra-datasets"
+    yolo_folder(other / "ds", 3, 200)  # what Ultralytics alone would have trained on
+    monkeypatch.setattr(ul_data, "DATASETS_DIR", other)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    given = resolve_data(str(y))
+    assert ultralytics_val_folder(given) == (tmp_path / "project" / "ds" / "images" / "val").resolve()
+    assert resolve_data(str(y)) == given  # the same pinned copy every time
+
+
+def test_relative_path_that_names_two_folders_is_refused_naming_both(tmp_path, monkeypatch):
+    y = relative_yaml(tmp_path / "project")
+    here = tmp_path / "cwd"
+    yolo_folder(here / "ds", 3, 200)  # another dataset called ds in the folder the command runs from
+    monkeypatch.chdir(here)
+    with pytest.raises(ClipCEError, match="names two different folders") as err:
+        resolve_data(str(y))
+    assert str((tmp_path / "project" / "ds").resolve()) in str(err.value)
+    assert str((here / "ds").resolve()) in str(err.value)
+    monkeypatch.chdir(tmp_path / "project")  # from the YAML's own folder both readings agree
+    assert ultralytics_val_folder(resolve_data(str(y))) == (tmp_path / "project" / "ds" / "images" / "val").resolve()
