@@ -70,7 +70,8 @@ def format_value(v: Any) -> str:
         return "[" + ", ".join(format_value(x) for x in v) + "]"
     if isinstance(v, str):
         return v if yaml.safe_load(v) == v and v.strip() == v and v else repr(v)
-    return repr(v)
+    text = repr(v)  # 0.1, 64; YAML reads 1e-06 as text, so such a float is written as YAML writes it (1.0e-06)
+    return text if yaml.safe_load(text) == v else yaml.safe_dump(v).splitlines()[0]
 
 
 def valid_values(key: str, default: Any) -> str:

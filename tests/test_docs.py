@@ -118,3 +118,12 @@ def test_readme_links_point_to_files():
     assert targets, "the README links into the documentation"
     assert [t for t in targets if t and not (REPO / t).exists()] == []
     assert "(docs/configuration.md)" in readme and "(docs/quickstart.md)" in readme
+
+
+@pytest.mark.parametrize("value", [1e-06, 0.1, 64, float("inf"), "yes", "ViT-B-32:openai", "", [0, 1], ["none", "fame"],
+                                   None, True, False])  # fmt: skip
+def test_rendered_defaults_read_back_as_the_value(value):
+    from clipce_rtdetr.config_reference import format_value
+
+    text = format_value(value)
+    assert read_back(text if text == EMPTY else f"`{text}`") == value
