@@ -37,7 +37,7 @@ NON_NEGATIVE = (
     "stream_retries",
     "stream_backoff",
 )
-POSITIVE = ("ame_temperature", "ame_batch")
+POSITIVE = ("ame_temperature", "ame_batch", "dist_timeout")
 FRACTION = ("val_fraction",)
 # Keys whose value is a list or None (no scalar type to check).
 LIST_KEYS = (

@@ -6,23 +6,34 @@ trainer mixin fixes those few places with the helpers here: the global world siz
 environment (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE), each process drives its local device (a GPU, or the
 CPU with the gloo backend: how the tests prove the path without a GPU), and rank 0's decisions (run folder, weight
 table) are broadcast to the others.
+
+Faults: collectives give up after `dist_timeout` seconds (600 by default, as torch's own default order of magnitude;
+Ultralytics uses 3 hours because its rank 0 once built caches alone), and heartbeats (`watchdog.py`) name a hung or
+lost process within that time. Under `torchrun --max-restarts N` every restart attempt gets its own namespace in
+torchrun's store: the agent keeps one store for the whole job, and a restarted process that read the previous
+attempt's gloo addresses failed with "Gloo connectFullMesh failed ... Connection refused".
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from ultralytics.utils import LOGGER
 
 from clipce_rtdetr.errors import ClipCEError
 
-TIMEOUT = timedelta(hours=3)  # as Ultralytics: rank 0 may build a large embedding cache while the others wait
+DEFAULT_TIMEOUT_S = 600.0  # `dist_timeout`: long waits on uneven work go through the store, not collectives
+RUN_ID_FILE = ".torchrun-id"  # in a run folder started by torchrun: its job id (TORCHELASTIC_RUN_ID)
+_JOB: dict[str, Any] = {}  # this process's job store (waits) and heartbeat, once the process group is joined
 
 
 @dataclass(frozen=True)
@@ -95,15 +106,127 @@ def torch_device(device_arg: str, env: DistEnv) -> torch.device:
     return torch.device("cuda", int(device_arg.split(",")[env.local_rank]))
 
 
-def init_process_group(device: torch.device) -> None:
-    """Join the job's process group (env:// rendezvous from the launcher); gloo on CPU, NCCL on CUDA."""
+def restart_attempt() -> int:
+    """How many times torchrun has restarted this job's processes (0: the first attempt, or no torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def job_store(timeout: timedelta) -> dist.Store | None:
+    """A new client of the job's store, in a namespace of this restart attempt (None: the launcher hosts none, e.g.
+    Ultralytics' own DDP launcher or a plain env:// job, where rank 0's process hosts it during init)."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return None
+    store = dist.TCPStore(addr, int(port), is_master=False, timeout=timeout, use_libuv=True)
+    return dist.PrefixStore(f"clipce/attempt{restart_attempt()}/", store)
+
+
+def init_process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Join the job's process group (env:// rendezvous from the launcher); gloo on CPU, NCCL on CUDA. Under torchrun
+    the group is formed in this restart attempt's namespace of the agent's store; then the heartbeats start."""
     if dist.is_initialized():
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
         os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")  # as Ultralytics: enforce the timeout
     backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
-    dist.init_process_group(backend=backend, timeout=TIMEOUT)
+    timeout = timedelta(seconds=float(timeout_s))
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = job_store(timeout) if agent else None
+    if store is not None:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend=backend, timeout=timeout, store=store, rank=rank, world_size=world)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout)
+        store = job_store(timeout)  # rank 0's process hosts it now
+    if store is not None:
+        start_heartbeat(store, timeout)
+
+
+def start_heartbeat(store: dist.Store, timeout: timedelta) -> None:
+    from clipce_rtdetr.engine.watchdog import Heartbeat
+
+    _JOB["store"] = store
+    own = job_store(timeout)  # the heartbeat thread's own connection
+    _JOB["heartbeat"] = Heartbeat(own, dist.get_rank(), dist.get_world_size(), timeout.total_seconds()).start()
+
+
+def wait_all(tag: str) -> None:
+    """All processes meet here; a long, uneven wait (heartbeats bound it, not the collective timeout)."""
+    if not is_distributed():
+        return
+    if "store" not in _JOB:
+        dist.barrier()
+        return
+    from clipce_rtdetr.engine.watchdog import store_barrier
+
+    store_barrier(_JOB["store"], dist.get_world_size(), tag)
+
+
+PEER_FAILURE = re.compile(
+    r"Connection (closed|reset|refused)|Timed out|timed out|[Gg]loo|NCCL|DistBackendError|Broken pipe", re.S
+)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """A collective that failed because another process of the job stopped, hung or vanished."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if isinstance(error, getattr(dist, "DistBackendError", ())):
+        return True
+    return isinstance(error, RuntimeError) and bool(PEER_FAILURE.search(str(error)))
+
+
+def peer_failure_message(error: BaseException) -> str:
+    """One line for a collective that failed because of another process: which one went silent (from the
+    heartbeats, after a short wait for them to tell), and what to do."""
+    import time
+
+    rank = dist.get_rank() if dist.is_initialized() else "?"
+    beat = _JOB.pop("heartbeat", None)
+    silent = []
+    if beat is not None:
+        time.sleep(2.5 * beat.interval)  # a process that just died has missed at least two beats by then
+        silent = beat.silent(2 * beat.interval)
+        beat.stop(finished=False)
+    first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+    lost = f"lost: {'; '.join(silent)}" if silent else "another process of the job stopped (its own message says why)"
+    return (
+        f"the job lost a process ({lost}); this process (rank {rank}) stops too. Continue the run with "
+        f"`train resume=.../weights/last.pt` (torchrun --max-restarts N does it by itself). [{first[:200]}]"
+    )
+
+
+def restarted_run(cfg: dict, overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """On a torchrun restart (--max-restarts): the overrides that continue this job's run (resume from its last.pt,
+    or, when the first attempt died before finishing an epoch, start again in the same folder); None: no run of
+    this job (its id, TORCHELASTIC_RUN_ID, is recorded in the run folder) is there."""
+    from ultralytics.cfg import get_cfg, get_save_dir
+
+    folder = Path(get_save_dir(get_cfg(cfg, {**overrides, "exist_ok": True})))
+    marker = folder / RUN_ID_FILE
+    if not marker.is_file() or marker.read_text().strip() != os.environ.get("TORCHELASTIC_RUN_ID"):
+        return None
+    last = folder / "weights" / "last.pt"
+    LOGGER.info(f"CLIP-CE: torchrun restart {restart_attempt()}: continuing {folder}")
+    return {"resume": str(last)} if last.is_file() else {"save_dir": str(folder)}
+
+
+def check_batch(batch: Any, world_size: int) -> None:
+    """The global `batch` splits evenly over the job's processes (Ultralytics gives each `batch // world_size`)."""
+    if world_size <= 1 or not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0:
+        return  # auto batch (-1) and fractions are Ultralytics' to handle
+    if batch < world_size:
+        raise ClipCEError(
+            f"batch={batch} is smaller than the job's {world_size} processes: each would get 0 images. batch is the "
+            f"global batch size under torchrun; use batch={world_size} or more (a multiple of {world_size})."
+        )
+    if batch % world_size:
+        lo, hi = batch // world_size * world_size, -(-batch // world_size) * world_size
+        raise ClipCEError(
+            f"batch={batch} does not divide among the job's {world_size} processes: each would take "
+            f"{batch // world_size} images, a global batch of {lo}, not {batch}. Use batch={lo} or batch={hi}."
+        )
 
 
 def broadcast_object(obj: Any = None) -> Any:
@@ -146,6 +269,8 @@ def cpu_ddp() -> Iterator[None]:
 
 def barrier_and_destroy() -> None:
     """Leave the process group at the end of training (all processes together), so the launcher sees a clean exit."""
+    if "heartbeat" in _JOB:
+        _JOB.pop("heartbeat").stop(finished=True)
     if dist.is_available() and dist.is_initialized():
         try:
             dist.barrier()

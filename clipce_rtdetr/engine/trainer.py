@@ -16,6 +16,7 @@ no other process loads CLIP for it.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ TRAIN_KEYS = (
     "ame_batch",
     "allow_download",
     "weights",
+    "dist_timeout",
 )
 WEIGHT_KEYS = ("clipce/ame_w", "clipce/fame_w", "clipce/frac_w>1.5")
 
@@ -116,11 +118,19 @@ class ClipCETrainerMixin:
         if overrides.get("resume") and "device" not in overrides:  # the devices the run was started on
             overrides["device"] = distributed.checkpoint_device(overrides["resume"], overrides.get("model"))
         overrides["device"] = distributed.local_device_arg(overrides.get("device"), job)
-        distributed.init_process_group(distributed.torch_device(overrides.get("device") or "cpu", job))
+        if not overrides.get("resume"):  # a resumed run's batch is the checkpoint's (checked when it started)
+            distributed.check_batch(overrides.get("batch", DEFAULT_CFG.batch), job.world_size)
+        device = distributed.torch_device(overrides.get("device") or "cpu", job)
+        distributed.init_process_group(device, self.clipce_args["dist_timeout"])
         if overrides.get("resume") or overrides.get("save_dir"):  # the checkpoint / Ultralytics' launcher names it
             return cfg, overrides
         cfg = {**cfg2dict(cfg), "save_dir": ""}  # Ultralytics' own workers take save_dir the same way
         mine = str(get_save_dir(get_cfg(cfg, overrides))) if distributed.is_main() else None
+        if distributed.restart_attempt():  # torchrun restarted the job: continue the run its first attempt began
+            mine = distributed.restarted_run(cfg, overrides) if distributed.is_main() else None
+            found = distributed.broadcast_object(mine)
+            if found is not None:
+                return cfg, {**overrides, **found}
         overrides["save_dir"] = distributed.broadcast_object(mine)
         return cfg, overrides
 
@@ -129,6 +139,8 @@ class ClipCETrainerMixin:
         of best.pt read it), so on several machines it must be on a filesystem they all share."""
         distributed.broadcast_object(True)  # rank 0 has created it by the time this returns anywhere
         if distributed.any_rank(not Path(self.save_dir).is_dir()):
+        if distributed.is_main() and os.environ.get("TORCHELASTIC_RUN_ID"):  # a restart finds its run by this
+            (Path(self.save_dir) / distributed.RUN_ID_FILE).write_text(os.environ["TORCHELASTIC_RUN_ID"])
             raise ClipCEError(
                 f"the run folder {self.save_dir} is not visible to every process: on several machines put it on a "
                 "filesystem they all share (project=/shared/path/runs)."
@@ -171,6 +183,7 @@ class ClipCETrainerMixin:
             LOGGER.warning(f"Resume ignores {changed}, using checkpoint values. Start a new run to change them.")
         return saved
 
+        saved["dist_timeout"] = self.clipce_args["dist_timeout"]  # how long to wait is this session's choice
     # ------------------------------------------------------------------------------ model and data
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
@@ -264,12 +277,15 @@ class ClipCETrainerMixin:
                 table = self._build_weight_table(dataset.labels, getattr(dataset, "label_files", None))
             except ClipCEError as e:  # every process stops with rank 0's message (none waits on a broadcast)
                 table = e
+        self._check_same_labels(lhash)
+        self._build_cache_shares(dataset)
         rank0_hash, table = distributed.broadcast_object((lhash, table) if distributed.is_main() else None)
         if isinstance(table, ClipCEError):
             raise table
         if rank0_hash != lhash:
             raise ClipCEError(
                 f"rank {RANK} reads other training labels than rank 0 ({self.data['train']}): node-local copies of the "
+        distributed.wait_all("weight-table")  # rank 0 may merge and score a large cache: heartbeats bound the wait
                 "dataset must be identical (object ids index one weight table)."
             )
         if not distributed.is_main():
@@ -282,6 +298,44 @@ class ClipCETrainerMixin:
 
         a = self.clipce_args
         built = ec.COUNTS["built"]
+    def _check_same_labels(self, lhash: str) -> None:
+        """Every process reads the labels rank 0 reads (object ids index one weight table): all stop if one does
+        not, before any heavy work."""
+        differs = distributed.broadcast_object(lhash) != lhash
+        if distributed.any_rank(differs):
+            raise ClipCEError(
+                f"the processes of this job read different training labels ({self.data['train']}; rank {RANK} "
+                f"{'differs from' if differs else 'agrees with'} rank 0): node-local copies of the dataset must be "
+                "identical (object ids index one weight table)."
+            )
+
+    def _build_cache_shares(self, dataset) -> None:
+        """ame/fame on source crops under torchrun, when the embedding cache must be built: every process embeds its
+        share of the objects into shard files (`method/cache_build.py`); rank 0 merges them in `score_dataset`."""
+        a = self.clipce_args
+        if not distributed.is_distributed() or self.mode not in ("ame", "fame") or a["ame_crops"] != "source":
+            return
+        from clipce_rtdetr.clip.loader import load_clip
+        from clipce_rtdetr.method import cache_build
+        from clipce_rtdetr.method import embedding_cache as ec
+
+        labels, files = dataset.labels, getattr(dataset, "label_files", None)
+        bundle = load_clip(a["clip"], device=self.device) if distributed.is_main() else None
+        shards = distributed.broadcast_object(
+            ec.cache_to_build(labels, files, bundle, a["ame_context"]) if distributed.is_main() else None
+        )
+        if shards is None:
+            return
+        bundle = bundle or load_clip(a["clip"], device=self.device)
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        done = cache_build.build_share(
+            labels, bundle, a["ame_context"], a["ame_batch"], self.device, shards, rank, world, self.args.workers,
+            progress=RANK in {-1, 0},
+        )
+        LOGGER.info(f"CLIP-CE: rank {rank} embedded {done} chunk(s) of the cache into {shards}")
+        del bundle
+        distributed.wait_all("cache-shares")
+
         if self.mode == "prior":
             w = ec.dataset_prior_weights(labels, label_files, a["prior_a"])
         elif self.mode in TABLE_MODES:
@@ -293,7 +347,9 @@ class ClipCETrainerMixin:
             return w
         else:
             names = list(self.data["names"].values())
-            _, d, w, scorer = ec.score_dataset(labels, label_files, names, a, self.device, progress=RANK in {-1, 0})
+            _, d, w, scorer = ec.score_dataset(
+                labels, label_files, names, a, self.device, progress=RANK in {-1, 0}, workers=self.args.workers
+            )
             del scorer  # CLIP is not needed again in this mode: free its memory
             if len(w):
                 LOGGER.info(

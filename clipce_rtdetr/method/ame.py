@@ -325,3 +325,21 @@ __all__ = [
     "check_params",
     "MIN_BOX",
 ]
+
+
+def score_in_chunks(
+    scorer: AMEScorer, emb: torch.Tensor, cls: torch.Tensor, valid: torch.Tensor, chunk: int, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, w) (N,) fp32 on the CPU of a whole embedding cache, `chunk` rows at a time: a memory-mapped cache is
+    paged in a chunk at a time and no (N, K) logits matrix or fp32 copy of it is ever whole. Equal to one
+    `score_embeddings` call over all rows (row by row the same arithmetic)."""
+    from tqdm import tqdm
+
+    n = int(cls.numel())
+    q, w = torch.ones(n), torch.ones(n)
+    cls = cls.reshape(-1).long()
+    for lo in tqdm(range(0, n, chunk), desc="CLIP-CE: scoring objects", unit="chunk", disable=not progress):
+        part = slice(lo, lo + chunk)
+        q_part, _, w_part = scorer.score_embeddings(emb[part].to(scorer.device), cls[part], valid[part])
+        q[part], w[part] = q_part.float().cpu(), w_part.float().cpu()
+    return q, w

@@ -6,6 +6,13 @@ under `$CLIPCE_HOME/caches/` when the label folder cannot be written, and is key
 and a changed dataset or CLIP rebuilds it. A corrupt or truncated file, or one whose numbers are not finite or
 do not fit the labels, is rebuilt with a warning. The few most recently used caches per label folder are kept
 (KEEP_CACHES); older ones are deleted when a new one is written.
+
+Size: a cache is one `torch.save` file holding fp16 embeddings (N, D) (1 KB per object at D = 512: 1 GB per million
+objects) and a valid mask. It is loaded memory-mapped (`torch.load(mmap=True)`), checked and scored in chunks of
+SCORE_CHUNK rows, so its numbers are paged in from disk as needed and never copied whole. The scores (q, w per
+object) are saved beside it (`<cache>.scores-<key>.pt`, 8 bytes per object), keyed by the prompts and AME settings,
+so a later run with the same settings does not score again. Building is shared by the processes of a job and
+resumable: see `cache_build.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +31,9 @@ from ultralytics.utils import LOGGER
 
 CACHE_VERSION = 1
 KEEP_CACHES = 4  # per label folder: a sweep over a few settings keeps hitting its caches; older ones are removed
-COUNTS = {"built": 0, "loaded": 0}  # caches built / reused by this process (logs; distributed tests count them)
+# caches built / reused by this process; chunks it wrote as shards / computed while merging (logs, tests)
+COUNTS = {"built": 0, "loaded": 0, "shards": 0, "merge_computed": 0}
+SCORE_CHUNK = 1 << 16  # rows per chunk when checking and scoring a cache: 64 MB of fp16 at D = 512
 
 
 def labels_hash(labels: list[dict]) -> str:
@@ -75,44 +85,23 @@ def iter_source_crops(
 def compute_embeddings(
     labels: list[dict], bundle, context: float, batch_size: int = 64, device="cpu", progress: bool = True
 ):
-    """CLIP image embeddings (N, D) fp16 and valid mask (N,) for every object of `labels`.
-
-    Crops are gathered across images and encoded `batch_size` at a time (one CLIP forward per chunk).
-    """
+    """CLIP image embeddings (N, D) fp16 and valid mask (N,) for every object of `labels`, in memory (small sets:
+    a validation split; the training cache is built with `cache_build`, chunk by chunk, the same way)."""
     from tqdm import tqdm
 
-    from clipce_rtdetr.method.ame import normalise
+    from clipce_rtdetr.method.cache_build import encode_chunk, plan_chunks
 
     n_obj = sum(len(lb["cls"]) for lb in labels)
-    emb, valid_all = None, torch.zeros(n_obj, dtype=torch.bool)
-    pending, pending_ids = [], []
-
-    def flush():
-        nonlocal emb
-        if not pending:
-            return
-        x = normalise(torch.cat(pending), bundle.mean, bundle.std)
-        e = bundle.encode_images(x, batch_size).to("cpu", torch.float16)
-        if emb is None:
-            emb = torch.zeros(n_obj, e.shape[1], dtype=torch.float16)
-        emb[torch.cat(pending_ids)] = e
-        pending.clear()
-        pending_ids.clear()
-
-    bar = tqdm(total=n_obj, desc="CLIP-CE: embedding ground-truth crops", unit="obj", disable=not progress)
-    for start, crops, valid in iter_source_crops(labels, bundle.image_size, context, device):
-        ids = torch.arange(start, start + len(crops))
-        valid_all[ids] = valid.cpu()
-        pending.append(crops)
-        pending_ids.append(ids)
-        bar.update(len(crops))
-        if sum(len(p) for p in pending) >= batch_size:
-            flush()
-    flush()
-    bar.close()
-    if emb is None:  # a dataset without objects
-        emb = torch.zeros(0, 1, dtype=torch.float16)
-    return emb, valid_all
+    embs, valids = [], []
+    with tqdm(total=n_obj, desc="CLIP-CE: embedding ground-truth crops", unit="obj", disable=not progress) as bar:
+        for a, b in plan_chunks(labels):
+            emb, valid = encode_chunk(labels[a:b], bundle, context, batch_size, device, bar=bar)
+            if len(valid):
+                embs.append(emb)
+                valids.append(valid)
+    if not embs:  # a dataset without objects
+        return torch.zeros(0, 1, dtype=torch.float16), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(embs), torch.cat(valids)
 
 
 def cache_path_for(label_files: list[str], key: str) -> Path:
@@ -160,14 +149,17 @@ def prune_caches(path: Path, keep: int | None = None) -> list[Path]:
     """Delete all but the `keep` most recently used `<split>.clipce-*.pt` caches beside `path` (they are derived
     data, rebuilt on demand), so sweeping settings does not fill the dataset's disk. Returns what was deleted."""
     keep = KEEP_CACHES if keep is None else keep
-    siblings = sorted(
-        path.parent.glob(f"{path.name.split('.clipce-')[0]}.clipce-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
+    split = path.name.split(".clipce-")[0]
+    own = re.compile(re.escape(split) + r"\.clipce-[0-9a-f]{12}\.pt")  # caches, not their scores files
+    siblings = [p for p in path.parent.glob(f"{split}.clipce-*.pt") if own.fullmatch(p.name)]
+    siblings.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     gone = []
     for old in siblings[max(keep, 1) :]:
         if old == path:
             continue
         try:
+            for scores in old.parent.glob(f"{old.stem}.scores-*.pt"):
+                scores.unlink()
             old.unlink()
             gone.append(old)
         except OSError:  # in use on another node, read-only: harmless
@@ -182,7 +174,7 @@ def prune_caches(path: Path, keep: int | None = None) -> list[Path]:
 def _load_valid(path: Path, key: str, check: Callable[[dict], str | None] | None) -> dict | None:
     """The cache at `path` if it is for `key` and its contents pass `check`; None (with the reason logged) if not."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # numbers paged in as read
     except Exception as e:  # truncated/corrupt file
         LOGGER.warning(f"CLIP-CE: cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it.")
         return None
@@ -201,17 +193,14 @@ def _load_valid(path: Path, key: str, check: Callable[[dict], str | None] | None
 
 def _save(data: dict, path: Path) -> None:
     """Write atomically: a private temporary file, then a rename (several writers never share one)."""
+    from clipce_rtdetr.atomic import AtomicWriteError, atomic_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(data, tmp)
-        tmp.replace(path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+        with atomic_path(path) as tmp:
+            torch.save({k: v for k, v in data.items() if k != "path"}, tmp)
+    except AtomicWriteError as e:
+        raise (e.__cause__ if isinstance(e.__cause__, Exception) else e) from None  # the writer's own error
 
 
 def load_or_build(
@@ -233,7 +222,7 @@ def load_or_build(
         if candidate.exists():
             data = _load_valid(candidate, key, check)
             if data is not None:
-                return data
+                return {**data, "path": candidate}
     data = {**build(), "key": key}
     COUNTS["built"] += 1
     problem = check(data) if check is not None else None
@@ -245,7 +234,7 @@ def load_or_build(
         _save(data, path)
         LOGGER.info(f"CLIP-CE: cache saved to {path}")
         prune_caches(path)
-        return data
+        return {**data, "path": path}
     except Exception as e:  # OSError, or RuntimeError from torch.save's writer on a read-only filesystem
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     try:
@@ -255,6 +244,7 @@ def load_or_build(
             f"cache saved under $CLIPCE_HOME instead: {fallback}"
         )
         prune_caches(fallback)
+        return {**data, "path": fallback}
     except Exception as e:
         LOGGER.warning(
             f"CLIP-CE: cannot write the cache beside the labels ({reason}) nor to {fallback} "
@@ -270,8 +260,10 @@ def embeddings_problem(data: dict, n_objects: int) -> str | None:
         return "missing embeddings or valid mask"
     if emb.ndim != 2 or emb.shape[0] != n_objects or valid.shape != (n_objects,) or valid.dtype != torch.bool:
         return f"shapes {tuple(emb.shape)} / {tuple(valid.shape)} do not fit {n_objects} objects"
-    if n_objects and not bool(torch.isfinite(emb[valid]).all()):
-        return "non-finite embeddings"
+    for lo in range(0, n_objects, SCORE_CHUNK):  # in chunks: a memory-mapped cache is never copied whole
+        part = slice(lo, lo + SCORE_CHUNK)
+        if not bool(torch.isfinite(emb[part][valid[part]]).all()):
+            return "non-finite embeddings"
     return None
 
 
@@ -285,6 +277,37 @@ def weights_problem(data: dict, n_objects: int) -> str | None:
     return None
 
 
+def embeddings_key(labels: list[dict], bundle, context: float) -> str:
+    return cache_key(bundle.fingerprint, context, bundle.image_size, bundle.mean, bundle.std, labels_hash(labels))
+
+
+def shard_folder(label_files: list[str], key: str) -> Path:
+    """Where the processes of a job write their shares of a cache being built: beside the labels when that folder
+    can be written, else beside the $CLIPCE_HOME fallback (every process decides the same way on a shared disk)."""
+    path = cache_path_for(label_files, key)
+    for candidate in (path, fallback_cache_path(path)):
+        folder = candidate.with_name(f"{candidate.stem}.shards")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / ".writable").touch()
+            return folder
+        except OSError:
+            continue
+    return fallback_cache_path(path).with_name(f"{path.stem}.shards")  # unwritable too: chunks are computed at merge
+
+
+def cache_to_build(labels: list[dict], label_files: list[str] | None, bundle, context: float) -> Path | None:
+    """The shard folder of the dataset's embedding cache when it has to be built (no cache file for these settings
+    yet), else None. Contents are checked when the cache is loaded (a bad one is rebuilt there)."""
+    if not label_files:
+        return None
+    key = embeddings_key(labels, bundle, context)
+    path = cache_path_for(label_files, key)
+    if any(p.is_file() for p in (path, fallback_cache_path(path))):
+        return None
+    return shard_folder(label_files, key)
+
+
 def dataset_embeddings(
     labels: list[dict],
     label_files: list[str] | None,
@@ -293,16 +316,61 @@ def dataset_embeddings(
     batch_size: int = 64,
     device="cpu",
     progress: bool = True,
+    workers: int = 0,
 ) -> dict:
-    """Embeddings of every ground-truth object of a dataset, from the disk cache when it is valid."""
-    key = cache_key(bundle.fingerprint, context, bundle.image_size, bundle.mean, bundle.std, labels_hash(labels))
+    """Embeddings of every ground-truth object of a dataset, from the disk cache when it is valid, else merged from
+    the shares the job's processes wrote (chunks nobody wrote are computed here): `cache_build`."""
+    from clipce_rtdetr.method import cache_build
+
+    key = embeddings_key(labels, bundle, context)
+    if not label_files:
+        emb, valid = compute_embeddings(labels, bundle, context, batch_size, device, progress)
+        return {"embeddings": emb, "valid": valid, "key": key}
+    shards = shard_folder(label_files, key)
 
     def build():
-        emb, valid = compute_embeddings(labels, bundle, context, batch_size, device, progress)
+        scratch = shards / "merged.f16"
+        args = (labels, bundle, context, batch_size, device, shards, scratch, workers, progress)
+        emb, valid = cache_build.merge_shards(*args)
         return {"embeddings": emb, "valid": valid}
 
     n_objects = sum(len(lb["cls"]) for lb in labels)
-    return load_or_build(label_files, key, build, lambda data: embeddings_problem(data, n_objects))
+    try:
+        return load_or_build(label_files, key, build, lambda data: embeddings_problem(data, n_objects))
+    finally:
+        cache_build.remove_shards(shards)  # saved (or kept in memory through the scratch file's mapping)
+
+
+def dataset_scores(cache: dict, scorer, cls: torch.Tensor, progress: bool = True):
+    """AME (q, w) of every object of an embedding cache, scored in chunks (`ame.score_in_chunks`), from the scores
+    file beside the cache when one was saved for the same prompts and settings."""
+    from clipce_rtdetr.method.ame import score_in_chunks
+
+    skey = spec_key({"embeddings": cache["key"], "scorer": scorer.info, "clip": scorer.bundle.fingerprint})
+    path = Path(cache["path"]) if cache.get("path") else None
+    target = path.with_name(f"{path.stem}.scores-{skey[:12]}.pt") if path is not None else None
+    n = int(cls.numel())
+    if target is not None and target.is_file():
+        data = _load_valid(target, skey, lambda d: scores_problem(d, n))
+        if data is not None:
+            return data["q"], data["w"]
+    q, w = score_in_chunks(scorer, cache["embeddings"], cls, cache["valid"], SCORE_CHUNK, progress)
+    if target is not None:
+        try:
+            _save({"key": skey, "q": q, "w": w}, target)
+        except Exception as e:  # noqa: BLE001 - a read-only cache folder: scored again next time
+            LOGGER.warning(f"CLIP-CE: cannot save the scores beside the cache ({target}: {e}); they are not kept.")
+    return q, w
+
+
+def scores_problem(data: dict, n_objects: int) -> str | None:
+    """What is wrong with a loaded scores file for `n_objects` objects (None: nothing)."""
+    q, w = data.get("q"), data.get("w")
+    if not all(isinstance(t, torch.Tensor) and t.shape == (n_objects,) for t in (q, w)):
+        return f"scores do not fit {n_objects} objects"
+    if n_objects and not bool((torch.isfinite(w) & (w > 0)).all()):
+        return "non-finite or non-positive weights"
+    return None
 
 
 def dataset_prior_weights(
@@ -358,13 +426,21 @@ def make_scorer(a: dict, names: list[str], device, batch_size: int | None = None
 
 
 def score_dataset(
-    labels: list[dict], label_files: list[str] | None, names: list[str], a: dict, device, progress: bool = True
+    labels: list[dict],
+    label_files: list[str] | None,
+    names: list[str],
+    a: dict,
+    device,
+    progress: bool = True,
+    workers: int = 0,
 ):
     """AME (q, d, w) of every object of a dataset from its source-image crops (embeddings cached on disk).
 
     Returns (q, d, w, scorer); all (N,) in the global object order.
     """
     scorer = make_scorer(a, names, device)
-    cache = dataset_embeddings(labels, label_files, scorer.bundle, a["ame_context"], a["ame_batch"], device, progress)
-    q, d, w = scorer.score_embeddings(cache["embeddings"], object_classes(labels), cache["valid"])
-    return q, d, w, scorer
+    cache = dataset_embeddings(
+        labels, label_files, scorer.bundle, a["ame_context"], a["ame_batch"], device, progress, workers
+    )
+    q, w = dataset_scores(cache, scorer, object_classes(labels), progress)
+    return q, 1.0 - q, w, scorer
