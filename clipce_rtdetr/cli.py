@@ -321,10 +321,6 @@ def entrypoint(argv: list[str] | None = None) -> int:
             raise
         print(f"clipce-rtdetr {args[0]}: error: {write_error(e)}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
-        print(f"Interrupted. {INTERRUPT_HINTS.get(args[0], '')}".rstrip(), file=sys.stderr)
-        return 130
-    return 0
     except RuntimeError as e:  # under torchrun: a collective failed because another process stopped or hung
         from clipce_rtdetr.engine import distributed
 
@@ -332,6 +328,10 @@ def entrypoint(argv: list[str] | None = None) -> int:
             raise
         print(f"clipce-rtdetr {args[0]}: error: {distributed.peer_failure_message(e)}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        print(f"Interrupted. {INTERRUPT_HINTS.get(args[0], '')}".rstrip(), file=sys.stderr)
+        return 130
+    return 0
 
 
 def last_results_row(save_dir) -> dict[str, float]:

@@ -56,8 +56,8 @@ TRAIN_KEYS = (
     "prior_a",
     "ame_batch",
     "allow_download",
-    "weights",
     "dist_timeout",
+    "weights",
 )
 WEIGHT_KEYS = ("clipce/ame_w", "clipce/fame_w", "clipce/frac_w>1.5")
 
@@ -125,12 +125,12 @@ class ClipCETrainerMixin:
         if overrides.get("resume") or overrides.get("save_dir"):  # the checkpoint / Ultralytics' launcher names it
             return cfg, overrides
         cfg = {**cfg2dict(cfg), "save_dir": ""}  # Ultralytics' own workers take save_dir the same way
-        mine = str(get_save_dir(get_cfg(cfg, overrides))) if distributed.is_main() else None
         if distributed.restart_attempt():  # torchrun restarted the job: continue the run its first attempt began
             mine = distributed.restarted_run(cfg, overrides) if distributed.is_main() else None
             found = distributed.broadcast_object(mine)
             if found is not None:
                 return cfg, {**overrides, **found}
+        mine = str(get_save_dir(get_cfg(cfg, overrides))) if distributed.is_main() else None
         overrides["save_dir"] = distributed.broadcast_object(mine)
         return cfg, overrides
 
@@ -138,9 +138,9 @@ class ClipCETrainerMixin:
         """Rank 0 writes the run folder; every process must see it (checkpoints, resume and the final evaluation
         of best.pt read it), so on several machines it must be on a filesystem they all share."""
         distributed.broadcast_object(True)  # rank 0 has created it by the time this returns anywhere
-        if distributed.any_rank(not Path(self.save_dir).is_dir()):
         if distributed.is_main() and os.environ.get("TORCHELASTIC_RUN_ID"):  # a restart finds its run by this
             (Path(self.save_dir) / distributed.RUN_ID_FILE).write_text(os.environ["TORCHELASTIC_RUN_ID"])
+        if distributed.any_rank(not Path(self.save_dir).is_dir()):
             raise ClipCEError(
                 f"the run folder {self.save_dir} is not visible to every process: on several machines put it on a "
                 "filesystem they all share (project=/shared/path/runs)."
@@ -177,13 +177,13 @@ class ClipCETrainerMixin:
             LOGGER.warning(f"{self.args.resume} has no CLIP-CE settings; resuming with the ones given now.")
             return self.clipce_args
         saved = check_project_values({k: v for k, v in {**project_defaults(), **saved}.items() if k in TRAIN_KEYS})
+        saved["dist_timeout"] = self.clipce_args["dist_timeout"]  # how long to wait is this session's choice
         asked = check_project_values({**saved, **given})  # normalised the same way (e.g. clipce=none parses as None)
         changed = [k for k in given if asked[k] != saved[k]]
         if changed:
             LOGGER.warning(f"Resume ignores {changed}, using checkpoint values. Start a new run to change them.")
         return saved
 
-        saved["dist_timeout"] = self.clipce_args["dist_timeout"]  # how long to wait is this session's choice
     # ------------------------------------------------------------------------------ model and data
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
@@ -271,33 +271,27 @@ class ClipCETrainerMixin:
 
         dataset = self.train_loader.dataset
         lhash = labels_hash(dataset.labels)
+        self._check_same_labels(lhash)
+        self._build_cache_shares(dataset)
         table = None
         if distributed.is_main():
             try:
                 table = self._build_weight_table(dataset.labels, getattr(dataset, "label_files", None))
             except ClipCEError as e:  # every process stops with rank 0's message (none waits on a broadcast)
                 table = e
-        self._check_same_labels(lhash)
-        self._build_cache_shares(dataset)
+        distributed.wait_all("weight-table")  # rank 0 may merge and score a large cache: heartbeats bound the wait
         rank0_hash, table = distributed.broadcast_object((lhash, table) if distributed.is_main() else None)
         if isinstance(table, ClipCEError):
             raise table
         if rank0_hash != lhash:
             raise ClipCEError(
                 f"rank {RANK} reads other training labels than rank 0 ({self.data['train']}): node-local copies of the "
-        distributed.wait_all("weight-table")  # rank 0 may merge and score a large cache: heartbeats bound the wait
                 "dataset must be identical (object ids index one weight table)."
             )
         if not distributed.is_main():
             self.weight_source = "received from rank 0"
         self._set_weight_table(table)
 
-    def _build_weight_table(self, labels: list[dict], label_files: list[str] | None) -> torch.Tensor:
-        """Per-object weights from the cache (built once, here, by global rank 0 only)."""
-        from clipce_rtdetr.method import embedding_cache as ec
-
-        a = self.clipce_args
-        built = ec.COUNTS["built"]
     def _check_same_labels(self, lhash: str) -> None:
         """Every process reads the labels rank 0 reads (object ids index one weight table): all stop if one does
         not, before any heavy work."""
@@ -336,6 +330,12 @@ class ClipCETrainerMixin:
         del bundle
         distributed.wait_all("cache-shares")
 
+    def _build_weight_table(self, labels: list[dict], label_files: list[str] | None) -> torch.Tensor:
+        """Per-object weights from the cache (built once, here, by global rank 0 only)."""
+        from clipce_rtdetr.method import embedding_cache as ec
+
+        a = self.clipce_args
+        built = ec.COUNTS["built"]
         if self.mode == "prior":
             w = ec.dataset_prior_weights(labels, label_files, a["prior_a"])
         elif self.mode in TABLE_MODES:
