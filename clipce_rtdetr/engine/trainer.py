@@ -32,6 +32,7 @@ from clipce_rtdetr.clip.loader import require_weights
 from clipce_rtdetr.config import check_project_values, project_defaults
 from clipce_rtdetr.engine import distributed
 from clipce_rtdetr.engine.checkpoint_writes import atomic_checkpoint_paths, atomic_strip_optimizer
+from clipce_rtdetr.engine.run_folder import resumed_save_dir
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.method.object_ids import as_object_id_dataset, split_object_ids
 from clipce_rtdetr.method.prompts import load_profile
@@ -163,6 +164,11 @@ class ClipCETrainerMixin:
                 for k in added:
                     delattr(self.args, k)
         return super().train()
+
+    def check_resume(self, overrides):
+        super().check_resume(overrides)
+        if self.resume:  # go on where the checkpoint is now, not where it was written (a moved run folder)
+            self.args.save_dir = resumed_save_dir(self.args, overrides) or self.args.save_dir
 
     @property
     def mode(self) -> str:

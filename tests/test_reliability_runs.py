@@ -1,0 +1,55 @@
+"""Runs (issue 21 items 4, 5, 8): resume after the run folder was moved, COCO evaluation of a model on a dataset
+with other classes, an empty val folder."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clipce_rtdetr import ClipCERTDETR
+from clipce_rtdetr.errors import ClipCEError
+from tests.conftest import FAST, TINY_MODEL
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after_first_save(trainer):
+    raise Stop
+
+
+@pytest.fixture
+def interrupted_run(tiny_hazy_shapes, tmp_path) -> Path:
+    """A 2-epoch run stopped after epoch 1's checkpoint (as a killed run would be); returns its run folder."""
+    model = ClipCERTDETR(TINY_MODEL)
+    model.add_callback("on_model_save", stop_after_first_save)
+    with pytest.raises(Stop):
+        model.train(
+            data=str(tiny_hazy_shapes), clipce="none", project=str(tmp_path / "runs"), name="r", **{**FAST, "epochs": 2}
+        )
+    return Path(model.trainer.save_dir)
+
+
+def test_resume_after_moving_the_run_folder_goes_on_where_it_is_now(interrupted_run, tiny_hazy_shapes, tmp_path):
+    moved = tmp_path / "archive" / "r-moved"
+    moved.parent.mkdir()
+    shutil.move(str(interrupted_run), moved)
+    resumed = ClipCERTDETR(str(moved / "weights" / "last.pt"))
+    resumed.train(resume=True, data=str(tiny_hazy_shapes))
+    assert Path(resumed.trainer.save_dir) == moved
+    assert not interrupted_run.exists()  # the old place is not recreated
+    rows = list(csv.DictReader(open(moved / "results.csv")))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2]  # one results.csv, both epochs
+
+
+def test_resume_from_a_checkpoint_outside_a_run_folder_is_refused_saying_why(interrupted_run, tmp_path):
+    loose = tmp_path / "loose.pt"
+    shutil.copy(interrupted_run / "weights" / "last.pt", loose)
+    with pytest.raises(ClipCEError, match=r"not in a run folder's weights/ folder.*model="):
+        ClipCERTDETR(str(loose)).train(resume=str(loose))
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]  # nothing new written
