@@ -53,3 +53,18 @@ def test_resume_from_a_checkpoint_outside_a_run_folder_is_refused_saying_why(int
     with pytest.raises(ClipCEError, match=r"not in a run folder's weights/ folder.*model="):
         ClipCERTDETR(str(loose)).train(resume=str(loose))
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]  # nothing new written
+
+
+def test_val_coco_of_a_model_on_a_dataset_with_other_classes_is_refused_naming_both(interrupted_run, tmp_path):
+    data = yaml.safe_load(Path(interrupted_run / "args.yaml").read_text())["data"]
+    cfg = yaml.safe_load(Path(data).read_text())
+    names = cfg["names"] if isinstance(cfg["names"], dict) else dict(enumerate(cfg["names"]))
+    other = {k: f"other-{v}" for k, v in names.items()}  # the same images, other classes
+    y = tmp_path / "other.yaml"
+    y.write_text(yaml.safe_dump({**cfg, "path": str(Path(data).parent / cfg.get("path", ".")), "names": other}))
+    model = ClipCERTDETR(str(interrupted_run / "weights" / "last.pt"))
+    project = tmp_path / "vals"
+    with pytest.raises(ClipCEError, match=r"(?s)knows other classes.*model: .*dataset: .*other-") as err:
+        model.val(data=str(y), coco=True, imgsz=64, batch=8, device="cpu", project=str(project), name="v")
+    assert str(names[0]) in str(err.value)
+    assert not project.exists()  # refused before the validator made a run folder

@@ -378,11 +378,40 @@ def dataset_gt(
     return gt, levels
 
 
+def _listed(names: dict[int, str], limit: int = 12) -> str:
+    shown = ", ".join(f"{k}: {v}" for k, v in list(names.items())[:limit])
+    return "{" + shown + (f", ... ({len(names)} classes)" if len(names) > limit else "") + "}"
+
+
+def check_same_classes(model, data_yaml: str | Path, single_cls=None) -> None:
+    """COCO metrics match predictions to ground truth by class id: a model trained on other classes (or the same
+    ones in another order) would be scored against the wrong classes with exit 0. Refuse, naming both lists.
+    Only a model loaded from a checkpoint has classes of its own (a model built from a YAML is untrained)."""
+    from ultralytics.nn.autobackend import check_class_names
+
+    from clipce_rtdetr.data.dataset import load_data_yaml
+
+    if not getattr(model, "ckpt", None) or single_cls:
+        return
+    mine = {int(k): str(v) for k, v in check_class_names(model.names).items()}
+    theirs = {int(k): str(v) for k, v in check_class_names(load_data_yaml(Path(data_yaml))["names"]).items()}
+    if mine != theirs:
+        diff = next((k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)), None)
+        raise ClipCEError(
+            f"val coco=True: the model {getattr(model, 'ckpt_path', '') or ''} knows other classes than the dataset "
+            f"{data_yaml} (first difference at class {diff}: {mine.get(diff)!r} vs {theirs.get(diff)!r}).\n"
+            f"  model:   {_listed(mine)}\n  dataset: {_listed(theirs)}\n"
+            "COCO metrics pair classes by number, so they would score the wrong classes. Validate on a dataset with "
+            "the model's classes (same names, same order), or convert the data with names= in the model's order."
+        )
+
+
 def val_with_coco(model, validator=None, **kwargs: Any):
     """Ultralytics validation (save_json=True), then pycocotools on the COCO ground truth; returns the metrics
     object with `.coco` = {"stats": {AP, AP50, ...}, "per_level": [...]} added."""
     from ultralytics import RTDETR
 
+    check_same_classes(model, kwargs["data"], kwargs.get("single_cls"))  # before the validator makes a run folder
     holder: dict[str, Any] = {}
     base = validator or model._smart_load("validator")
 
