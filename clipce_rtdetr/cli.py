@@ -26,6 +26,7 @@ TOOL_MODES: dict[str, str] = {
     "degrade": "clipce_rtdetr.data.degrade:run_degrade",
     "clip-train": "clipce_rtdetr.clip.train:run_clip_train",
     "ablation": "clipce_rtdetr.eval.ablation:run_ablation",
+    "robustness": "clipce_rtdetr.eval.robustness:run_robustness",
 }
 # Arguments of `clipce-rtdetr train` with no arguments at all: the built-in demo, CPU, < 3 minutes.
 # The detector is the tiny RT-DETR pre-trained on clean shapes (weights/rtdetr-tiny-shapes.pt, made by
@@ -53,7 +54,7 @@ Usage: clipce-rtdetr MODE key=value ...
 
   MODE (model):  train | val | predict | track | export
   MODE (tools):  ame (score prompts on a dataset) | generate (build hazy-shapes) | convert | degrade | clip-train
-                 | ablation (none/prior/ame/fame over seeds)
+                 | ablation (none/prior/ame/fame over seeds) | robustness (mPC/rPC over conditions x severities)
   special:       help | version | cfg (print every key and its default) | settings (Ultralytics settings)
 
 Every Ultralytics key works (epochs, imgsz, batch, device, resume, ...) plus the project's keys

@@ -67,3 +67,47 @@ def test_relative_path_that_names_two_folders_is_refused_naming_both(tmp_path, m
     assert str((here / "ds").resolve()) in str(err.value)
     monkeypatch.chdir(tmp_path / "project")  # from the YAML's own folder both readings agree
     assert ultralytics_val_folder(resolve_data(str(y))) == (tmp_path / "project" / "ds" / "images" / "val").resolve()
+
+
+# ------------------------------------------------------------------------- VOC <size> vs EXIF (item 6)
+VOC_XML = """<annotation><filename>{name}</filename>
+  <size><width>{w}</width><height>{h}</height><depth>3</depth></size>
+  <object><name>car</name><difficult>0</difficult>
+    <bndbox><xmin>8</xmin><ymin>4</ymin><xmax>24</xmax><ymax>16</ymax></bndbox></object>
+</annotation>"""
+
+
+def exif_jpeg(path: Path, orientation: int) -> None:
+    """A 64x48 JPEG (as stored) with a white block at x 8-24, y 4-16 and the given EXIF orientation, as a phone
+    camera writes it; the VOC boxes were drawn on the stored pixels (what LabelImg shows)."""
+    from PIL import Image
+
+    a = np.zeros((48, 64, 3), np.uint8)
+    a[4:16, 8:24] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(a).save(path, "JPEG", quality=98, exif=exif.tobytes())
+
+
+def test_voc_boxes_of_an_exif_rotated_jpeg_land_on_the_object(tmp_path):
+    from clipce_rtdetr.data.convert import convert
+
+    src = tmp_path / "voc"
+    (src / "Annotations").mkdir(parents=True)
+    (src / "JPEGImages").mkdir()
+    exif_jpeg(src / "JPEGImages" / "turned.jpg", 6)  # read as 48x64, turned 90 degrees clockwise
+    (src / "Annotations" / "turned.xml").write_text(VOC_XML.format(name="turned.jpg", w=64, h=48))
+    exif_jpeg(src / "JPEGImages" / "odd.jpg", 1)
+    (src / "Annotations" / "odd.xml").write_text(VOC_XML.format(name="odd.jpg", w=640, h=480))  # another image's
+    y = convert("voc", src, tmp_path / "out", val_fraction=1.0, progress=False)
+    out = y.parent
+    img = cv2.imread(str(out / "images" / "val" / "turned.jpg"), cv2.IMREAD_GRAYSCALE)  # as Ultralytics reads it
+    assert img.shape == (64, 48)
+    ys, xs = np.nonzero(img > 128)
+    cls, cx, cy, bw, bh = map(float, (out / "labels" / "val" / "turned.txt").read_text().split())
+    box = np.array([(cx - bw / 2) * 48, (cy - bh / 2) * 64, (cx + bw / 2) * 48, (cy + bh / 2) * 64])
+    assert np.abs(box - [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).max() <= 1.5  # on the white block
+    assert not (out / "images" / "val" / "odd.jpg").exists()  # <size> of another image: left out, named
+    report = (out / "convert_report.txt").read_text()
+    assert "annotation <size> disagrees with the image" in report and str(src / "JPEGImages" / "odd.jpg") in report
+    assert "fix <size>" in report

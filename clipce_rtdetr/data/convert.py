@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from clipce_rtdetr import atomic
+from clipce_rtdetr.data.convert_exif import reconcile_declared_size
 from clipce_rtdetr.data.convert_plan import (  # noqa: F401  (names tests and tools import from here)
     DEFAULT_NAMES,
     EXDARK_CLASSES,
@@ -219,7 +220,8 @@ def usable_images(records: list[Record], report: Report, progress: bool) -> list
             report.add("image file unreadable", str(r.src), s)
         else:
             r.size = s
-            good.append(r)
+            if reconcile_declared_size(r, report):  # VOC <size> vs the image as read (EXIF orientation)
+                good.append(r)
     return good
 
 

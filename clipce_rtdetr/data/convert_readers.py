@@ -40,6 +40,7 @@ class Record:
     objects: list[Obj] = field(default_factory=list)
     split: str | None = None
     size: tuple[int, int] | None = None  # (w, h) as verified from the image
+    declared_size: tuple[int, int] | None = None  # (w, h) the annotation says (VOC <size>), when it says
     unreadable: list[str] = field(default_factory=list)  # where each object that could not be read is
 
 
@@ -104,6 +105,15 @@ def is_finite_number(v: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- readers
+def _voc_size(root) -> tuple[int, int] | None:
+    """<size><width>/<height> when both are positive whole numbers (0 or absent: many tools leave it out)."""
+    try:
+        w, h = (int(float(root.findtext(f"size/{k}") or 0)) for k in ("width", "height"))
+    except ValueError:
+        return None
+    return (w, h) if w > 0 and h > 0 else None
+
+
 def read_voc(source: Path, report: Report) -> list[Record]:
     """VOC XML (RTTS): every *.xml under source; images from <filename>, JPEGImages/ or by name."""
     xmls = files_with_suffix(source, ".xml")
@@ -129,7 +139,7 @@ def read_voc(source: Path, report: Report) -> list[Record]:
         src = find_image(fname, idx, x.parent.parent / "JPEGImages" / fname, x.parent / fname)
         if src is None:
             src = next((ps[0] for s in IMG_SUFFIXES for ps in [idx.get(x.stem + s, [])] if ps), None)
-        rec = Record(src=src, key=image_key(fname), where=str(x))
+        rec = Record(src=src, key=image_key(fname), where=str(x), declared_size=_voc_size(root))
         for n, o in enumerate(root.iter("object"), 1):
             name = (o.findtext("name") or "").strip()
             bb = o.find("bndbox")
