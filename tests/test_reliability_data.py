@@ -111,3 +111,23 @@ def test_voc_boxes_of_an_exif_rotated_jpeg_land_on_the_object(tmp_path):
     report = (out / "convert_report.txt").read_text()
     assert "annotation <size> disagrees with the image" in report and str(src / "JPEGImages" / "odd.jpg") in report
     assert "fix <size>" in report
+
+
+# ------------------------------------------------------------------------- prompt profiles (item 7)
+@pytest.mark.parametrize(
+    "text, missing",
+    [
+        ("", "the prompt profile is empty. It needs at least 'negatives:'"),
+        ("# just a comment\n", "the prompt profile is empty. It needs at least 'negatives:'"),
+        ("templates: ['a photo of a {}.']\n", "no scene negatives ('negatives:' is missing or empty)"),
+        ("negatives: []\n", "no scene negatives ('negatives:' is missing or empty)"),
+    ],
+)
+def test_empty_prompt_profile_is_refused_naming_the_file_and_what_is_missing(tmp_path, text, missing):
+    from clipce_rtdetr.method.prompts import build_prompts, load_profile
+
+    f = tmp_path / "my-profile.yaml"
+    f.write_text(text)
+    with pytest.raises(ClipCEError) as err:
+        build_prompts(load_profile(str(f)), ["car", "person"])
+    assert str(f) in str(err.value) and missing in str(err.value)

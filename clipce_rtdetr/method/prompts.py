@@ -149,8 +149,12 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
         raise ClipCEError(f"{loc}: malformed YAML in prompt profile: {problem}.") from None
     except OSError as e:
         raise ClipCEError(f"{where}: cannot read prompt profile ({e}).") from None
-    if data is None:
-        data = {}
+    if not data:  # an empty file (or comments only) would run AME with no scene negatives at all
+        raise ClipCEError(
+            f"{where}: the prompt profile is empty. It needs at least 'negatives:' (scene prompts that stand for "
+            f"\"not the object\", e.g. negatives: ['a photo of fog.', 'a photo of the background.']) and may give "
+            f"templates, aliases or classes; see {Path(PROMPTS_DIR) / 'haze.yaml'}."
+        )
     if not isinstance(data, Mapping):
         raise ClipCEError(f"{where}: a prompt profile must be a mapping with keys {', '.join(PROFILE_KEYS)}.")
     unknown = [k for k in data if k not in PROFILE_KEYS]
@@ -161,6 +165,11 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
         )
     templates = check_templates(data.get("templates") or list(DEFAULT_TEMPLATES), where)
     negatives = _str_list(data.get("negatives"), "negatives", where)
+    if not negatives:
+        raise ClipCEError(
+            f"{where}: the prompt profile has no scene negatives ('negatives:' is missing or empty); AME scores each "
+            "object against them. Add e.g. negatives: ['a photo of fog.', 'a photo of the background.']."
+        )
     aliases = _str_map(data.get("aliases"), "aliases", where)
     classes = _str_map(data.get("classes"), "classes", where) if data.get("classes") is not None else None
     return Profile(
