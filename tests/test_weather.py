@@ -194,3 +194,22 @@ def test_prompt_profiles_for_every_kind():
         profile = load_profile(prompt_profile(kind))
         assert profile.negatives and profile.templates
     assert any("rain" in n for n in load_profile("rain").negatives)
+
+
+def test_coco_per_level_for_new_kinds(tiny_hazy_shapes, tmp_path):
+    """`val coco=True` on a rain+haze copy reports COCO mAP per recorded level, as for haze."""
+    from collections import Counter
+
+    from clipce_rtdetr.models import load_detector
+
+    out = tmp_path / "rh"
+    y = degrade(tiny_hazy_shapes, out, kind="rain+haze", level="custom", seed=0, processes=1, progress=False,
+                ranges={"rain_rate_range": [5, 120], "beta_range": [0.02, 0.15]})  # fmt: skip
+    want = Counter(r["level"] for r in _rows(out) if r["split"] == "val")
+    assert len(want) >= 2  # the custom ranges span the named levels
+    model = Path(__file__).resolve().parents[1] / "weights" / "rtdetr-tiny-shapes.pt"
+    m = load_detector(str(model)).val(data=str(y), coco=True, imgsz=64, batch=8, device="cpu", workers=0,
+                                      plots=False, verbose=False, project=str(tmp_path), name="v")  # fmt: skip
+    got = {r["level"]: r["images"] for r in m.coco["per_level"]}
+    assert got == dict(want)
+    assert list(got) == [lv for lv in ("light", "medium", "heavy") if lv in got]  # in severity order
