@@ -108,6 +108,13 @@ def test_process_count_invariance(tiny_hazy_shapes, tmp_path):
         assert filecmp.cmp(outs[0] / rel, outs[1] / rel, shallow=False), rel
     strip = [{k: v for k, v in r.items() if k != "source_stat"} for r in _rows(outs[0])]
     assert strip == [{k: v for k, v in r.items() if k != "source_stat"} for r in _rows(outs[1])]
+    # resumable: a deleted image is redone, byte for byte, and nothing else is rewritten
+    gone = outs[0] / imgs[3]
+    gone.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in outs[0].rglob("*.png")}
+    degrade(tiny_hazy_shapes, outs[0], kind="snow+haze", level="medium", seed=1, processes=2, progress=False)
+    assert filecmp.cmp(gone, outs[1] / imgs[3], shallow=False)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
 
 
 @pytest.mark.parametrize("kind", ["rain", "snow", "rain+haze", "lowlight+haze"])

@@ -37,7 +37,10 @@ def summarise(rec: dict[str, Any], conditions: list[str]) -> dict[str, Any]:
 
 
 def label(rec: dict[str, Any]) -> str:
-    return f"{Path(rec['model']).name} ({rec['model_sha256'][:8]})"
+    """The model file's name with its hash; a run's weights/best.pt is named by its run folder (run/best.pt)."""
+    p = Path(rec["model"])
+    name = f"{p.parent.parent.name}/{p.name}" if p.parent.name == "weights" else p.name
+    return f"{name} ({rec['model_sha256'][:8]})"
 
 
 def _pct(x: float) -> str:
