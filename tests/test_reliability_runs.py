@@ -68,3 +68,30 @@ def test_val_coco_of_a_model_on_a_dataset_with_other_classes_is_refused_naming_b
         model.val(data=str(y), coco=True, imgsz=64, batch=8, device="cpu", project=str(project), name="v")
     assert str(names[0]) in str(err.value)
     assert not project.exists()  # refused before the validator made a run folder
+
+
+@pytest.mark.parametrize("mode", ["train", "val"])
+def test_empty_val_folder_is_named_as_empty_and_no_run_folder_is_left(tmp_path, capsys, mode):
+    import cv2
+    import numpy as np
+
+    from clipce_rtdetr.cli import entrypoint
+
+    ds = tmp_path / "ds"
+    for split in ("train", "val"):
+        (ds / "images" / split).mkdir(parents=True)
+        (ds / "labels" / split).mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(ds / "images" / "train" / f"{i}.png"), np.zeros((32, 32, 3), np.uint8))
+        (ds / "labels" / "train" / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    y = tmp_path / "d.yaml"
+    y.write_text(yaml.safe_dump({"path": str(ds), "train": "images/train", "val": "images/val", "names": {0: "x"}}))
+    project = tmp_path / "runs"
+    rc = entrypoint(
+        [mode, f"data={y}", f"model={TINY_MODEL}", "clipce=none", "epochs=1", "imgsz=64", "device=cpu",
+         f"project={project}", "name=r"]  # fmt: skip
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert f"the val split {ds / 'images' / 'val'} is empty" in err
+    assert not project.exists()

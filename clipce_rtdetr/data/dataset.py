@@ -63,6 +63,7 @@ def resolve_data(
         else:
             msg += "\nFix `path:`/`train:`/`val:` in the YAML, or convert the data with 'clipce-rtdetr convert'."
         raise ClipCEError(msg)
+    check_splits_have_images(cfg, p, splits)  # before a run folder exists: Ultralytics names no reason
     if check_labels:
         checked_scan(cfg, p, splits)
     return str(yaml_for_ultralytics(p, cfg))  # Ultralytics reads the same dataset folder as the checks above
@@ -167,6 +168,28 @@ def missing_splits(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...]
 def class_count(cfg: dict[str, Any]) -> int:
     names = cfg.get("names")
     return len(names) if names is not None else int(cfg["nc"])
+
+
+def check_splits_have_images(cfg: dict[str, Any], yaml_path: Path, splits: tuple[str, ...]) -> None:
+    """Every split entry lists at least one image (a quick look at a folder's own files first; the full walk only
+    when that finds none, e.g. images in subfolders)."""
+    for split in splits:
+        for entry in split_paths(cfg, yaml_path, split):
+            if entry.is_dir() and any(
+                e.is_file() and e.name[:1] != "." and Path(e.name).suffix.lower() in IMG_SUFFIXES
+                for e in os.scandir(entry)
+            ):
+                continue
+            if image_files(entry):
+                continue
+            what = "lists no images" if entry.suffix == ".txt" else "is empty"
+            others = walk_files(entry) if entry.is_dir() else []
+            if others:
+                what = f"has no images ({len(others)} other files, e.g. {others[0].name}; images end in .jpg, .png...)"
+            raise ClipCEError(
+                f"Dataset YAML {yaml_path}: the {split} split {entry} {what}. Put the {split} images there, or point "
+                f"'{split}:' at a folder that has them. Nothing was written."
+            )
 
 
 def image_files(src: Path) -> list[Path]:
