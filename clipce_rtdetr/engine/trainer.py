@@ -31,8 +31,7 @@ from clipce_rtdetr import atomic
 from clipce_rtdetr.clip.loader import require_weights
 from clipce_rtdetr.config import check_project_values, project_defaults
 from clipce_rtdetr.engine import distributed
-from clipce_rtdetr.engine.checkpoint_writes import atomic_checkpoint_paths, atomic_strip_optimizer
-from clipce_rtdetr.engine.run_folder import resumed_save_dir
+from clipce_rtdetr.engine.run_files import RunFilesMixin
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.method.object_ids import as_object_id_dataset, split_object_ids
 from clipce_rtdetr.method.prompts import load_profile
@@ -63,7 +62,7 @@ TRAIN_KEYS = (
 WEIGHT_KEYS = ("clipce/ame_w", "clipce/fame_w", "clipce/frac_w>1.5")
 
 
-class ClipCETrainerMixin:
+class ClipCETrainerMixin(RunFilesMixin):
     """Put in front of a detector's Ultralytics trainer: its classification loss is weighted per object by CLIP-CE.
 
     The detector adapter supplies `build_criterion()` (its loss class with an `object_weights` attribute).
@@ -165,11 +164,6 @@ class ClipCETrainerMixin:
                     delattr(self.args, k)
         return super().train()
 
-    def check_resume(self, overrides):
-        super().check_resume(overrides)
-        if self.resume:  # go on where the checkpoint is now, not where it was written (a moved run folder)
-            self.args.save_dir = resumed_save_dir(self.args, overrides) or self.args.save_dir
-
     @property
     def mode(self) -> str:
         return self.clipce_args["clipce"]
@@ -238,16 +232,11 @@ class ClipCETrainerMixin:
             torch.cuda.set_device(self.device)
         distributed.init_process_group(self.device)
 
-    def save_model(self):
-        with atomic_checkpoint_paths(self):  # a failed write keeps the previous last.pt/best.pt and names the file
-            return super().save_model()
-
     def final_eval(self):
-        with atomic_strip_optimizer():
-            if distributed.is_distributed() and self.device.type == "cpu":
-                with distributed.cpu_final_eval():
-                    return super().final_eval()
-            return super().final_eval()
+        if distributed.is_distributed() and self.device.type == "cpu":
+            with distributed.cpu_final_eval():
+                return super().final_eval()
+        return super().final_eval()
 
     def _setup_train(self):
         if self.mode in ("ame", "fame"):
