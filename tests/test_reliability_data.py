@@ -54,6 +54,11 @@ def test_relative_path_beside_the_yaml_is_what_ultralytics_reads(tmp_path, monke
     given = resolve_data(str(y))
     assert ultralytics_val_folder(given) == (tmp_path / "project" / "ds" / "images" / "val").resolve()
     assert resolve_data(str(y)) == given  # the same pinned copy every time
+    from clipce_rtdetr.data.degrade import degrade
+
+    made = yaml.safe_load(degrade(y, tmp_path / "hazy", processes=1, progress=False).read_text())
+    assert made["degraded"]["from"] == str(y.resolve())  # degrade reads the same folder and records the user's YAML
+    assert len(list((tmp_path / "hazy" / "images" / "val").iterdir())) == 2
 
 
 def test_relative_path_that_names_two_folders_is_refused_naming_both(tmp_path, monkeypatch):

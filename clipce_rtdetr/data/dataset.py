@@ -33,8 +33,10 @@ def resolve_data(
     allow_download: bool = False,
     check_labels: bool = True,
     splits: tuple[str, ...] = ("train", "val"),
+    for_ultralytics: bool = True,
 ) -> str:
-    """Return a dataset YAML path Ultralytics can use, generating hazy-shapes if asked for it."""
+    """Return a dataset YAML path Ultralytics can use, generating hazy-shapes if asked for it (`for_ultralytics`
+    False: the user's own YAML even where Ultralytics needs a copy with its relative `path:` resolved)."""
     if hazy_shapes.is_builtin(data):
         return str(hazy_shapes.generate(recipe=hazy_shapes.builtin_recipe(data)))
     p = Path(data)
@@ -66,7 +68,8 @@ def resolve_data(
     check_splits_have_images(cfg, p, splits)  # before a run folder exists: Ultralytics names no reason
     if check_labels:
         checked_scan(cfg, p, splits)
-    return str(yaml_for_ultralytics(p, cfg))  # Ultralytics reads the same dataset folder as the checks above
+    # Ultralytics must read the same dataset folder as the checks above
+    return str(yaml_for_ultralytics(p, cfg)) if for_ultralytics else str(p)
 
 
 def resolve_run_data(kwargs: dict[str, Any], needs_clip: bool, **resolve_kwargs) -> dict[str, Any]:

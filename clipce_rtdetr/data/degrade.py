@@ -186,7 +186,7 @@ def check_request(data, out, kind: str, level: str, depth, ranges: dict[str, Any
 
     if kind not in KINDS:
         raise ClipCEError(f"kind={kind} is not valid; use one of {', '.join(KINDS)}.")
-    yaml_path = Path(resolve_data(data, check_labels=False))
+    yaml_path = Path(resolve_data(data, check_labels=False, for_ultralytics=False))  # recorded as the source
     cfg = load_data_yaml(yaml_path)
     root, out = dataset_root(cfg, yaml_path), Path(out)
     # The YAML's own folder may hold out= (a project folder beside its dataset YAMLs): only the images' root counts.
