@@ -20,6 +20,7 @@ $CLIPCE_HOME/data-yamls), so both read the same images.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,15 @@ def yaml_for_ultralytics(yaml_path: Path, cfg: dict[str, Any]) -> Path:
 
     text = yaml.safe_dump({**cfg, "path": str(root.resolve())}, sort_keys=False, allow_unicode=True)
     key = hashlib.sha256(f"{Path(yaml_path).resolve()}\n{text}".encode()).hexdigest()[:16]
-    pinned = home() / "data-yamls" / f"{Path(yaml_path).stem}-{key}.yaml"
-    if not pinned.is_file() or pinned.read_text(encoding="utf-8").split("\n", 1)[-1] != text:
-        pinned.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(pinned, f"# {Path(yaml_path).resolve()} with path: {cfg['path']} resolved\n{text}")
+    for folder in (home() / "data-yamls", Path(tempfile.gettempdir()) / "clipce-data-yamls"):  # home read-only
+        pinned = folder / f"{Path(yaml_path).stem}-{key}.yaml"
+        try:
+            if not pinned.is_file() or pinned.read_text(encoding="utf-8").split("\n", 1)[-1] != text:
+                pinned.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(pinned, f"# {Path(yaml_path).resolve()} with path: {cfg['path']} resolved\n{text}")
+            break
+        except OSError:
+            if folder.name != "data-yamls":
+                raise
     LOGGER.info(f"Dataset YAML {yaml_path}: path: {cfg['path']} is {root} (beside the YAML); running on {pinned}.")
     return pinned
