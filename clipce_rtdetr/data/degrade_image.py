@@ -23,6 +23,8 @@ import numpy as np
 from clipce_rtdetr.data import physics, weather
 from clipce_rtdetr.errors import ClipCEError
 
+# Bump when a kind's pixels or parameter draws change: caches of degraded copies (robustness) are keyed by it.
+SYNTHESIS_VERSION = 1
 SINGLE_KINDS = ("haze", "lowlight", "underwater", "rain", "snow")
 # Mixed conditions, named camera-outwards: at most one of rain/snow, haze beyond it, the sensor's low light in front.
 MIXED_KINDS = ("rain+haze", "snow+haze", "lowlight+haze", "lowlight+rain", "lowlight+snow", "lowlight+rain+haze",

@@ -227,7 +227,7 @@ def apply_weather_u8(img: np.ndarray, depth_m: np.ndarray, kind: str, p: dict[st
     cv2.add(off, 128, off)
     planes = []
     for c in cv2.split(out) if out.ndim == 3 else [out]:  # planes: no 3-channel copies of keep and off
-        f = cv2.multiply(c, keep, dtype=cv2.CV_16U)
+        f = cv2.multiply(c.astype(np.uint16), keep)  # same-type operands: OpenCV's mixed-type path is slower
         cv2.add(f, off, f)
         np.right_shift(f, 8, out=f)
         planes.append(f.astype(np.uint8))

@@ -85,12 +85,15 @@ def split_images(yaml_path: Path, split: str) -> tuple[dict[str, Any], Path, lis
 
 
 def dataset_fingerprint(yaml_path: Path, split: str) -> str:
-    """A hash of the split as it is now: class names, and every image's and label's path, size and mtime (a changed
-    file makes a new cache folder: degraded copies of old images are never evaluated against new labels)."""
+    """A hash of the split as it is now: class names, every image's and label's path, size and mtime (a changed
+    file makes a new cache folder: degraded copies of old images are never evaluated against new labels), and the
+    synthesis version of `degrade` (changed physics makes new copies)."""
     from clipce_rtdetr.data.dataset import label_file, relative_to_root
+    from clipce_rtdetr.data.degrade_image import SYNTHESIS_VERSION
 
     cfg, root, images = split_images(yaml_path, split)
-    h = hashlib.sha256(json.dumps({"names": cfg.get("names"), "split": split}, sort_keys=True, default=str).encode())
+    key = {"names": cfg.get("names"), "split": split, "synthesis": SYNTHESIS_VERSION}
+    h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for im in sorted(images):
         for f in (im, label_file(im)):
             try:
