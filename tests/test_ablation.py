@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,87 @@ def test_runs_of_one_seed_see_the_same_batches(tiny_hazy_shapes, tmp_path):
     hashes = [r["data_order_sha1"] for r in runs]
     assert hashes[0] == hashes[1] != hashes[2]
     assert pairing_check(runs) == {"same": [0, 1], "differ": [], "not_recorded": []}
+
+
+# ------------------------------------------------------------------------------ grids that cannot be paired (issue 21)
+def _fake_grid(monkeypatch, calls: list):
+    from clipce_rtdetr.eval import ablation
+
+    def fake_run_one(method, seed, data, model, train_kwargs, project, method_kwargs=None):
+        calls.append({"method": method, "seed": seed, "train_kwargs": dict(train_kwargs), "project": project})
+        return {"method": method, "seed": seed, "train_seconds": 1.0, "mAP50": 0.5 + seed / 10, "mAP50-95": 0.3,
+                "per_level": {}, "weights": np.zeros(0, np.float32), "data_order_sha1": f"s{seed}"}  # fmt: skip
+
+    monkeypatch.setattr(ablation, "run_one", fake_run_one)
+    return ablation
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("ablation_seeds", [0, 1, 0], r"ablation_seeds=\[0, 1, 0\] repeats 0: give each once"),
+        ("ablation_methods", ["none", "fame", "fame"], r"repeats fame: give each once"),
+        ("ablation_seeds", [], r"ablation_seeds is empty"),
+        ("ablation_methods", [], r"ablation_methods is empty"),
+        ("ablation_methods", ["none", "orcale"], r"unknown \['orcale'\]"),
+    ],
+)
+def test_grid_that_cannot_be_paired_is_refused_before_anything(monkeypatch, tmp_path, key, value, message):
+    """A repeated seed was counted as another seed ("4 seeds, ± 0.000"); an empty list gave exit 0 and empty tables."""
+    from clipce_rtdetr.errors import ConfigError
+
+    calls = []
+    ablation = _fake_grid(monkeypatch, calls)
+    monkeypatch.chdir(tmp_path)
+    overrides = {"ablation_methods": ["none", "fame"], "ablation_seeds": [0, 1], key: value, "project": "p"}
+    with pytest.raises(ConfigError, match=message):
+        ablation.run_ablation(overrides)
+    assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_cli_exit_code_for_an_empty_seed_list(tmp_path, monkeypatch):
+    from clipce_rtdetr.cli import entrypoint
+
+    monkeypatch.chdir(tmp_path)
+    assert entrypoint(["ablation", "ablation_seeds=[]", "ablation_methods=[none]"]) != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_follows_project_and_name(monkeypatch, tmp_path, tiny_hazy_shapes):
+    """project=/name= place the report and the runs (Ultralytics' project/name) and never reach each run's
+    training (name= crashed with a duplicate keyword; the report ignored project=)."""
+    calls = []
+    ablation = _fake_grid(monkeypatch, calls)
+    monkeypatch.chdir(tmp_path)
+    ablation.run_ablation(
+        {"data": str(tiny_hazy_shapes), "model": "m.pt", "project": str(tmp_path / "p"), "name": "grid1",
+         "ablation_methods": ["none", "fame"], "ablation_seeds": [0, 1], "epochs": 1}  # fmt: skip
+    )
+    out = tmp_path / "p" / "grid1"
+    assert (out / "ablation.md").is_file() and (out / "ablation.json").is_file()
+    assert sorted(p.name for p in (out / "runs").glob("*.json")) == ["fame-s0.json", "fame-s1.json", "none-s0.json",
+                                                                     "none-s1.json"]  # fmt: skip
+    assert all("name" not in c["train_kwargs"] and "project" not in c["train_kwargs"] for c in calls)
+    assert not (tmp_path / "ablation-results").exists()
+    assert ablation.ablation_folders("o", "p", "n") == (Path("o"), Path("o/runs"))  # out= wins for the report
+    assert ablation.ablation_folders(None, None, None) == (Path("ablation-results"), Path("ablation-results/runs"))
+
+
+def test_hash_recorded_runs_of_an_earlier_grid_are_reused(monkeypatch, tmp_path, tiny_hazy_shapes):
+    """--reuse: runs of a committed record with the same settings count as done when their batch hash is recorded;
+    unhashed runs (made before the hash existed) are run again, and a record with other settings is ignored."""
+    calls = []
+    ablation = _fake_grid(monkeypatch, calls)
+    args = (["none", "fame"], [0, 1], str(tiny_hazy_shapes), "m.pt", {"epochs": 1})
+    ablation.run_ablation_grid(*args, tmp_path / "out", tmp_path / "first")
+    record = json.loads((tmp_path / "out" / "ablation.json").read_text())
+    record["runs"][0]["data_order_sha1"] = None  # none seed 0: unhashed
+    calls.clear()
+    ablation.run_ablation_grid(*args, tmp_path / "out2", tmp_path / "second", reuse=record)
+    assert [(c["method"], c["seed"]) for c in calls] == [("none", 0)]
+    report = (tmp_path / "out2" / "ablation.md").read_text()
+    assert "Runs taken from an earlier grid" in report and "('fame', 0)" in report
+    calls.clear()
+    other = (["none", "fame"], [0, 1], str(tiny_hazy_shapes), "m.pt", {"epochs": 2})
+    ablation.run_ablation_grid(*other, tmp_path / "out3", tmp_path / "third", reuse=record)
+    assert len(calls) == 4
