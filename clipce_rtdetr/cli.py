@@ -46,6 +46,7 @@ DEMO_TRAIN = {
     "name": "demo",
 }
 DEFAULT_DATA = "hazy-shapes"
+BARE_FLAGS = ("half", "int8", "end2end", "nms")  # as Ultralytics' entrypoint: a bare word sets them True
 
 HELP = f"""
 clipce-rtdetr {__version__}: RT-DETR trained with a CLIP-guided cross-entropy loss (CLIP-CE)
@@ -104,6 +105,8 @@ def parse_args(args: list[str]) -> tuple[str | None, dict[str, Any]]:
             )
         elif a in defaults and isinstance(defaults[a], bool):
             overrides[a] = True  # 'clipce-rtdetr val coco' sets coco=True, as in Ultralytics
+        elif a in BARE_FLAGS:
+            overrides[a] = True  # Ultralytics' bare flags whose default is missing or None ('export int8')
         elif a in defaults:
             raise ClipCEError(f"'{a}' is a valid argument but is missing '=': try '{a}={defaults[a]}'.")
         else:

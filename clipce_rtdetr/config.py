@@ -224,8 +224,22 @@ def check_path_names(cfg: dict[str, Any]) -> None:
                 )
 
 
+def map_deprecated_keys(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Ultralytics' deprecated keys mapped in place as its own CLI and API map them (half=True / int8=True ->
+    quantize=16 / 8, end2end -> nms, boxes -> show_boxes, ...; with its deprecation warning), so every key `yolo`
+    accepts is accepted here too. Returns `overrides`."""
+    from ultralytics.cfg import _handle_deprecation
+
+    mapped = _handle_deprecation(dict(overrides))
+    overrides.clear()
+    overrides.update(mapped)
+    return overrides
+
+
 def check_overrides(overrides: dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validate every key and value; return (ultralytics overrides, full project cfg with defaults)."""
+    """Validate every key and value (Ultralytics' deprecated keys mapped first, in place); return (ultralytics
+    overrides, full project cfg with defaults)."""
+    map_deprecated_keys(overrides)
     check_keys(overrides, extra)
     ultra, proj = split_overrides(overrides)
     check_ultralytics_values({k: v for k, v in ultra.items() if k not in extra})

@@ -33,6 +33,7 @@ from clipce_rtdetr.clip.weights import (
     _params_sha256,
     _resolve,
     _unknown_model_error,
+    check_weights_file,
     file_sha256,
     is_random_weights_file,
 )
@@ -176,6 +177,14 @@ class ClipBundle:
         }
 
 
+def check_clip_weights(spec: str) -> None:
+    """`clip=` loaded once on the CPU and dropped, so that missing, unreadable or wrong weights (another model's, a
+    damaged file, a detector checkpoint) are reported before a command makes a run folder or scans a dataset. The
+    cost is one load of the model (seconds for ViT-B-32); it is the loader's own path, so nothing passes here that
+    fails later."""
+    load_clip(spec, device="cpu")
+
+
 def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipBundle:
     """Load `clip=MODEL[:PRETRAINED]` frozen (eval, no grad) on `device`, fp16 on CUDA. Never touches the network
     unless CLIPCE_CLIP_DOWNLOAD=1. Raises ClipCEError with instructions when weights are missing."""
@@ -184,6 +193,8 @@ def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipBundle:
     register_project_configs()
     model_name, pretrained = parse_clip_spec(spec)
     r = _resolve(model_name, pretrained)
+    if r["weights"]:
+        check_weights_file(spec, r["weights"])  # unreadable, damaged, a detector checkpoint: said plainly
     device = torch.device(device)
     precision = "fp16" if device.type == "cuda" else "fp32"
     model = _create_frozen(spec, r, device, precision)
@@ -301,6 +312,7 @@ def make_random_clip(path: str | Path, model_name: str = TINY_CLIP, seed: int = 
 
 __all__ = [
     "ClipBundle",
+    "check_clip_weights",
     "load_clip",
     "make_random_clip",
     "parse_clip_spec",

@@ -17,11 +17,14 @@ def _fmt(v, pct=False):
 
 def write_report(stem: Path, report: dict[str, Any]) -> list[Path]:
     """stem.json, stem.md and stem.png."""
+    from clipce_rtdetr.atomic import atomic_path, write_text
+
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".png")]
-    paths[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    paths[1].write_text(report_markdown(report, paths[2].name), encoding="utf-8")
-    report_plot(report, paths[2])
+    write_text(paths[0], json.dumps(report, indent=2) + "\n")  # atomic: a failed write keeps an earlier report
+    write_text(paths[1], report_markdown(report, paths[2].name))
+    with atomic_path(paths[2]) as tmp:
+        report_plot(report, tmp)
     return paths
 
 

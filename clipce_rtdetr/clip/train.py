@@ -36,9 +36,7 @@ clip_rgb_shuffle (0.5: probability of permuting a crop's colour channels), clip_
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +55,7 @@ from clipce_rtdetr.clip.train_data import (
     with_clean_images,
 )
 from clipce_rtdetr.clip.train_loop import TextRows, TrainObjects, TrainSettings, set_trainable, text_classes, train
+from clipce_rtdetr.clip.train_output import check_free_space, output_paths, save_weights
 from clipce_rtdetr.clip.zero_shot import ZeroShotEval
 from clipce_rtdetr.errors import ClipCEError
 
@@ -75,25 +74,6 @@ def _random_start(pretrained: str | None) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Steps of clip_train
 # ---------------------------------------------------------------------------------------------
-def output_paths(out: str | Path, report: str | Path | None, exist_ok: bool) -> tuple[Path, Path]:
-    """(weights file, report stem), checked before any work: a .safetensors file, nothing overwritten unasked."""
-    out = Path(out).expanduser()
-    if out.suffix.lower() != ".safetensors":
-        raise ClipCEError(
-            f"clip-train out={out}: the weights file must end in .safetensors (it is loaded with clip=MODEL:{out})."
-        )
-    stem = Path(report).expanduser() if report else out.with_suffix("")
-    stem = stem.with_suffix("") if stem.suffix.lower() in (".json", ".md", ".png") else stem
-    targets = [out] + [stem.with_suffix(s) for s in (".json", ".md", ".png")]
-    existing = [str(p) for p in targets if p.exists()]
-    if existing and not exist_ok:
-        raise ClipCEError(
-            f"clip-train: {', '.join(existing)} already exist(s); pass exist_ok=True to overwrite, "
-            "or choose another out=."
-        )
-    return out, stem
-
-
 def check_numbers(epochs, batch, fliplr, rgb_shuffle, jitter) -> None:
     if int(epochs) < 1 or int(batch) < 1:
         raise ClipCEError(f"clip-train: epochs={epochs} and batch={batch} must be >= 1.")
@@ -168,22 +148,6 @@ def train_objects(d: TrainData, size: int, context: float, progress: bool) -> Tr
         raise ClipCEError(f"clip-train: no usable ground-truth box (>= 2 px) in the train split of {d.yaml}.")
     boxes = torch.cat([torch.from_numpy(source_boxes_xyxy(lb, lb["shape"])) for lb in d.train if len(lb["cls"])])
     return TrainObjects(DecodedImages(d.train), img_of, boxes, cls, keep)
-
-
-def save_weights(model: torch.nn.Module, out: Path, recipe: dict[str, Any], half: bool) -> torch.dtype:
-    """The state_dict as safetensors (fp16 when `half`), the recipe in its metadata; written atomically."""
-    from safetensors.torch import save_file
-
-    dtype = torch.float16 if half else torch.float32
-    sd = {
-        k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous().clone()
-        for k, v in model.state_dict().items()
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-    save_file(sd, str(tmp), metadata={META_KEY: json.dumps(recipe)})
-    os.replace(tmp, out)
-    return dtype
 
 
 def reload_as_user(model_name: str, out: Path, device, trained_with):
@@ -346,10 +310,12 @@ def clip_train(
     model_name, pretrained = parse_clip_spec(clip)
     scratch, train_text, lr = training_mode(pretrained, train_text, lr)
     device = torch.device(device)
+    # the CLIP first: wrong or damaged weights, and no room for them at out=, are found before the dataset is read
+    bundle = load_seeded(clip, model_name, scratch, seed, device)
+    check_free_space(out, bundle.model, half)
     d = load_data(data, images)
     prompts = build_prompts(profile, d.names, templates)
 
-    bundle = load_seeded(clip, model_name, scratch, seed, device)
     size, mean, std = bundle.image_size, bundle.mean, bundle.std
     LOGGER.info(start_message(model_name if scratch else clip, scratch, seed, bundle, train_text, d.root))
     objs = train_objects(d, size, context, progress)
@@ -367,7 +333,7 @@ def clip_train(
     train_time = time.time() - t0
 
     recipe = recipe_of(a, model_name, d, prompts, bundle, lr, bool(train_text))
-    dtype = save_weights(bundle.model, out, recipe, half)
+    dtype = save_weights(bundle.model, out, recipe, META_KEY, half)
     spec, trained = reload_as_user(model_name, out, device, (tuple(mean), tuple(std), size))
     after = zero_shot(trained)
     LOGGER.info(f"clip-train: saved {out} ({out.stat().st_size / 2**20:.2f} MiB); load it with clip={spec}")

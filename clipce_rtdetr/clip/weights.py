@@ -331,3 +331,51 @@ def _resolve_folder(folder: Path, model: str | None, out: dict[str, Any]) -> dic
         )
     out.update(pretrained=ckpt, weights=ckpt)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A weights file that cannot be CLIP weights, told apart before open_clip reads it
+# ---------------------------------------------------------------------------------------------
+def ultralytics_class(path: str | Path) -> str | None:
+    """The model class of an Ultralytics checkpoint ('DetectionModel', 'RTDETRDetectionModel', ...), read from the
+    pickle's global names inside the zip without unpickling anything; None for any other file."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            data = z.read(pkl) if pkl else b""
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return None
+    hit = re.search(rb"ultralytics\.nn\.tasks\n(\w+)", data)
+    return hit.group(1).decode() if hit else ("Ultralytics" if b"ultralytics." in data else None)
+
+
+def check_weights_file(spec: str, path: str | Path) -> None:
+    """A ClipCEError for a weights file that is unreadable, a damaged safetensors file, or an Ultralytics detector
+    checkpoint given as CLIP weights (torch would answer the last with advice on `weights_only`)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ClipCEError(f"clip={spec}: cannot read the weights file {path} ({e.strerror or e}).") from None
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # SafetensorError, or OSError for a truncated file  # noqa: BLE001
+            raise ClipCEError(
+                f"clip={spec}: {path} is not a readable safetensors file ({str(e).strip()[:120]}): it is damaged "
+                f"(e.g. a copy cut short) or not a safetensors file. See {README_HINT}."
+            ) from None
+        return
+    cls = ultralytics_class(path)
+    if cls:
+        raise ClipCEError(
+            f"clip={spec}: {path} is an Ultralytics detector checkpoint ({cls}), not open_clip weights. clip= names "
+            "the CLIP model that scores the crops (e.g. clip=ViT-B-32:openai, or clip=MODEL:/path/to/open_clip "
+            f"weights); the detector goes in model=. See {README_HINT}."
+        )

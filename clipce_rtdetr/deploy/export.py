@@ -1,9 +1,12 @@
 """Export through Ultralytics' exporter, with a built-in output check.
 
 `export_checked` validates the request before anything is written (format, PyTorch model, GPU and
-TensorRT for engines, onnx/onnxruntime present, calibration data for INT8, images for the output
-check), runs `ultralytics.RTDETR.export`, then runs the exported model and the PyTorch model on the
-same sample images and compares their detections. A difference over tolerance is a `ClipCEError`.
+TensorRT for engines, every package the format needs (`export_requirements`), calibration data for INT8,
+images for the output check), runs Ultralytics' `Model.export`, then runs the exported model and the PyTorch
+model on the same sample images and compares their outputs (`export_compare`, in the layout the exporter chose:
+`nms=True/False` included). A difference over tolerance, or a check that cannot run, is a `ClipCEError`, and the
+export is renamed `NAME.check-failed` so that it is not deployed by mistake (an earlier export it replaced is put
+back).
 
 Why compare against the *unexported* PyTorch model: the exporter switches the RT-DETR head into an
 export branch (top-k inside the graph, fused convs); comparing with the model as PyTorch predict runs
@@ -17,7 +20,7 @@ Each exported detection is matched to the PyTorch detection of the same class th
 
 from __future__ import annotations
 
-import importlib.util
+import os
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,18 @@ from typing import Any
 import numpy as np
 
 from clipce_rtdetr.data.dataset import IMG_SUFFIXES
+from clipce_rtdetr.deploy.export_compare import (  # noqa: F401  (public names of this module before the split)
+    QUANT_CHECK_CONF,
+    check_floor,
+    compare_detections,
+    compare_image,
+    compare_raw,
+    confident,
+    exporter_choices,
+    output_layout,
+    reference_outputs,
+)
+from clipce_rtdetr.deploy.export_requirements import check_export_packages, missing_modules
 from clipce_rtdetr.errors import ClipCEError
 
 # Format aliases Ultralytics' Exporter accepts besides the names in export_formats()["Argument"].
@@ -65,10 +80,6 @@ def normalize_format(fmt: Any) -> str:
     raise ClipCEError(f"Unknown export format '{fmt}'.{hint} Valid formats are: {', '.join(fmts)}.")
 
 
-def _missing(*modules: str) -> list[str]:
-    return [m for m in modules if importlib.util.find_spec(m) is None]
-
-
 def cuda_available() -> bool:
     import torch
 
@@ -100,22 +111,12 @@ def preflight(model, fmt: str, kwargs: dict[str, Any], proj: dict[str, Any]) -> 
                 "e.g. on a Jetson with trtexec or 'clipce-rtdetr export format=engine' "
                 "(see docs/deploy-jetson.md)."
             )
-        if _missing("tensorrt"):
+        if missing_modules("tensorrt"):
             raise ClipCEError(
                 "TensorRT engine export needs the 'tensorrt' Python package, which is not installed "
                 "(export never installs packages). Install it with: pip install tensorrt  "
                 "(x86 + CUDA 12: pip install tensorrt-cu12; on a Jetson it comes with JetPack: "
                 "sudo apt install python3-libnvinfer, see docs/deploy-jetson.md). Nothing was written."
-            )
-    if fmt in ("onnx", "engine"):
-        need = ["onnx"] + (["onnxslim"] if kwargs.get("simplify", True) else [])
-        if fmt == "onnx" and (proj.get("export_check", True) or quant == 8):
-            need.append("onnxruntime")
-        if miss := _missing(*need):
-            hint = " (or skip the output check with export_check=False)" if miss == ["onnxruntime"] else ""
-            raise ClipCEError(
-                f"{fmt} export needs {', '.join(miss)}, not installed (export never installs packages). "
-                f"Install with: {PIP_EXPORT}{hint}. Nothing was written."
             )
     check_output_folder(model)
     if fmt in ("onnx", "engine") and proj.get("export_check", True) and proj.get("export_check_source"):
@@ -218,92 +219,6 @@ def preprocess(imgs: list[np.ndarray], imgsz: tuple[int, int], batch: int) -> li
     return [x[i : i + batch] for i in range(0, reps, batch)]
 
 
-def compare_detections(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    """Largest differences between two (k, 6) [cx, cy, w, h, score, cls] top-k lists of one image.
-
-    Each row of `out` is matched to the row of `ref` with the same class minimising max(box, score)
-    difference; `ref` may be longer (PyTorch keeps every query, export keeps max_det).
-    """
-    k = len(out)
-    box = np.abs(out[:, None, :4] - ref[None, :, :4]).max(-1)  # (k, K)
-    score = np.abs(out[:, None, 4] - ref[None, :, 4])
-    cost = np.where(out[:, None, 5] == ref[None, :, 5], np.maximum(box, score), np.inf)
-    j = cost.argmin(1)
-    matched = np.isfinite(cost[np.arange(k), j])
-    rows = np.arange(k)[matched]
-    sorted_scores = np.abs(np.sort(out[:, 4])[::-1] - np.sort(ref[:, 4])[::-1][:k])
-    return {
-        "box": float(box[rows, j[matched]].max(initial=0.0)),
-        "score": float(max(score[rows, j[matched]].max(initial=0.0), sorted_scores.max(initial=0.0))),
-        "unmatched": int((~matched).sum()),
-        "n": int(k),
-    }
-
-
-# A quantized (FP16/INT8) model reorders the many near-zero-score queries of a DETR top-k list, whose boxes then
-# differ although nothing a user would keep does: its check covers detections at Ultralytics' predict default
-# conf and above (the top 10 when none reach it). FP32 exports are checked on the whole list.
-QUANT_CHECK_CONF = 0.25
-
-
-def confident(out: np.ndarray, floor: float | None, fallback: int = 10) -> np.ndarray:
-    """The rows of a (k, 6) detection list to compare: all, or those scoring >= floor (else the top `fallback`)."""
-    if floor is None:
-        return out
-    keep = out[out[:, 4] >= floor]
-    return keep if len(keep) else out[np.argsort(-out[:, 4])[:fallback]]
-
-
-def compare_raw(ref: np.ndarray, out: np.ndarray, imgsz: tuple[int, int], floor: float | None) -> dict[str, float]:
-    """Largest differences between two raw YOLO head outputs (4 + nc, anchors) of one image: boxes in pixels
-    (divided by the image size), class scores. A quantized export is compared on the anchors PyTorch scores at
-    `floor` or above (the top 10 when none reach it), as for DETR lists."""
-    keep = np.arange(ref.shape[1])
-    if floor is not None:
-        best = ref[4:].max(0)
-        keep = np.flatnonzero(best >= floor) if (best >= floor).any() else np.argsort(-best)[:10]
-    d = np.abs(out[:, keep] - ref[:, keep])
-    box = d[:4].max(initial=0.0) / max(imgsz)
-    return {"box": float(box), "score": float(d[4:].max(initial=0.0)), "unmatched": 0, "n": int(len(keep))}
-
-
-def compare_image(ref: np.ndarray, out: np.ndarray, layout: str, imgsz: tuple[int, int], floor: float | None):
-    """One image's differences, by the head's output layout: `detr` (normalised top-k list), `end2end` (YOLO26's
-    top-k list, boxes in pixels) or `raw` (a YOLO head's (4 + nc, anchors) tensor)."""
-    if layout == "raw":
-        return compare_raw(ref, out, imgsz, floor)
-    if layout == "end2end":
-        scale = np.array([imgsz[1], imgsz[0], imgsz[1], imgsz[0]], dtype=np.float32)
-        ref, out = ref.copy(), out.copy()
-        ref[:, :4] /= scale
-        out[:, :4] /= scale
-    return compare_detections(ref, confident(out, floor))
-
-
-def output_layout(head) -> str:
-    """How a detection head's exported output is laid out (see compare_image)."""
-    if type(head).__name__.startswith("RTDETR"):
-        return "detr"
-    return "end2end" if getattr(head, "end2end", False) else "raw"
-
-
-def reference_outputs(pt_model, batches: list[np.ndarray], max_det: int) -> list[np.ndarray]:
-    """PyTorch predictions (B, K, 6) of the unexported model, fp32, on CPU."""
-    from copy import deepcopy
-
-    import torch
-
-    m = deepcopy(pt_model).float().cpu().eval()
-    head = m.model[-1]
-    head.max_det = max_det
-    outs = []
-    with torch.inference_mode():
-        for x in batches:
-            y = m(torch.from_numpy(x))
-            outs.append((y[0] if isinstance(y, (tuple, list)) else y).float().numpy())
-    return outs
-
-
 def onnx_outputs(path: str, batches: list[np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 
@@ -337,77 +252,170 @@ def check_export(model, exported: str, fmt: str, exporter_info: dict[str, Any], 
     tol = float(proj.get("export_tol_quant", 0.05) if quant in (8, 16) else proj.get("export_tol", 0.01))
     imgs = sample_images(proj.get("export_check_source"))
     batches = preprocess(imgs, exporter_info["imgsz"], exporter_info["batch"])
-    ref = reference_outputs(model.model, batches, exporter_info["max_det"])
+    ref = reference_outputs(model.model, batches, exporter_info)
     if fmt == "onnx":
         out = onnx_outputs(exported, batches)
     else:
         out = engine_outputs(exported, batches, exporter_info.get("device", "cuda:0"))
-    floor = QUANT_CHECK_CONF if quant in (8, 16) else None
     layout, imgsz = exporter_info.get("layout", "detr"), exporter_info["imgsz"]
-    per_image = [compare_image(r, o, layout, imgsz, floor) for rb, ob in zip(ref, out) for r, o in zip(rb, ob)]
+    floor = check_floor(layout, quant, exporter_info, tol)
+    per_image = [compare_image(r, o, layout, imgsz, floor, tol) for rb, ob in zip(ref, out) for r, o in zip(rb, ob)]
     report = {
         "file": str(exported),
         "format": fmt,
         "quantize": quant,
         "runtime": "onnxruntime" if fmt == "onnx" else "tensorrt",
+        "layout": layout,
         "images": len(imgs),
         "imgsz": list(exporter_info["imgsz"]),
         "detections_per_image": per_image[0]["n"] if per_image else 0,
+        "compared": sum(d["n"] for d in per_image),
         "max_box_diff": max(d["box"] for d in per_image),
         "max_score_diff": max(d["score"] for d in per_image),
         "unmatched_class": sum(d["unmatched"] for d in per_image),
         "tolerance": tol,
+        "score_floor": floor,
     }
-    report["score_floor"] = floor
     report["passed"] = (
         report["max_box_diff"] <= tol and report["max_score_diff"] <= tol and report["unmatched_class"] == 0
     )
-    what = "anchors" if layout == "raw" else "detections"
-    which = f"{what} scoring >= {floor:g}" if floor else f"top-{report['detections_per_image']} {what}"
-    if layout == "raw" and not floor:
-        which = f"all {report['detections_per_image']} anchors"
-    msg = (
-        f"Export check ({report['runtime']} vs PyTorch, {report['images']} images at "
-        f"{exporter_info['imgsz'][0]}x{exporter_info['imgsz'][1]}, "
-        f"{which}): largest box difference {report['max_box_diff']:.2e} "
-        f"(normalised), largest score difference {report['max_score_diff']:.2e}, tolerance {tol:g}"
-    )
-    if report["unmatched_class"]:
-        msg += f", {report['unmatched_class']} detections with no same-class counterpart"
+    msg = check_message(report, layout, exporter_info)
     if not report["passed"]:
         raise ClipCEError(
-            f"{msg}: FAILED. The exported model does not reproduce the PyTorch model; do not deploy {exported}. "
+            f"{msg}: FAILED. The exported model does not reproduce the PyTorch model. "
             "Try the default opset and simplify=True, a full-precision export (no quantize), "
             "or raise the tolerance with "
             f"export_tol=... (export_tol_quant=... for quantize=16/8) if the difference is acceptable."
         )
     LOGGER.info(f"{msg}: passed ✅")
+    if not report["compared"]:
+        LOGGER.warning(
+            "The export check compared no detection: nothing on the sample images scored above the cut-off. Point "
+            "export_check_source= at images your model detects objects in for a check that means something."
+        )
     return report
 
 
-# ------------------------------------------------------------------------------------------------ entry
-def export_checked(model, proj: dict[str, Any], **kwargs: Any) -> str:
-    """`ClipCERTDETR.export` / `ClipCEYOLO.export`: validate, export with Ultralytics, then check ONNX/engine
-    outputs against PyTorch.
+def check_message(report: dict[str, Any], layout: str, info: dict[str, Any]) -> str:
+    """The check's one-line summary: what was compared, the largest differences, the tolerance."""
+    floor, n = report["score_floor"], report["detections_per_image"]
+    what = "anchors" if layout == "raw" else "detections"
+    which = f"{what} scoring >= {floor:g}" if floor else f"top-{n} {what}"
+    if layout == "raw" and not floor:
+        which = f"all {n} anchors"
+    if layout == "nms":
+        which = f"NMS output (nms=True, conf {info.get('nms_conf')}): {report['compared']} {which}, both ways"
+    elif layout == "end2end":
+        which = (f"top-{info.get('max_det')} list: {report['compared']} detections scoring above its cut-off by the "
+                 "tolerance, both ways")  # fmt: skip
+    msg = (
+        f"Export check ({report['runtime']} vs PyTorch, {report['images']} images at "
+        f"{info['imgsz'][0]}x{info['imgsz'][1]}, {which}): largest box difference {report['max_box_diff']:.2e} "
+        f"(normalised), largest score difference {report['max_score_diff']:.2e}, tolerance {report['tolerance']:g}"
+    )
+    if report["unmatched_class"]:
+        msg += f", {report['unmatched_class']} detections with no same-class counterpart"
+    return msg
 
-    The check report is kept in `model.export_report` (None when no check ran).
-    """
-    from ultralytics.cfg import _handle_deprecation
-    from ultralytics.engine.model import Model
-    from ultralytics.utils import LOGGER
+
+# ----------------------------------------------------------------------------------------- output files
+FAILED_SUFFIX = ".check-failed"
+
+
+def expected_outputs(model, fmt: str, quant: Any) -> list[Path]:
+    """The files Ultralytics' exporter writes (or writes and deletes) for an ONNX/engine export: `stem.onnx` (also
+    the engine's intermediate, and deleted after an INT8 ONNX export), `stem_int8.onnx`, `stem.engine`."""
+    file = Path(str(getattr(model.model, "pt_path", None) or "") or "model.pt")
+    base = export_folder(model) / file.stem
+    out = [base.with_suffix(".onnx")]
+    if fmt == "onnx" and quant == 8:
+        out.append(base.with_name(base.name + "_int8.onnx"))
+    if fmt == "engine":
+        out.append(base.with_suffix(".engine"))
+    return out
+
+
+def set_aside(paths: list[Path]) -> dict[Path, Path]:
+    """Move existing earlier exports out of the exporter's way (it overwrites them in place, and deletes stem.onnx
+    after an INT8 export), to hidden names beside them; see `settle`."""
+    aside = {}
+    for p in paths:
+        if p.is_file():
+            keep = p.with_name(f".{p.name}.previous")
+            os.replace(p, keep)
+            aside[p] = keep
+    return aside
+
+
+def settle(aside: dict[Path, Path], failed: bool) -> list[Path]:
+    """Put earlier exports back where this export failed or left no file; drop them where it succeeded. Returns the
+    paths restored."""
+    restored = []
+    for p, keep in aside.items():
+        if failed or not p.exists():
+            os.replace(keep, p)
+            restored.append(p)
+        else:
+            keep.unlink(missing_ok=True)
+    return restored
+
+
+def quarantine(exported: str | Path) -> Path:
+    """Rename an export whose check failed (or could not run) to `NAME.check-failed`: no runtime or deploy script
+    that looks for `*.onnx` / `*.engine` takes it for a good export, and it stays there to be inspected."""
+    exported = Path(exported)
+    bad = exported.with_name(exported.name + FAILED_SUFFIX)
+    os.replace(exported, bad)
+    return bad
+
+
+def checked_or_quarantined(model, f: str, fmt: str, info: dict[str, Any], proj: dict[str, Any], aside) -> None:
+    """Run the output check; when it fails or cannot run, the export is renamed (`quarantine`), earlier exports are
+    restored, and the error says both."""
+    try:
+        if not f or not Path(f).exists():
+            raise ClipCEError(f"Export to {fmt} produced no file (see the log above).")
+        model.export_report = check_export(model, str(f), fmt, info, proj)
+    except BaseException as e:
+        if not f or not Path(f).exists():
+            settle(aside, failed=True)
+            raise
+        bad = quarantine(f)
+        restored = settle(aside, failed=True)
+        why = str(e) if isinstance(e, ClipCEError) else f"the check could not run ({type(e).__name__}: {e})"
+        if not isinstance(e, Exception):  # Ctrl-C: the file is set aside all the same
+            raise
+        again = f" The earlier {', '.join(str(p) for p in restored)} was put back." if restored else ""
+        raise ClipCEError(
+            f"{why}\nThe unchecked export was renamed to {bad} so that it is not deployed by mistake.{again} "
+            "To keep an export without the check, export again with export_check=False."
+        ) from None
+    settle(aside, failed=False)
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def prepared_kwargs(kwargs: dict[str, Any], proj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(format, exporter arguments): Ultralytics' deprecated keys and quantize aliases mapped as it maps them, the
+    format's packages present (before anything is written, even a generated dataset), project dataset names
+    resolved."""
+    from ultralytics.cfg import QUANTIZE_ALIASES, _handle_deprecation
 
     kwargs = _handle_deprecation(dict(kwargs))  # half/int8 -> quantize, as Ultralytics does
     fmt = normalize_format(kwargs.get("format", "torchscript"))
     kwargs["format"] = fmt
     if kwargs.get("quantize") is not None:
-        from ultralytics.cfg import QUANTIZE_ALIASES
-
         kwargs["quantize"] = QUANTIZE_ALIASES.get(str(kwargs["quantize"]).lower(), kwargs["quantize"])
+    check_export_packages(fmt, kwargs, check=fmt in ("onnx", "engine") and bool(proj.get("export_check", True)))
     if kwargs.get("data") and fmt in ("onnx", "engine"):
         from clipce_rtdetr.data.dataset import resolve_data  # project dataset names (hazy-shapes, ...) -> YAML path
 
         kwargs["data"] = resolve_data(kwargs["data"], allow_download=bool(proj.get("allow_download")))
-    preflight(model, fmt, kwargs, proj)
+    return fmt, kwargs
+
+
+def run_exporter(model, fmt: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Ultralytics' own export (any detector family); returns (file, what the exporter used: see grab)."""
+    from ultralytics.engine.model import Model
 
     info: dict[str, Any] = {}
 
@@ -416,22 +424,45 @@ def export_checked(model, proj: dict[str, Any], **kwargs: Any) -> str:
         info.update(imgsz=tuple(int(s) for s in exporter.imgsz), batch=int(exporter.im.shape[0]),
                     quantize=exporter.args.quantize, max_det=int(getattr(head, "max_det", 300)),
                     dynamic=bool(exporter.args.dynamic), device=str(exporter.device),
-                    layout=output_layout(head))  # fmt: skip
+                    **exporter_choices(exporter))  # fmt: skip
 
     model.add_callback("on_export_end", grab)
     try:
-        f = Model.export(model, **kwargs)  # Ultralytics' own export, for any detector family
+        return Model.export(model, **kwargs), info
     except (AssertionError, ValueError) as e:  # Ultralytics reports user errors with assert / ValueError
         raise ClipCEError(f"Export to {fmt} failed: {e}") from None
+    except ModuleNotFoundError as e:  # a format whose packages are not in export_requirements' table
+        raise ClipCEError(
+            f"Export to {fmt} needs the Python package '{e.name}', not installed (export never installs packages). "
+            f"Install it (see https://docs.ultralytics.com/modes/export for format={fmt}) and export again."
+        ) from None
     except OSError as e:  # e.g. the disk filled up while writing
         raise ClipCEError(f"Export to {fmt} failed writing {e.filename or 'its output'}: {e.strerror or e}.") from None
     finally:
         model.callbacks["on_export_end"].remove(grab)
+
+
+def export_checked(model, proj: dict[str, Any], **kwargs: Any) -> str:
+    """`ClipCERTDETR.export` / `ClipCEYOLO.export`: validate, export with Ultralytics, then check ONNX/engine
+    outputs against PyTorch. An export whose check fails is renamed NAME.check-failed, and an earlier export it
+    replaced is put back.
+
+    The check report is kept in `model.export_report` (None when no check ran).
+    """
+    from ultralytics.utils import LOGGER
+
+    fmt, kwargs = prepared_kwargs(kwargs, proj)
+    preflight(model, fmt, kwargs, proj)
     model.export_report = None
-    if fmt in ("onnx", "engine") and proj.get("export_check", True):
-        if not f or not Path(f).exists():
-            raise ClipCEError(f"Export to {fmt} produced no file (see the log above).")
-        model.export_report = check_export(model, str(f), fmt, info, proj)
+    checked = fmt in ("onnx", "engine") and proj.get("export_check", True)
+    aside = set_aside(expected_outputs(model, fmt, kwargs.get("quantize"))) if checked else {}
+    try:
+        f, info = run_exporter(model, fmt, kwargs)
+    except BaseException:
+        settle(aside, failed=True)
+        raise
+    if checked:
+        checked_or_quarantined(model, f, fmt, info, proj, aside)
     elif fmt in ("onnx", "engine"):
         LOGGER.warning("export_check=False: the exported model was not compared with the PyTorch model.")
     return f

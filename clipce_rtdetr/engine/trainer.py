@@ -478,14 +478,6 @@ def check_single_cls(mode: str, single_cls) -> None:
 def check_clip_available(spec: str) -> None:
     """The CLIP weights named by `spec` exist and can be read: reported here, before a run folder, data loading or
     any DDP worker, not after data loading in every worker."""
-    from clipce_rtdetr.clip import loader
+    from clipce_rtdetr.clip.loader import check_clip_weights
 
-    loader.register_project_configs()  # the project's own model names (e.g. the tiny test CLIP), as load_clip does
-    r = loader._resolve(*loader.parse_clip_spec(spec))  # the loader's own checks, without loading the model
-    weights = r.get("weights")
-    if weights and Path(weights).is_file():
-        try:
-            with open(weights, "rb") as f:
-                f.read(1)
-        except OSError as e:
-            raise ClipCEError(f"clip={spec}: cannot read the weights file {weights} ({e}).") from None
+    check_clip_weights(spec)  # loads it once on the CPU: wrong or damaged weights are found here, not after data
