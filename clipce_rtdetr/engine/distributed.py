@@ -190,6 +190,7 @@ def peer_failure_message(error: BaseException) -> str:
         silent = beat.silent(2 * beat.interval)
         beat.stop(finished=False)
     first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+    first = re.sub(r"\[[^\]]*\]\s*", "", first) or type(error).__name__  # torch's source-file tags
     lost = f"lost: {'; '.join(silent)}" if silent else "another process of the job stopped (its own message says why)"
     return (
         f"the job lost a process ({lost}); this process (rank {rank}) stops too. Continue the run with "
@@ -209,7 +210,24 @@ def restarted_run(cfg: dict, overrides: dict[str, Any]) -> dict[str, Any] | None
         return None
     last = folder / "weights" / "last.pt"
     LOGGER.info(f"CLIP-CE: torchrun restart {restart_attempt()}: continuing {folder}")
-    return {"resume": str(last)} if last.is_file() else {"save_dir": str(folder)}
+    if not last.is_file():
+        return {"save_dir": str(folder)}
+    done = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"]) + 1  # epochs it holds
+    keep_epochs_up_to(folder / "results.csv", done)
+    return {"resume": str(last)}
+
+
+def keep_epochs_up_to(results_csv: Path, epochs: int) -> None:
+    """Drop results.csv rows after the checkpoint's last epoch: a process lost between Ultralytics' writing of an
+    epoch's row and of its checkpoint leaves a row the resumed run writes again (each epoch must appear once)."""
+    from clipce_rtdetr.atomic import write_text
+
+    if not results_csv.is_file():
+        return
+    lines = results_csv.read_text().splitlines()
+    rows = [ln for ln in lines[1:] if ln.strip() and float(ln.split(",")[0]) <= epochs]
+    if len(rows) != len(lines) - 1:
+        write_text(results_csv, "\n".join([lines[0], *rows]) + "\n")
 
 
 def check_batch(batch: Any, world_size: int) -> None:

@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from ultralytics.utils import LOGGER
@@ -24,6 +25,23 @@ from ultralytics.utils import LOGGER
 from clipce_rtdetr.atomic import atomic_path
 
 CHUNK_OBJECTS = 2048  # objects per chunk: the unit of sharing, of shard files and of resuming
+# caches built / reused by this process; chunks it wrote as shards / computed while merging (logs, tests)
+COUNTS = {"built": 0, "loaded": 0, "shards": 0, "merge_computed": 0}
+
+
+def source_boxes_xyxy(label: dict, hw: tuple[int, int]) -> np.ndarray:
+    """Ultralytics' normalised xywh label boxes -> pixel xyxy in an image of size hw."""
+    from ultralytics.utils.ops import xywh2xyxy
+
+    h, w = hw
+    return xywh2xyxy(np.asarray(label["bboxes"], dtype=np.float32).reshape(-1, 4)) * np.array([w, h, w, h], np.float32)
+
+
+def read_rgb(path: str) -> np.ndarray:
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if im is None:
+        raise FileNotFoundError(f"Cannot read image {path} (missing or corrupt).")
+    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
 
 
 def chunk_objects() -> int:
@@ -57,7 +75,6 @@ class SourceCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from clipce_rtdetr.method.ame import crop_boxes
-        from clipce_rtdetr.method.embedding_cache import read_rgb, source_boxes_xyxy
 
         lb = self.labels[i]
         im = read_rgb(lb["im_file"])
@@ -120,7 +137,6 @@ def build_share(
     chunks it computed. A shard folder it cannot write is reported, and its chunks are left to rank 0."""
     from tqdm import tqdm
 
-    from clipce_rtdetr.method.embedding_cache import COUNTS
     from clipce_rtdetr.method.object_ids import object_offsets
 
     offsets = object_offsets(labels)
@@ -149,7 +165,6 @@ def merge_shards(
     backed by `scratch` (a file beside the cache: the caller saves the cache and removes it) and valid (N,)."""
     from tqdm import tqdm
 
-    from clipce_rtdetr.method.embedding_cache import COUNTS
     from clipce_rtdetr.method.object_ids import object_offsets
 
     offsets = object_offsets(labels)

@@ -24,15 +24,14 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from ultralytics.utils import LOGGER
 
+from clipce_rtdetr.method.cache_build import COUNTS, read_rgb, source_boxes_xyxy  # noqa: F401 - also used from here
+
 CACHE_VERSION = 1
 KEEP_CACHES = 4  # per label folder: a sweep over a few settings keeps hitting its caches; older ones are removed
-# caches built / reused by this process; chunks it wrote as shards / computed while merging (logs, tests)
-COUNTS = {"built": 0, "loaded": 0, "shards": 0, "merge_computed": 0}
 SCORE_CHUNK = 1 << 16  # rows per chunk when checking and scoring a cache: 64 MB of fp16 at D = 512
 
 
@@ -48,21 +47,6 @@ def labels_hash(labels: list[dict]) -> str:
         h.update(np.ascontiguousarray(lb["cls"], dtype=np.float32).tobytes())
         h.update(np.ascontiguousarray(lb["bboxes"], dtype=np.float32).tobytes())
     return h.hexdigest()
-
-
-def source_boxes_xyxy(label: dict, hw: tuple[int, int]) -> np.ndarray:
-    """Ultralytics' normalised xywh label boxes -> pixel xyxy in an image of size hw."""
-    from ultralytics.utils.ops import xywh2xyxy
-
-    h, w = hw
-    return xywh2xyxy(np.asarray(label["bboxes"], dtype=np.float32).reshape(-1, 4)) * np.array([w, h, w, h], np.float32)
-
-
-def read_rgb(path: str) -> np.ndarray:
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if im is None:
-        raise FileNotFoundError(f"Cannot read image {path} (missing or corrupt).")
-    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
 
 
 def iter_source_crops(
@@ -262,7 +246,7 @@ def embeddings_problem(data: dict, n_objects: int) -> str | None:
         return f"shapes {tuple(emb.shape)} / {tuple(valid.shape)} do not fit {n_objects} objects"
     for lo in range(0, n_objects, SCORE_CHUNK):  # in chunks: a memory-mapped cache is never copied whole
         part = slice(lo, lo + SCORE_CHUNK)
-        if not bool(torch.isfinite(emb[part][valid[part]]).all()):
+        if bool((valid[part] & ~torch.isfinite(emb[part]).all(1)).any()):  # no masked copy of the rows
             return "non-finite embeddings"
     return None
 
