@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from clipce_rtdetr import ClipCERTDETR
@@ -23,9 +24,11 @@ def stop_after_first_save(trainer):
     raise Stop
 
 
-@pytest.fixture
-def interrupted_run(tiny_hazy_shapes, tmp_path) -> Path:
-    """A 2-epoch run stopped after epoch 1's checkpoint (as a killed run would be); returns its run folder."""
+@pytest.fixture(scope="module")
+def interrupted_run(tiny_hazy_shapes, tmp_path_factory) -> Path:
+    """A 2-epoch run stopped after epoch 1's checkpoint (as a killed run would be); returns its run folder. Tests
+    only read it (the resume test works on a copy)."""
+    tmp_path = tmp_path_factory.mktemp("interrupted")
     model = ClipCERTDETR(TINY_MODEL)
     model.add_callback("on_model_save", stop_after_first_save)
     with pytest.raises(Stop):
@@ -36,13 +39,18 @@ def interrupted_run(tiny_hazy_shapes, tmp_path) -> Path:
 
 
 def test_resume_after_moving_the_run_folder_goes_on_where_it_is_now(interrupted_run, tiny_hazy_shapes, tmp_path):
+    original = tmp_path / "runs" / "r"  # where the checkpoint says the run was started
+    shutil.copytree(interrupted_run, original)
+    ckpt = torch.load(original / "weights" / "last.pt", weights_only=False)
+    ckpt["train_args"]["save_dir"] = str(original)  # as if written there (the fixture's run is shared, read-only)
+    torch.save(ckpt, original / "weights" / "last.pt")
     moved = tmp_path / "archive" / "r-moved"
     moved.parent.mkdir()
-    shutil.move(str(interrupted_run), moved)
+    shutil.move(str(original), moved)
     resumed = ClipCERTDETR(str(moved / "weights" / "last.pt"))
     resumed.train(resume=True, data=str(tiny_hazy_shapes))
     assert Path(resumed.trainer.save_dir) == moved
-    assert not interrupted_run.exists()  # the old place is not recreated
+    assert not original.exists()  # the old place is not recreated
     rows = list(csv.DictReader(open(moved / "results.csv")))
     assert [int(float(r["epoch"])) for r in rows] == [1, 2]  # one results.csv, both epochs
 
@@ -50,9 +58,11 @@ def test_resume_after_moving_the_run_folder_goes_on_where_it_is_now(interrupted_
 def test_resume_from_a_checkpoint_outside_a_run_folder_is_refused_saying_why(interrupted_run, tmp_path):
     loose = tmp_path / "loose.pt"
     shutil.copy(interrupted_run / "weights" / "last.pt", loose)
+    runs_before = sorted(interrupted_run.parent.iterdir())
     with pytest.raises(ClipCEError, match=r"not in a run folder's weights/ folder.*model="):
         ClipCERTDETR(str(loose)).train(resume=str(loose))
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r"]  # nothing new written
+    assert sorted(interrupted_run.parent.iterdir()) == runs_before  # nothing new written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loose.pt"]
 
 
 def test_val_coco_of_a_model_on_a_dataset_with_other_classes_is_refused_naming_both(interrupted_run, tmp_path):
