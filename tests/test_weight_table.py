@@ -13,6 +13,7 @@ import torch
 
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.method.weight_table import check_weights_key, read_table, table_weights, uses_fame
+from tests import test_distributed
 from tests.conftest import FAST, TINY_MODEL
 
 
@@ -170,3 +171,30 @@ def test_table_fame_applies_confidence_adaptation(tiny_hazy_shapes, tmp_path):
     assert crit.fame is True
     rows = list(csv.DictReader(open(tr.csv)))
     assert math.isclose(float(rows[-1]["clipce/ame_w"]), 2.0) and 1.0 < float(rows[-1]["clipce/fame_w"]) < 2.0
+
+
+# ------------------------------------------------------------------------------------------- torchrun
+own_dataset = test_distributed.own_dataset  # fixture: a private copy of the tiny dataset
+
+
+@pytest.mark.distributed
+def test_torchrun_broadcasts_the_table_and_stops_every_process_on_a_bad_one(own_dataset, tmp_path):
+    """Two real torchrun processes (gloo): rank 0 reads the table, rank 1 receives the identical one; a table with
+    an object missing stops both processes with rank 0's message (none waits for a broadcast that never comes)."""
+    labels = _train_labels(own_dataset)
+    rows = [[lb["im_file"], j, 0, 1.0 + 0.01 * k] for k, (lb, j) in
+            enumerate((lb, j) for lb in labels for j in range(len(lb["cls"])))]  # fmt: skip
+    table = _write(tmp_path / "w.csv", rows)
+    script = tmp_path / "recorder.py"
+    script.write_text(test_distributed.RECORDER)
+    args = [*test_distributed.TRAIN, f"data={own_dataset}", "clipce=table", f"weights={table}", "epochs=1"]
+    launch = ["--standalone", "--nproc_per_node", "2"]
+    td, env = test_distributed, test_distributed._env(tmp_path)
+    td._finish(td._torchrun(launch, [str(script)], [*args, f"project={tmp_path / 'runs'}"], env, tmp_path))
+    r0, r1 = td._records(tmp_path, 0)[0], td._records(tmp_path, 1)[0]
+    assert r0["source"] == "table" and r1["source"] == "received from rank 0"
+    assert r0["table"] == r1["table"] == pytest.approx([r[3] for r in rows])
+    _write(table, rows[:2] + rows[3:])  # the third object has no row now
+    proc = td._torchrun(launch, ["-m", "clipce_rtdetr"], [*args, f"project={tmp_path / 'bad'}"], env, tmp_path)
+    out = td._finish(proc, ok=False)
+    assert proc.returncode != 0 and "no row for object" in out
