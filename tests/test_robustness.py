@@ -81,6 +81,7 @@ def test_rerun_reuses_degraded_copies(first_run, tmp_path):
                       progress=False)  # fmt: skip
     assert result["cache"] == first_run["cache"]
     assert result["models"][0]["evaluated_cells"] == 6
+    assert set(result["models"][0]["cells"]) == {"clean"} | {f"rain-s{s}" for s in range(1, 6)}
     assert _copies(cache) == before
 
 

@@ -84,15 +84,15 @@ def split_images(yaml_path: Path, split: str) -> tuple[dict[str, Any], Path, lis
     return cfg, root, [im for p in split_paths(cfg, yaml_path, split) for im in image_files(p)]
 
 
-def dataset_fingerprint(yaml_path: Path, split: str) -> str:
+def dataset_fingerprint(yaml_path: Path, split: str, depth: str = "horizon") -> str:
     """A hash of the split as it is now: class names, every image's and label's path, size and mtime (a changed
     file makes a new cache folder: degraded copies of old images are never evaluated against new labels), and the
-    synthesis version of `degrade` (changed physics makes new copies)."""
+    synthesis version of `degrade` and the depth source (changed physics or depth make new copies)."""
     from clipce_rtdetr.data.dataset import label_file, relative_to_root
     from clipce_rtdetr.data.degrade_image import SYNTHESIS_VERSION
 
     cfg, root, images = split_images(yaml_path, split)
-    key = {"names": cfg.get("names"), "split": split, "synthesis": SYNTHESIS_VERSION}
+    key = {"names": cfg.get("names"), "split": split, "synthesis": SYNTHESIS_VERSION, "depth": str(depth)}
     h = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     for im in sorted(images):
         for f in (im, label_file(im)):
@@ -129,7 +129,9 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------- cells
-def degraded_copy(source: Path, folder: Path, condition: str, severity: int, seed: int, processes: int) -> Path:
+def degraded_copy(
+    source: Path, folder: Path, condition: str, severity: int, seed: int, processes: int, depth: str = "horizon"
+) -> Path:
     """The dataset YAML of `condition` at `severity`: made by `degrade` once, reused (resumed) afterwards."""
     from clipce_rtdetr.data.degrade import degrade
     from clipce_rtdetr.data.degrade_image import severity_ranges
@@ -137,8 +139,8 @@ def degraded_copy(source: Path, folder: Path, condition: str, severity: int, see
     out = folder / cell_name(condition, severity)
     ranges = severity_ranges(condition, severity)
     with quiet():
-        return degrade(source, out, kind=condition, level="custom", seed=seed, ranges=ranges, processes=processes,
-                       progress=False)  # fmt: skip
+        return degrade(source, out, kind=condition, level="custom", seed=seed, ranges=ranges, depth=depth,
+                       processes=processes, progress=False)  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -206,20 +208,21 @@ def evaluate_model(model: str, ctx: dict[str, Any], bar) -> dict[str, Any]:
             atomic_write(rec_file, json.dumps(rec, indent=2))
             made += 1
         bar.update(1)
-    rec["reused_cells"], rec["evaluated_cells"] = reused, made
-    return rec
+    # The record file may hold cells of other conditions (an earlier run's grid): report this grid's only.
+    cells = {cell_name(c, s): rec["cells"][cell_name(c, s)] for c, s in ctx["grid"]}
+    return {**rec, "cells": cells, "reused_cells": reused, "evaluated_cells": made}
 
 
 def run_grid(models: list[str], data: str, split: str, conditions: list[str], seed: int = 0, processes: int = 0,
              val_kwargs: dict[str, Any] | None = None, workdir: Path | None = None,
-             progress: bool = True) -> dict[str, Any]:  # fmt: skip
+             progress: bool = True, depth: str = "horizon") -> dict[str, Any]:  # fmt: skip
     """Evaluate `models` on the clean split and every condition x severity; returns the results record."""
     import tempfile
 
     from tqdm import tqdm
 
     yaml_path = Path(data)
-    fingerprint = dataset_fingerprint(yaml_path, split)
+    fingerprint = dataset_fingerprint(yaml_path, split, depth)
     folder = cache_root() / fingerprint
     source = split_source(yaml_path, split, folder)
     made: dict[str, Path] = {}
@@ -227,7 +230,7 @@ def run_grid(models: list[str], data: str, split: str, conditions: list[str], se
     def copies(condition: str, severity: int) -> Path:
         key = cell_name(condition, severity)
         if key not in made:
-            made[key] = degraded_copy(source, folder, condition, severity, seed, processes)
+            made[key] = degraded_copy(source, folder, condition, severity, seed, processes, depth)
         return made[key]
 
     val_kwargs = dict(val_kwargs or {})
@@ -272,7 +275,8 @@ def run_robustness(overrides: dict[str, Any]) -> dict[str, Any]:
     seed = int(ultra.pop("seed", 0) or 0)
     for k in ("coco", "save_json", "plots", "verbose", "project", "name", "exist_ok"):
         ultra.pop(k, None)
-    result = run_grid(models, data, split, conditions, seed, int(proj["processes"]), ultra, out / "runs")
+    depth = str(proj.get("depth") or "horizon")  # a depth folder: relative to the dataset, as for degrade
+    result = run_grid(models, data, split, conditions, seed, int(proj["processes"]), ultra, out / "runs", depth=depth)
     for path in write_report(result, out):
         print(f"wrote {path}", flush=True)
     return result
