@@ -12,7 +12,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-_TMP = Path(tempfile.mkdtemp(prefix="clipce-tests-"))
+# Test files import this module both as `conftest` (pytest puts tests/ on sys.path) and as `tests.conftest`. One
+# module under both names: a second import would run this body again (a second temp folder, SETTINGS re-pointed).
+sys.modules.setdefault("conftest", sys.modules[__name__])
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+
+# Under pytest-xdist every worker is its own process and imports this file itself: its own temp folder, so workers
+# never share run folders, caches or generated data (the controller's folder holds only its settings file).
+_TMP = Path(tempfile.mkdtemp(prefix=f"clipce-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-"))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ["YOLO_AUTOINSTALL"] = "False"
@@ -72,3 +79,28 @@ def tiny_hazy_shapes(tmp_root) -> Path:
     return generate(
         tmp_root / "hazy-shapes-tiny", Recipe(seed=0, n_train=24, n_val=8, size=128, max_objects=3), progress=False
     )
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): one worker per usable CPU core, at most 8; PYTEST_XDIST_AUTO_NUM_WORKERS
+    overrides. Ultralytics sets OMP_NUM_THREADS=1 at import, so each worker's torch runs on one thread."""
+    env = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if env:
+        return int(env)
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook would otherwise run first)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under `--dist loadgroup`, a test that uses a module-, class- or session-scoped fixture defined in its own test
+    file (a trained run, an exported model, a built wheel) runs on the same worker as the other tests of that file
+    that use one, so the fixture is built once, not once per worker. Other tests spread freely; an explicit
+    `xdist_group` marker is left as it is."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group"):
+            continue
+        module = item.nodeid.split("::")[0]
+        defs = [d for name in info.names_closure for d in info.name2fixturedefs.get(name, ())]
+        if any(d.scope != "function" and d.baseid == module for d in defs):
+            item.add_marker(pytest.mark.xdist_group(module))

@@ -327,17 +327,19 @@ def test_processes_generating_at_once_take_turns(tmp_path):
     (before, one rank could delete the folder another was writing)."""
     import subprocess
     import sys
-    import time
 
-    out = tmp_path / "shapes"
-    start = time.time() + 15  # every process imports first, then all ask for the folder in the same instant
+    out, ready = tmp_path / "shapes", tmp_path / "ready"
+    ready.mkdir()
+    # every process imports first and says so, then all ask for the folder in the same instant (a file barrier:
+    # no fixed sleep that a loaded machine could outlast)
     code = (
-        "import time; from clipce_rtdetr.data.hazy_shapes import Recipe, generate\n"
-        f"time.sleep(max(0.0, {start} - time.time()))\n"
+        "import sys, time; from pathlib import Path; from clipce_rtdetr.data.hazy_shapes import Recipe, generate\n"
+        f"ready = Path({str(ready)!r}); (ready / sys.argv[1]).touch()\n"
+        "while len(list(ready.iterdir())) < 3: time.sleep(0.005)\n"
         f"print(generate({str(out)!r}, Recipe(seed=3, n_train=12, n_val=4, size=96, max_objects=3), progress=False))"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(3)]  # fmt: skip
     results = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-1500:] for _, err in results]
     assert {r[0].strip().splitlines()[-1] for r in results} == {str(out / "hazy-shapes.yaml")}
