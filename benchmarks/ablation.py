@@ -1,8 +1,10 @@
-"""Ablation: clipce=none|prior|ame|fame over seeds, everything else equal (see clipce_rtdetr/eval/ablation.py).
+"""Ablation: clipce=none|prior|ame|fame (and, on hazy-shapes, the oracle methods oracle|oracle-ranked) over seeds,
+everything else equal (see clipce_rtdetr/eval/ablation.py).
 
 Default: hazy-shapes, tiny RT-DETR, CPU, under an hour on 2 cores; results to benchmarks/results/<name>.*.
 YOLO (the committed ablation_yolo.* results):
     python benchmarks/ablation.py --model yolo11n-shapes.pt --seeds 0,1,2,3,4 --epochs 8 --name ablation_yolo
+The issue-23 grid (positive control, rare heavy haze, both detectors): bash benchmarks/oracle_grid.sh
 Report again from a saved record (no training):  python benchmarks/ablation.py --report-only results/ablation.json
 Real data on a GPU:  python benchmarks/ablation.py --data datasets/rtts/rtts.yaml --model rtdetr-l.pt \
                         --device 0 --epochs 72 --imgsz 640 --batch 16 --clip ViT-B-32:openai

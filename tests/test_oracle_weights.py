@@ -119,3 +119,20 @@ def test_recipe_option_gets_its_own_folder_and_keeps_old_folders_valid(tmp_path)
         dataclasses.replace(SMALL, heavy_fraction=1.5)
     assert hs.is_builtin("hazy-shapes-rare-heavy") and hs.builtin_recipe("hazy-shapes-rare-heavy").heavy_fraction == 0.1
     assert hs.builtin_recipe("hazy-shapes") == hs.Recipe()
+
+
+def test_summary_of_the_grid_from_records(tmp_path):
+    """benchmarks/oracle_summary.py on synthetic grid records: oracle − none and oracle-ranked − ame, by hand."""
+    runs = []
+    for seed in range(3):
+        for method, gain in (("none", 0.0), ("oracle", 0.01 + 0.001 * seed), ("ame", 0.002), ("oracle-ranked", 0.004)):
+            level = {"heavy": {"mAP50": 0.4 + gain, "mAP50-95": 0.2}}
+            runs.append({"method": method, "seed": seed, "mAP50": 0.5 + gain, "mAP50-95": 0.3, "per_level": level})
+    (tmp_path / "ablation_oracle_yolo_rare.json").write_text(json.dumps({"runs": runs}))
+    cmd = [sys.executable, str(REPO / "benchmarks" / "oracle_summary.py"), "--results", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = (tmp_path / "ablation_oracle_summary.md").read_text()
+    assert "| yolo_rare | oracle − none | 3 | **+0.011 [+0.009, +0.013]** |" in table
+    assert "| yolo_rare | oracle-ranked − ame | 3 | **+0.002 [+0.002, +0.002]** |" in table
+    assert (tmp_path / "ablation_oracle_summary.png").stat().st_size > 5000
