@@ -34,8 +34,10 @@ NON_NEGATIVE = (
     "prior_a",
     "export_tol",
     "processes",
-    "stream_retries",
     "stream_backoff",
+    "stream_timeout",
+    "segment",
+    "save_max_gb",
 )
 POSITIVE = ("ame_temperature", "ame_batch", "dist_timeout")
 FRACTION = ("val_fraction",)
@@ -157,6 +159,8 @@ def check_range(k: str, v: Any) -> None:
         raise ConfigError(f"'{k}={v}' is not valid. Valid values are {', '.join(CHOICES[k])}.")
     if k in NON_NEGATIVE and not (math.isfinite(v) and v >= 0):
         raise ConfigError(f"'{k}={v}' must be a finite number >= 0.")
+    if k == "stream_retries" and v < -1:
+        raise ConfigError(f"'{k}={v}' must be >= 0, or -1 to retry for ever (a service).")
     if k in POSITIVE and not (math.isfinite(v) and v > 0):
         raise ConfigError(f"'{k}={v}' must be a finite number > 0.")
     if k in FRACTION and not 0 <= v <= 1:

@@ -191,8 +191,9 @@ class HttpTsServer(_ServerProcess):
 
 class UdpRtspRelay(_ServerProcess):
     """An RTSP relay with RTP over UDP: Debian's rtsp-server-perl (apt, not pip: optional) fed by an ffmpeg publisher
-    looping `clip`. Clients read `url` with OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;udp" (OpenCV asks for TCP
-    by default, which this relay refuses)."""
+    looping `clip`. It refuses RTP over TCP, which OpenCV asks for by default: clients fall back to UDP, or set
+    OPENCV_FFMPEG_CAPTURE_OPTIONS="rtsp_transport;udp". `kill_publisher()` makes the camera silent with the RTSP
+    session open (the stall the watchdog must notice); `start_publisher()` brings it back."""
 
     BINARY = "rtsp-server-perl"
 
@@ -206,9 +207,13 @@ class UdpRtspRelay(_ServerProcess):
                 "--source_listen_address", HOST, "--rtp_start_port", str(rtp)]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> UdpRtspRelay:
+        super().start(timeout)
+        return self.start_publisher()
+
+    def start_publisher(self) -> UdpRtspRelay:
+        """The ffmpeg publisher (the camera's encoder): its stream becomes the relay's /live."""
         import imageio_ffmpeg
 
-        super().start(timeout)
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "warning", "-re", "-stream_loop", "-1",
                "-i", str(self.clip), "-c", "copy", "-f", "rtsp", "-rtsp_transport", "udp",
                f"rtsp://{HOST}:{self.source_port}/live"]  # fmt: skip
@@ -216,11 +221,20 @@ class UdpRtspRelay(_ServerProcess):
             self.publisher = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self
 
-    def stop(self) -> None:
+    def kill_publisher(self) -> None:
+        """The encoder stops; the relay and the RTSP sessions of its clients stay up: a silent camera. SIGTERM, so that
+        the publisher says goodbye to the relay, which otherwise keeps its mount and refuses a new publisher (403)."""
         if self.publisher is not None and self.publisher.poll() is None:
-            self.publisher.kill()
-            self.publisher.wait(timeout=10)
+            self.publisher.terminate()
+            try:
+                self.publisher.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.publisher.kill()
+                self.publisher.wait(timeout=5)
         self.publisher = None
+
+    def stop(self) -> None:
+        self.kill_publisher()
         super().stop()
 
     @property
