@@ -24,7 +24,7 @@ TOOL_MODES: dict[str, str] = {
     "generate": "clipce_rtdetr.data.hazy_shapes:run_generate",
     "convert": "clipce_rtdetr.data.convert:run_convert",
     "degrade": "clipce_rtdetr.data.degrade:run_degrade",
-    "clip-train": "clipce_rtdetr.clip.train:run_clip_train",
+    "clip-train": "clipce_rtdetr.engine.clip_train.tool:run_clip_train",
     "ablation": "clipce_rtdetr.eval.ablation:run_ablation",
     "robustness": "clipce_rtdetr.eval.robustness:run_robustness",
 }

@@ -39,7 +39,7 @@ def mount_tmpfs(tmp_path):
 @pytest.fixture
 def spy_train(monkeypatch):
     """Records whether clip-train's training loop ran (it still runs for real); `after` runs once it returns."""
-    import clipce_rtdetr.clip.train as ct
+    import clipce_rtdetr.engine.clip_train.tool as ct
 
     calls: list[int] = []
     real = ct.train
@@ -57,7 +57,7 @@ def spy_train(monkeypatch):
 
 
 def _clip_train(data, out, **k):
-    from clipce_rtdetr.clip.train import clip_train
+    from clipce_rtdetr.engine.clip_train.tool import clip_train
 
     return clip_train(str(data), "clipce-tiny", out, epochs=1, batch=32, seed=0, progress=False, **k)
 
@@ -137,6 +137,6 @@ def test_wrong_clip_weights_named_before_the_run_folder(request, tiny_hazy_shape
 
 def test_clip_train_reads_the_clip_before_the_dataset(detector_pt, tmp_path):
     with pytest.raises(ClipCEError, match="Ultralytics detector checkpoint"):
-        from clipce_rtdetr.clip.train import clip_train
+        from clipce_rtdetr.engine.clip_train.tool import clip_train
 
         clip_train(str(tmp_path / "no-such-dataset.yaml"), f"clipce-tiny:{detector_pt}", tmp_path / "c.safetensors")

@@ -325,8 +325,9 @@ FAILED_SUFFIX = ".check-failed"
 def expected_outputs(model, fmt: str, quant: Any) -> list[Path]:
     """The files Ultralytics' exporter writes (or writes and deletes) for an ONNX/engine export: `stem.onnx` (also
     the engine's intermediate, and deleted after an INT8 ONNX export), `stem_int8.onnx`, `stem.engine`."""
-    file = Path(str(getattr(model.model, "pt_path", None) or "") or "model.pt")
-    base = export_folder(model) / file.stem
+    m = model.model
+    file = Path(getattr(m, "pt_path", None) or getattr(m, "yaml_file", None) or m.yaml.get("yaml_file", "") or "model")
+    base = export_folder(model) / file.stem  # named as the exporter names its file
     out = [base.with_suffix(".onnx")]
     if fmt == "onnx" and quant == 8:
         out.append(base.with_name(base.name + "_int8.onnx"))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clipce_rtdetr.clip.train_data import DecodedImages, jittered_crops
+from clipce_rtdetr.engine.clip_train.data import DecodedImages, jittered_crops
 
 
 def text_classes(model: torch.nn.Module, tokens: torch.Tensor, nc: int, n_tpl: int) -> torch.Tensor:

@@ -45,8 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipce_rtdetr.clip.report import _fmt, write_report
-from clipce_rtdetr.clip.train_data import (
+from clipce_rtdetr.engine.clip_train.data import (
     DecodedImages,
     clean_file,
     clean_root,
@@ -54,9 +53,17 @@ from clipce_rtdetr.clip.train_data import (
     object_levels,
     with_clean_images,
 )
-from clipce_rtdetr.clip.train_loop import TextRows, TrainObjects, TrainSettings, set_trainable, text_classes, train
-from clipce_rtdetr.clip.train_output import check_free_space, output_paths, save_weights
-from clipce_rtdetr.clip.zero_shot import ZeroShotEval
+from clipce_rtdetr.engine.clip_train.loop import (
+    TextRows,
+    TrainObjects,
+    TrainSettings,
+    set_trainable,
+    text_classes,
+    train,
+)
+from clipce_rtdetr.engine.clip_train.output import check_free_space, output_paths, save_weights
+from clipce_rtdetr.engine.clip_train.report import _fmt, write_report
+from clipce_rtdetr.engine.clip_train.zero_shot import ZeroShotEval
 from clipce_rtdetr.errors import ClipCEError
 
 META_KEY = "clipce_clip_train"  # safetensors metadata entry: the recipe of the file (JSON)
