@@ -6,7 +6,10 @@ The machine's load average is recorded before and after (the ratios share the lo
 
     python benchmarks/degrade_throughput.py [--n 240] [--processes 2] [--size 640x480] [--kinds haze,rain,...]
 
-Writes benchmarks/results/degrade_throughput.json and .md.
+The weather results (issue 24, on a busy machine): --n 240 --processes 2 --repeats 2 --breakdown 60
+--name degrade_throughput_weather.
+
+Writes benchmarks/results/<name>.json and .md (default name degrade_throughput).
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ def main() -> None:
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--kinds", default="haze,lowlight,underwater,rain,snow,rain+haze,lowlight+haze")
+    ap.add_argument("--name", default="degrade_throughput", help="file name of the results (<name>.json, .md)")
     ap.add_argument(
         "--out", default=str(Path(__file__).parent / "results"), help="folder for degrade_throughput.{json,md}"
     )
@@ -228,8 +232,8 @@ def main() -> None:
                     f"| {k} | {v['cpu_bare']:.2f} | {v['cpu_read']:.2f} | {v['cpu_physics']:.2f} | "
                     f"{v['cpu_label']:.2f} | {v['cpu_write']:.2f} | {total:.2f} | {100 * v['cpu_ratio']:.0f}% |"
                 )
-        (out / "degrade_throughput.json").write_text(json.dumps(results, indent=2))
-        (out / "degrade_throughput.md").write_text("\n".join(lines) + "\n")
+        (out / f"{a.name}.json").write_text(json.dumps(results, indent=2))
+        (out / f"{a.name}.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
