@@ -40,6 +40,7 @@ def main(argv=None):
     ap.add_argument("--project", default=None, help="run folders (default: a temp dir)")
     ap.add_argument("--name", default="ablation", help="file name prefix of the results (<name>.md, .json, .png)")
     ap.add_argument("--report-only", default=None, help="an ablation JSON: write its report again, train nothing")
+    ap.add_argument("--report-runs", default=None, help="a grid's run folder: report the runs finished so far")
     ap.add_argument(
         "--reuse", default=None, help="an earlier grid's JSON (same settings): its hash-recorded runs count as done"
     )
@@ -48,6 +49,14 @@ def main(argv=None):
     from clipce_rtdetr.eval.ablation import run_ablation_grid
     from clipce_rtdetr.eval.ablation_report import write_report
 
+    if args.report_runs:
+        from clipce_rtdetr.eval.ablation import record_from_runs
+
+        command = shlex.join(["python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)])
+        record, weights = record_from_runs(Path(args.report_runs), command)
+        for path in write_report(record, Path(args.out), args.name, weights):
+            print(f"wrote {path}")
+        return 0
     if args.report_only:
         record = json.loads(Path(args.report_only).read_text())
         for path in write_report(record, Path(args.out), args.name):

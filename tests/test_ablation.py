@@ -293,3 +293,21 @@ def test_hash_recorded_runs_of_an_earlier_grid_are_reused(monkeypatch, tmp_path,
     other = (["none", "fame"], [0, 1], str(tiny_hazy_shapes), "m.pt", {"epochs": 2})
     ablation.run_ablation_grid(*other, tmp_path / "out3", tmp_path / "third", reuse=record)
     assert len(calls) == 4
+
+
+def test_report_from_the_runs_finished_so_far(monkeypatch, tmp_path, tiny_hazy_shapes):
+    """--report-runs: an interrupted or partly run grid is reported from its run folder, methods with fewer seeds
+    included; runs of other settings in the same folder are refused."""
+    from clipce_rtdetr.errors import ClipCEError
+
+    calls = []
+    ablation = _fake_grid(monkeypatch, calls)
+    data, out, runs = str(tiny_hazy_shapes), tmp_path / "o", tmp_path / "r"
+    ablation.run_ablation_grid(["none", "fame"], [0, 1], data, "m.pt", {}, out, runs)
+    ablation.run_ablation_grid(["ame"], [0], data, "m.pt", {}, out, runs)
+    record, _ = ablation.record_from_runs(tmp_path / "r", "cmd")
+    assert record["methods"] == ["ame", "fame", "none"] and record["seeds"] == [0, 1] and len(record["runs"]) == 5
+    assert record["model"] == "m.pt" and record["command"] == "cmd"
+    ablation.run_ablation_grid(["none"], [2], data, "m.pt", {"epochs": 3}, out, runs)
+    with pytest.raises(ClipCEError, match="6 finished runs with 2 different settings"):
+        ablation.record_from_runs(tmp_path / "r")

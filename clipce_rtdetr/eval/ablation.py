@@ -200,6 +200,27 @@ def run_ablation_grid(
     return summary
 
 
+def record_from_runs(project: Path, command: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The record (and weights per method) of the runs finished so far in a grid's run folder: the report of an
+    interrupted or partly run grid, without training. Every run must have the same settings."""
+    from clipce_rtdetr.errors import ClipCEError
+
+    recs = [json.loads(f.read_text()) for f in sorted(Path(project).glob("*-s*.json"))]
+    settings = {r["settings"] for r in recs}
+    if len(settings) != 1:
+        raise ClipCEError(f"{project}: {len(recs)} finished runs with {len(settings)} different settings; need one.")
+    runs = sorted((r["run"] for r in recs), key=lambda r: (r["seed"], r["method"]))
+    weights = {}
+    for r in runs:
+        w = np.asarray(r.pop("weights"), dtype=np.float32)
+        if len(w) and r["method"] not in weights:
+            weights[r["method"]] = w
+    meta = json.loads(settings.pop())
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    record = {**meta, "command": command, "methods": methods, "seeds": sorted({r["seed"] for r in runs}), "runs": runs}
+    return record, weights
+
+
 def _settings_of(record: dict[str, Any]) -> str:
     return json.dumps(
         {"data": str(record["data"]), "model": str(record["model"]), "train_kwargs": record["train_kwargs"]},
