@@ -133,3 +133,14 @@ def test_int8_onnx_without_onnxruntime_is_named_before_anything_is_written(yolo_
     assert "format=onnx quantize=8 needs onnxruntime" in out.stderr and "clipce-rtdetr[export]" in out.stderr
     assert "Traceback" not in out.stderr
     assert [p.name for p in pt.parent.iterdir()] == ["yolo11n.pt"]
+
+
+def test_deprecated_keys_are_mapped_in_every_mode():
+    """The same mapping for train/val/predict/track and the tools (they all validate through check_overrides)."""
+    from clipce_rtdetr.config import check_overrides
+
+    ultra, _ = check_overrides({"half": True, "int8": False, "boxes": False, "end2end": True, "conf": 0.5})
+    assert ultra == {"quantize": 16, "show_boxes": False, "nms": False, "conf": 0.5}
+    assert check_overrides({"half": True, "int8": True})[0] == {"quantize": 8}  # int8 wins over half
+    assert check_overrides({"half": "False"})[0] == {"quantize": None}  # a false flag clears precision
+    assert check_overrides({"half": True, "quantize": 32})[0] == {"quantize": 32}  # quantize= wins
