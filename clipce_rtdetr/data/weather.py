@@ -7,7 +7,7 @@ One size distribution per kind drives both effects, so they agree: N(D) = N0 exp
 Gunn & Marshall 1958 for snow).
 - Extinction: large particles remove twice their cross-section (extinction efficiency 2), so
   beta = (pi / 2) * s^2 * integral D^2 N(D) dD = pi s^2 N0 / Lambda^3 (s: apparent / melted diameter). For rain this
-  is 3.6e-4 R^0.63 per metre: the order and exponent of the empirical R^0.67 power law used for rain's fog-like
+  is 3.6e-4 R^0.63 per metre, close in exponent to the empirical R^0.67 power law used for rain's fog-like
   attenuation in physically based rain rendering (Halder et al. 2019).
   Applied as the haze model with the sky as the veil: I = J t + A (1 - t), t = exp(-beta d).
 - Particles: the near ones (z_near..z_far metres) are drawn one by one: a drop of diameter D_px pixels falling
