@@ -131,7 +131,7 @@ def test_int8_onnx_without_onnxruntime_is_named_before_anything_is_written(yolo_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=pt.parent, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "format=onnx quantize=8 needs onnxruntime" in out.stderr and "clipce-rtdetr[export]" in out.stderr
-    assert "Traceback" not in out.stderr
+    assert "Traceback" not in out.stderr and "Generating hazy-shapes" not in out.stderr  # was: generated first
     assert [p.name for p in pt.parent.iterdir()] == ["yolo11n.pt"]
 
 
