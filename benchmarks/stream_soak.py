@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -30,10 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 from latency import setup_env  # noqa: E402
 from stream_server import RtspServer, make_clip, missing_servers  # noqa: E402
+from stream_throughput import machine, tiny_onnx  # noqa: E402
 
-MODEL = REPO / "weights" / "rtdetr-tiny-shapes.pt"
+MODEL = REPO / "weights" / "rtdetr-tiny-shapes.pt"  # as stream_throughput.tiny_onnx exports it
 IMGSZ = 64
-STREAM_FPS = 90
+STREAM_FPS = 120  # faster than 60: the rate processed is what the pipeline manages
 SAMPLE_EVERY = 5.0  # seconds between RSS samples
 
 
@@ -96,21 +96,13 @@ def main() -> None:
         sys.exit(why)
     work = Path(tempfile.mkdtemp(prefix="stream-soak-"))
     setup_env(work)
-    from ultralytics import __version__ as ultra_version
-
-    from clipce_rtdetr.models.rtdetr.model import ClipCERTDETR
-
-    shutil.copy(MODEL, work / "tiny.pt")
-    onnx = Path(ClipCERTDETR(str(work / "tiny.pt")).export(format="onnx", imgsz=IMGSZ, export_check=False))
+    onnx = tiny_onnx(work, IMGSZ)
     make_clip(work / "soak.mp4", STREAM_FPS * 10, STREAM_FPS)
     load_before = os.getloadavg()
     with RtspServer(work, log=work / "rtsp.log") as server:
         run = soak(onnx, server.url("soak.mp4"), work / "runs", args.minutes)
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ultralytics": ultra_version,
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                    "note": "shared machine: other work ran on the same cores (see load averages)"},
+        "machine": machine(load_before),
         "setup": {"model": MODEL.name, "format": "onnx", "imgsz": IMGSZ, "stream_fps": STREAM_FPS,
                   "frame_size": [192, 128], "save": True, "save_jsonl": True, "segment_min": 1.0, "save_max_gb": 0.05},
         "figures": figures(run, args.minutes),

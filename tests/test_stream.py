@@ -158,6 +158,9 @@ def camera(monkeypatch):
     FakeCamera.opens = 0
     monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
     monkeypatch.setenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")  # one open per attempt (no UDP retry)
+    from clipce_rtdetr.deploy import stream_camera
+
+    monkeypatch.setattr(stream_camera, "network_answers", lambda *a: True)  # the fake camera is the only gate
     return FakeCamera
 
 

@@ -172,9 +172,11 @@ def test_one_camera_lost_for_good_the_run_goes_on(clips, rtsp, tmp_path):
     run = tmp_path / "run"
     for k in (1, 2):
         (video,) = [v for v in saved_videos(run) if v.name.startswith(f"{k}-")]
-        assert count_frames(video) == len(jsonl_records(run, k)) >= 10, (k, video)
+        assert count_frames(video) == len(jsonl_records(run, k)) >= (10 if k == 1 else 1), (k, video)
     cams = model.predictor.stream_summary["cameras"]
-    assert [c["lost"] for c in cams] == [False, True] and cams[0]["frames_processed"] > cams[1]["frames_processed"]
+    assert [c["lost"] for c in cams] == [False, True]
+    last_of_2 = max(r["time"] for r in jsonl_records(run, 2))
+    assert len([r for r in jsonl_records(run, 1) if r["time"] > last_of_2]) >= 10  # camera 1 went on after 2
 
 
 @needs_relay

@@ -230,8 +230,10 @@ def _live_predict(model, sources: list[str], mode: str, st: StreamSettings, kwar
                             f"{pipeline.figures[frame.camera].last_latency:.1f}ms")  # fmt: skip
             yield result
     finally:
-        pipeline.close()
+        stuck = pipeline.close()
         write_summary(predictor, pipeline, st)
+        if stuck:  # a capture stuck in the driver past its timeouts: said, not waited for
+            LOGGER.warning(f"{', '.join(stuck)} did not end within its open/read timeout; left to the process exit.")
     errors = [c.error for c in cameras if c.error]
     if len(errors) == len(cameras) and not pipeline.dataset.user_stop:
         where = f" Files so far in {predictor.save_dir}." if outputs.any else ""

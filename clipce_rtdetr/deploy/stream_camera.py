@@ -129,18 +129,15 @@ def open_capture(source: str | int, timeout: float, transport: str | None = None
 
 
 def network_answers(source: str | int, timeout: float) -> bool:
-    """Whether a network source's server answers at all, asked outside OpenCV: OpenCV's FFmpeg backend opens every
+    """Whether an RTSP server answers an OPTIONS request, asked outside OpenCV: OpenCV's FFmpeg backend opens every
     capture and writer under one process-wide lock, so a camera that hangs its open would hold up the others' opens
-    and video writers for the whole timeout. RTSP: an OPTIONS request must get an RTSP reply; other schemes: the TCP
-    connection must be accepted. Not a network source: True."""
+    and video writers for the whole timeout. Other sources: True (not asked: an http camera or server may take one
+    client only, which a probe would use up)."""
     u = urllib.parse.urlsplit(str(source))
-    port = u.port or DEFAULT_PORTS.get(u.scheme.lower())
-    if isinstance(source, int) or not u.hostname or not port:
+    if isinstance(source, int) or u.scheme.lower() != "rtsp" or not u.hostname:
         return True
     try:
-        with socket.create_connection((u.hostname, port), timeout=timeout) as sock:
-            if u.scheme.lower() != "rtsp":
-                return True
+        with socket.create_connection((u.hostname, u.port or DEFAULT_PORTS["rtsp"]), timeout=timeout) as sock:
             sock.settimeout(timeout)
             sock.sendall(f"OPTIONS {source} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: clipce-rtdetr\r\n\r\n".encode())
             return sock.recv(16).startswith(b"RTSP/")

@@ -83,6 +83,8 @@ class Pipeline:
         self.figures = [CameraFigures() for _ in cameras]
         self.live = LiveStats(predictor.args.mode or "predict")
         self.error: BaseException | None = None
+        self.closed = False
+        self.stuck: list[str] = []
         self.closed_outputs: set[int] = set()
         self.in_flight = [0] * len(cameras)  # frames of each camera taken and not yet written
         self._flight_lock = threading.Lock()
@@ -264,6 +266,9 @@ class Pipeline:
     def close(self, join_timeout: float | None = None) -> list[str]:
         """Stop taking frames, let the stages finish what they hold, join every thread; returns the names of
         threads still running after their timeout (a capture stuck in the driver), for the caller to report."""
+        if self.closed:
+            return self.stuck
+        self.closed = True
         self.dataset.halt()
         stuck = []
         for t in self.threads:
@@ -276,6 +281,7 @@ class Pipeline:
         for c in self.cameras:
             if not c.join(join_timeout if join_timeout is not None else 2 * c.timeout + 5):
                 stuck.append(c.thread.name)
+        self.stuck = stuck
         return stuck
 
     def summary(self) -> dict:
