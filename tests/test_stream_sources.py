@@ -165,3 +165,21 @@ def test_disk_cap_deletes_the_oldest_segments_and_keeps_the_newest(tmp_path):
     big = DiskCap(max_gb=10 / 1e9)  # smaller than one segment: the newest is kept all the same
     big.add(segments[3])
     assert segments[3][0].exists()
+
+
+def test_a_rerun_into_the_same_folder_continues_the_numbering_and_counts_the_old_segments(tmp_path):
+    """exist_ok=True (a service restarted into its run folder): new segments never overwrite old ones, and the old
+    ones count towards save_max_gb, oldest first."""
+    from clipce_rtdetr.deploy.stream_outputs import DiskCap, last_segment
+
+    for k in (0, 1, 3):
+        (tmp_path / f"1-live-{k:05d}.mp4").write_bytes(b"v" * 1000)
+    (tmp_path / "2-live-00007.jsonl").write_bytes(b"j" * 10)
+    assert last_segment(tmp_path, "1-live") == 3 and last_segment(tmp_path, "2-live") == 7
+    assert last_segment(tmp_path, "3-gate") == -1
+    cap = DiskCap(max_gb=2500 / 1e9)
+    cap.adopt(tmp_path)
+    new = tmp_path / "1-live-00004.mp4"
+    new.write_bytes(b"v" * 1000)
+    cap.add([new])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".mp4") == ["1-live-00003.mp4", "1-live-00004.mp4"]

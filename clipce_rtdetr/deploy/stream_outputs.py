@@ -23,12 +23,14 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
+from glob import escape as glob_escape
 from pathlib import Path
 
 import cv2
 import numpy as np
 from ultralytics.utils import LOGGER
 
+SEGMENT = re.compile(r"\d+-.+-\d{5}\.(mp4|avi|jsonl)")  # <camera>-<name>-<k>.<suffix>
 CODECS = ((".mp4", "avc1"), (".mp4", "mp4v"), (".avi", "MJPG"))  # preferred first: compressed where built in
 BACKLOG = 64  # annotated frames of one camera that may wait for its first writer to open
 
@@ -68,6 +70,13 @@ def _quiet_stderr():
         os.close(saved)
 
 
+def last_segment(folder: Path, stem: str) -> int:
+    """The highest segment number of `stem` already in `folder` (-1: none)."""
+    ks = [int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}-*") if (m := re.fullmatch(
+        rf"{re.escape(stem)}-(\d{{5}})\.\w+", p.name))] if folder.is_dir() else []  # fmt: skip
+    return max(ks, default=-1)
+
+
 def camera_stem(index: int, source: str) -> str:
     """File name stem of a camera's outputs: its number and the last part of its address or file name."""
     tail = re.split(r"[/\\]", str(source).rstrip("/"))[-1] or "stream"
@@ -84,6 +93,17 @@ class DiskCap:
         self.closed: deque[list[Path]] = deque()
         self.deleted = 0
         self._lock = threading.Lock()
+
+    def adopt(self, folder: Path) -> None:
+        """The segments already in `folder` (a service restarted into its run folder), oldest first."""
+        if not self.max_bytes or not folder.is_dir():
+            return
+        segments: dict[str, list[Path]] = {}
+        for p in folder.iterdir():
+            if SEGMENT.fullmatch(p.name):
+                segments.setdefault(p.name.rsplit(".", 1)[0], []).append(p)
+        for files in sorted(segments.values(), key=lambda fs: (min(p.stat().st_mtime for p in fs), fs[0].name)):
+            self.closed.append(files)
 
     def add(self, files: list[Path]) -> None:
         if not self.max_bytes:
@@ -122,7 +142,7 @@ class CameraOutputs:
         self.folder, self.stem, self.source = Path(folder), stem, source
         self.video, self.jsonl, self.cap, self.opener = video, jsonl, cap, opener
         self.segment_s = segment_min * 60 if segment_min and segment_min > 0 else 0.0
-        self.k = -1  # number of the last segment asked for
+        self.k = last_segment(self.folder, stem)  # number of the last segment asked for: a rerun never overwrites
         self.started = 0.0
         self.writer: cv2.VideoWriter | None = None
         self.lines = None
@@ -132,7 +152,7 @@ class CameraOutputs:
         self.frames_written = 0
 
     def _name(self, k: int, suffix: str) -> Path:
-        return self.folder / (f"{self.stem}-{k:05d}{suffix}" if self.segment_s else f"{self.stem}{suffix}")
+        return self.folder / f"{self.stem}-{k:05d}{suffix}"
 
     def _ask(self, fps: float, size: tuple[int, int]) -> None:
         """Open the next segment's writer on the opener thread."""
@@ -225,6 +245,7 @@ class RunOutputs:
     def __init__(self, folder: Path, sources: list[str], video: bool, jsonl: bool, segment_min: float,
                  max_gb: float):  # fmt: skip
         self.cap = DiskCap(max_gb)
+        self.cap.adopt(Path(folder))  # segments of an earlier run in this folder (exist_ok=True) count too
         self.opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer-open")
         self.cameras = [CameraOutputs(folder, camera_stem(i, s), s, video, jsonl, segment_min, self.cap, self.opener)
                         for i, s in enumerate(sources)]  # fmt: skip
