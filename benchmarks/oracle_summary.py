@@ -40,6 +40,8 @@ def comparisons(record: dict) -> dict[tuple[str, str], dict]:
 def _cell(ci: dict | None) -> str:
     if not ci or math.isnan(ci.get("mean", math.nan)):
         return "–"
+    if math.isnan(ci["low"]):  # one pair: no interval
+        return f"{ci['mean']:+.3f} (1 seed)"
     text = f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
     return f"**{text}**" if ci["low"] > 0 or ci["high"] < 0 else text
 
@@ -77,6 +79,7 @@ def plot(found: dict[str, dict], path: Path) -> Path:
             ]
             ax.errorbar(x, mean, yerr=err, fmt="o", capsize=3, label="all val" if scope == "all" else "heavy haze")
         ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_title(grid.replace("_", ", "))
     axes[0][0].set_ylabel("ΔmAP50 (95 % CI over seeds)")
