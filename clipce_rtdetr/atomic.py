@@ -28,10 +28,17 @@ class AtomicWriteError(ClipCEError, OSError):
         self.errno = getattr(cause, "errno", None)
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
 def temp_path_for(path: str | Path) -> Path:
-    """A fresh hidden name beside `path` that keeps its suffix (cv2.imwrite and torch pick formats by suffix)."""
+    """A fresh hidden name beside `path` that keeps its suffix (cv2.imwrite and torch pick formats by suffix).
+    The stem is shortened where needed, so a target whose own name is near the limit still gets a valid one."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    tail = f".{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}"
+    room = max(0, NAME_MAX - 1 - len(tail.encode()))
+    stem = path.stem.encode()[:room].decode("utf-8", "ignore")  # whole characters only
+    return path.with_name(f".{stem}{tail}")
 
 
 def _fsync_file(path: Path) -> None:

@@ -77,3 +77,12 @@ def test_failed_write_keeps_the_old_file_and_names_it(small_disk):
             f.write("x" * (1 << 20))
     assert target.read_text() == '{"old": true}'
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler.bin", "report.json"]
+
+
+@pytest.mark.parametrize("stem", ["a" * 250, "é" * 125])  # 250 bytes either way: a valid name, near the limit
+def test_a_name_near_the_file_name_limit_is_written_atomically(tmp_path, stem):
+    target = tmp_path / f"{stem}.txt"
+    target.write_text("old")  # the file system takes the name itself
+    write_text(target, "new")
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
