@@ -145,11 +145,11 @@ class Pipeline:
         while (item := self.q_pre.get()) is not END:
             self.room.release()
             frames, im = item
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.thread_time()
             preds = self.predictor.inference(im)
             if im.device.type == "cuda":
                 torch.cuda.synchronize(im.device)  # the engine's time, not the launch's
-            clock.add(time.perf_counter() - t, len(frames))
+            clock.add(time.perf_counter() - t, len(frames), time.thread_time() - cpu)  # cpu: a one-thread CPU engine
             self._put(self.q_post, (frames, im, preds))
         self._put(self.q_post, END)
 

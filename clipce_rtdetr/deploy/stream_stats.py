@@ -74,22 +74,24 @@ class StageClock:
 
     def __init__(self, name: str):
         self.name = name
-        self.busy = 0.0
+        self.busy = self.cpu = 0.0
         self.count = 0
         self.items = 0
         self._lock = threading.Lock()
         self.t0 = time.perf_counter()
 
-    def add(self, seconds: float, items: int = 1) -> None:
+    def add(self, seconds: float, items: int = 1, cpu: float = 0.0) -> None:
+        """`seconds` of wall time in the stage for `items` frames; `cpu`: the CPU time its thread used meanwhile."""
         with self._lock:
             self.busy += seconds
+            self.cpu += cpu
             self.count += 1
             self.items += items
 
     def restart(self) -> None:
         """Forget what was measured so far (the warm-up)."""
         with self._lock:
-            self.busy, self.count, self.items, self.t0 = 0.0, 0, 0, time.perf_counter()
+            self.busy, self.cpu, self.count, self.items, self.t0 = 0.0, 0.0, 0, 0, time.perf_counter()
 
     def figures(self) -> dict[str, float]:
         wall = time.perf_counter() - self.t0
@@ -97,6 +99,7 @@ class StageClock:
             "ms_per_call": round(1e3 * self.busy / self.count, 3) if self.count else 0.0,
             "ms_per_frame": round(1e3 * self.busy / self.items, 3) if self.items else 0.0,
             "busy_fraction": round(self.busy / wall, 4) if wall > 0 else 0.0,
+            "cpu_fraction": round(self.cpu / wall, 4) if wall > 0 else 0.0,
         }
 
 
