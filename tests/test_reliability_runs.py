@@ -4,6 +4,7 @@ with other classes, an empty val folder."""
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -71,12 +72,15 @@ def test_val_coco_of_a_model_on_a_dataset_with_other_classes_is_refused_naming_b
     names = cfg["names"] if isinstance(cfg["names"], dict) else dict(enumerate(cfg["names"]))
     other = {k: f"other-{v}" for k, v in names.items()}  # the same images, other classes
     y = tmp_path / "other.yaml"
-    y.write_text(yaml.safe_dump({**cfg, "path": str(Path(data).parent / cfg.get("path", ".")), "names": other}))
+    # path: relative to this YAML (not to the current folder), so Ultralytics is given a pinned copy of it
+    images = os.path.relpath(Path(data).parent / cfg.get("path", "."), tmp_path)
+    y.write_text(yaml.safe_dump({**cfg, "path": images, "names": other}))
     model = ClipCERTDETR(str(interrupted_run / "weights" / "last.pt"))
     project = tmp_path / "vals"
     with pytest.raises(ClipCEError, match=r"(?s)knows other classes.*model: .*dataset: .*other-") as err:
         model.val(data=str(y), coco=True, imgsz=64, batch=8, device="cpu", project=str(project), name="v")
     assert str(names[0]) in str(err.value)
+    assert f"the dataset {y} (" in str(err.value)  # the user's YAML, not the pinned copy Ultralytics was given
     assert not project.exists()  # refused before the validator made a run folder
 
 

@@ -29,6 +29,9 @@ import yaml
 from clipce_rtdetr import atomic
 from clipce_rtdetr.errors import ClipCEError
 
+PINNED_FOLDERS = ("data-yamls", "clipce-data-yamls")  # under $CLIPCE_HOME, else under the temp folder
+PINNED_HEADER = "# {source} with path: {raw} resolved\n"  # first line of a pinned copy: whose copy it is
+
 
 def _ultralytics_datasets_dir() -> Path:
     from ultralytics.data.utils import DATASETS_DIR  # the one check_det_dataset falls back to
@@ -91,15 +94,31 @@ def yaml_for_ultralytics(yaml_path: Path, cfg: dict[str, Any]) -> Path:
 
     text = yaml.safe_dump({**cfg, "path": str(root.resolve())}, sort_keys=False, allow_unicode=True)
     key = hashlib.sha256(f"{Path(yaml_path).resolve()}\n{text}".encode()).hexdigest()[:16]
-    for folder in (home() / "data-yamls", Path(tempfile.gettempdir()) / "clipce-data-yamls"):  # home read-only
+    for folder in (home() / PINNED_FOLDERS[0], Path(tempfile.gettempdir()) / PINNED_FOLDERS[1]):  # home read-only
         pinned = folder / f"{Path(yaml_path).stem}-{key}.yaml"
         try:
             if not pinned.is_file() or pinned.read_text(encoding="utf-8").split("\n", 1)[-1] != text:
                 pinned.parent.mkdir(parents=True, exist_ok=True)
-                atomic.write_text(pinned, f"# {Path(yaml_path).resolve()} with path: {cfg['path']} resolved\n{text}")
+                header = PINNED_HEADER.format(source=Path(yaml_path).resolve(), raw=cfg["path"])
+                atomic.write_text(pinned, header + text)
             break
         except OSError:
-            if folder.name != "data-yamls":
+            if folder.name != PINNED_FOLDERS[0]:
                 raise
     LOGGER.info(f"Dataset YAML {yaml_path}: path: {cfg['path']} is {root} (beside the YAML); running on {pinned}.")
     return pinned
+
+
+def user_yaml(path: str | Path) -> Path:
+    """The user's own YAML behind a pinned copy (named in the copy's first line), so messages name the file the
+    user gave; any other path as it is."""
+    path = Path(path)
+    if path.parent.name not in PINNED_FOLDERS:
+        return path
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().rstrip("\n")
+    except (OSError, UnicodeDecodeError):
+        return path
+    source, sep, _ = first.removeprefix("# ").rpartition(" with path: ")
+    return Path(source) if first.startswith("# ") and sep and first.endswith(" resolved") else path

@@ -389,6 +389,7 @@ def check_same_classes(model, data_yaml: str | Path, single_cls=None) -> None:
     Only a model loaded from a checkpoint has classes of its own (a model built from a YAML is untrained)."""
     from ultralytics.nn.autobackend import check_class_names
 
+    from clipce_rtdetr.data.data_root import user_yaml
     from clipce_rtdetr.data.dataset import load_data_yaml
 
     if not getattr(model, "ckpt", None) or single_cls:
@@ -399,7 +400,7 @@ def check_same_classes(model, data_yaml: str | Path, single_cls=None) -> None:
         diff = next((k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)), None)
         raise ClipCEError(
             f"val coco=True: the model {getattr(model, 'ckpt_path', '') or ''} knows other classes than the dataset "
-            f"{data_yaml} (first difference at class {diff}: {mine.get(diff)!r} vs {theirs.get(diff)!r}).\n"
+            f"{user_yaml(data_yaml)} (first difference at class {diff}: {mine.get(diff)!r} vs {theirs.get(diff)!r}).\n"
             f"  model:   {_listed(mine)}\n  dataset: {_listed(theirs)}\n"
             "COCO metrics pair classes by number, so they would score the wrong classes. Validate on a dataset with "
             "the model's classes (same names, same order), or convert the data with names= in the model's order."
