@@ -144,3 +144,15 @@ def test_deprecated_keys_are_mapped_in_every_mode():
     assert check_overrides({"half": True, "int8": True})[0] == {"quantize": 8}  # int8 wins over half
     assert check_overrides({"half": "False"})[0] == {"quantize": None}  # a false flag clears precision
     assert check_overrides({"half": True, "quantize": 32})[0] == {"quantize": 32}  # quantize= wins
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_refused_engine_export_generates_no_calibration_dataset(yolo_pts, tmp_path, monkeypatch, capsys):
+    """format=engine on a machine without a GPU is refused before data= is resolved: a dataset name (hazy-shapes)
+    is not generated first (it was: 256 images made, then 'Nothing was written')."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("CLIPCE_HOME", str(home))
+    pt = _copy(yolo_pts["yolo11n"], tmp_path / "models")
+    assert entrypoint(["export", f"model={pt}", "format=engine", "int8", "data=hazy-shapes", "imgsz=64"]) == 2
+    assert "needs an NVIDIA GPU" in capsys.readouterr().err
+    assert not home.exists() and [p.name for p in pt.parent.iterdir()] == ["yolo11n.pt"]

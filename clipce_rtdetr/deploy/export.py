@@ -397,8 +397,7 @@ def checked_or_quarantined(model, f: str, fmt: str, info: dict[str, Any], proj: 
 # ------------------------------------------------------------------------------------------------ entry
 def prepared_kwargs(kwargs: dict[str, Any], proj: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(format, exporter arguments): Ultralytics' deprecated keys and quantize aliases mapped as it maps them, the
-    format's packages present (before anything is written, even a generated dataset), project dataset names
-    resolved."""
+    format's packages present (before anything is written, even a generated dataset)."""
     from ultralytics.cfg import QUANTIZE_ALIASES, _handle_deprecation
 
     kwargs = _handle_deprecation(dict(kwargs))  # half/int8 -> quantize, as Ultralytics does
@@ -407,11 +406,16 @@ def prepared_kwargs(kwargs: dict[str, Any], proj: dict[str, Any]) -> tuple[str, 
     if kwargs.get("quantize") is not None:
         kwargs["quantize"] = QUANTIZE_ALIASES.get(str(kwargs["quantize"]).lower(), kwargs["quantize"])
     check_export_packages(fmt, kwargs, check=fmt in ("onnx", "engine") and bool(proj.get("export_check", True)))
+    return fmt, kwargs
+
+
+def resolve_calibration_data(fmt: str, kwargs: dict[str, Any], proj: dict[str, Any]) -> None:
+    """Project dataset names in data= (hazy-shapes, ...) -> YAML path, in place. Run after preflight: a name may
+    generate a dataset, which must not happen for an export that is then refused (no GPU, no tensorrt, ...)."""
     if kwargs.get("data") and fmt in ("onnx", "engine"):
-        from clipce_rtdetr.data.dataset import resolve_data  # project dataset names (hazy-shapes, ...) -> YAML path
+        from clipce_rtdetr.data.dataset import resolve_data
 
         kwargs["data"] = resolve_data(kwargs["data"], allow_download=bool(proj.get("allow_download")))
-    return fmt, kwargs
 
 
 def run_exporter(model, fmt: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -454,6 +458,7 @@ def export_checked(model, proj: dict[str, Any], **kwargs: Any) -> str:
 
     fmt, kwargs = prepared_kwargs(kwargs, proj)
     preflight(model, fmt, kwargs, proj)
+    resolve_calibration_data(fmt, kwargs, proj)
     model.export_report = None
     checked = fmt in ("onnx", "engine") and proj.get("export_check", True)
     aside = set_aside(expected_outputs(model, fmt, kwargs.get("quantize"))) if checked else {}
