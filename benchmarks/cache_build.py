@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -78,25 +79,28 @@ def role_main(args) -> None:
 
     labels = read_labels(args.labels)
     bundle = load_clip(args.clip_spec)
+    cpu0 = 0.0
     n = sum(len(lb["cls"]) for lb in labels)
     shards = Path(args.shards)
     if args.role == "bare":
         crops = torch.cat([c for c, _ in cache_build.SourceCrops(labels, bundle.image_size, 0.1)])
         x = normalise(crops, bundle.mean, bundle.std)
         bundle.encode_images(x[: args.batch], args.batch)  # warm-up
-        start = time.time()
+        start, cpu0 = time.time(), sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
         bundle.encode_images(x, args.batch)
     elif args.role == "share":
         bundle.encode_images(torch.zeros(2, 3, bundle.image_size, bundle.image_size), 2)  # warm-up
+        (shards / f"ready{args.rank}").touch()
         while not Path(args.go).exists():  # both processes start together
             time.sleep(0.01)
-        start = time.time()
+        start, cpu0 = time.time(), sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
         cache_build.build_share(labels, bundle, 0.1, args.batch, "cpu", shards, args.rank, args.world, progress=False)
     else:  # merge: from the shards there are (none: the one-process build)
         bundle.encode_images(torch.zeros(2, 3, bundle.image_size, bundle.image_size), 2)
-        start = time.time()
+        start, cpu0 = time.time(), sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
         cache_build.merge_shards(labels, bundle, 0.1, args.batch, "cpu", shards, shards / "m.f16", progress=False)
-    print(json.dumps({"start": start, "end": time.time(), "objects": n}), flush=True)
+    cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0
+    print(json.dumps({"start": start, "end": time.time(), "objects": n, "cpu_s": cpu}), flush=True)
 
 
 def run_role(args, role: str, shards: Path, rank: int = 0, world: int = 1, go: Path | None = None):
@@ -119,14 +123,17 @@ def measure(args, tmp: Path, repeat: int) -> dict:
     shards = tmp / f"bare{repeat}"
     r = result(run_role(args, "bare", shards))
     out["bare"] = r["objects"] / (r["end"] - r["start"])
+    out["cpu_s_per_object"] = {"bare": r["cpu_s"] / r["objects"]}
     shards = tmp / f"one{repeat}"
     r = result(run_role(args, "merge", shards))
     out["one"] = r["objects"] / (r["end"] - r["start"])
+    out["cpu_s_per_object"]["one"] = r["cpu_s"] / r["objects"]
     shards = tmp / f"two{repeat}"
     shards.mkdir()
     go = shards / "go"
     procs = [run_role(args, "share", shards, rank, 2, go) for rank in (0, 1)]
-    time.sleep(args.settle)  # both have loaded CLIP by now; they wait for `go`
+    while not all((shards / f"ready{r}").exists() for r in (0, 1)):  # both have loaded CLIP; they wait for `go`
+        time.sleep(0.05)
     go.touch()
     shares = [result(p) for p in procs]
     merge = result(run_role(args, "merge", shards))
@@ -134,6 +141,8 @@ def measure(args, tmp: Path, repeat: int) -> dict:
     out["two"] = merge["objects"] / wall
     out["two_shares_s"] = [round(s["end"] - s["start"], 2) for s in shares]
     out["two_merge_s"] = round(merge["end"] - merge["start"], 2)
+    out["cpu_s_per_object"]["two"] = (sum(s["cpu_s"] for s in shares) + merge["cpu_s"]) / merge["objects"]
+    out["cpu_share_of_wall"] = round(sum(s["cpu_s"] for s in shares) / max(s["end"] - s["start"] for s in shares), 2)
     return out
 
 
@@ -144,7 +153,6 @@ def main() -> None:
     ap.add_argument("--clip", default="ViT-B-32", help="open_clip architecture (random weights)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--settle", type=float, default=30.0, help="seconds for the 2 share processes to load CLIP")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cache_build"))
     for k in ("--role", "--labels", "--clip-spec", "--shards", "--go"):
         ap.add_argument(k, default=None, help=argparse.SUPPRESS)

@@ -259,6 +259,28 @@ def test_bad_arguments_stop_every_process_with_one_line(readonly_dataset, own_da
     assert "gloo" not in out.lower() and "clipce_rtdetr/" not in out  # no worker traceback, only torchrun's summary
 
 
+
+def test_nodes_with_different_labels_both_stop(own_dataset, tiny_hazy_shapes, tmp_path):
+    """Two simulated nodes whose node-local copies of the dataset differ in one label: both stop before any heavy
+    work, naming the training images' path (object ids would index another dataset's weight table)."""
+    other = _copy_dataset(tiny_hazy_shapes, tmp_path / "other")
+    label = sorted((other.parent / "labels" / "train").glob("*.txt"))[0]
+    label.write_text(label.read_text().replace("0.", "0.0", 1))  # one box a little elsewhere
+    port = _free_port()
+    launch = ["--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    start = time.monotonic()
+    nodes = []
+    for i, data in enumerate((own_dataset, other)):
+        args = [*TRAIN, f"data={data}", "clipce=prior", f"project={tmp_path / 'runs'}", "name=job", "epochs=1"]
+        nodes.append(_torchrun([*launch, "--node_rank", str(i)], ["-m", "clipce_rtdetr"], args, _env(tmp_path),
+                               tmp_path))
+    outs = [_finish(p, ok=False) for p in nodes]
+    assert all(p.returncode != 0 for p in nodes) and time.monotonic() - start < 300
+    for out in outs:
+        assert "the processes of this job read different training labels" in out, out[-3000:]
+        assert "images/train" in out
+
+
 def test_missing_clip_weights_reported_at_start(own_dataset, tmp_path):
     args = [*TRAIN, f"data={own_dataset}", "clipce=fame", f"clip=clipce-tiny:{tmp_path / 'nope.safetensors'}"]
     args += [f"project={tmp_path / 'runs'}"]
