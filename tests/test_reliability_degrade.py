@@ -98,3 +98,18 @@ def test_interrupted_run_resumes_from_its_journal_and_redoes_unrecorded_outputs(
     assert (out / "images" / "val" / "a.png").stat().st_mtime_ns == a_mtime  # recorded in the journal: kept
     assert {p.name: p.read_bytes() for p in (out / "images" / "val").iterdir()} == full
     assert len(read_rows(out)) == 6 and not (out / JOURNAL_FILE).exists()
+
+
+def test_rerun_removes_outputs_whose_source_was_deleted_but_nothing_else(tmp_path):
+    """A source image deleted (with its label) after a run: the rerun removes the degraded copy and its label copy it
+    made, so the new dataset holds no image without a source; a file the user put in out= stays."""
+    src, y, out, _ = first_run(tmp_path)
+    (src / "images" / "val" / "b.png").unlink()
+    (src / "labels" / "val" / "b.txt").unlink()
+    mine = out / "images" / "val" / "mine.png"  # not made by degrade: never deleted
+    mine.write_bytes((out / "images" / "val" / "a.png").read_bytes())
+    degrade(y, out, processes=1, progress=False)
+    assert not (out / "images" / "val" / "b.png").exists() and not (out / "labels" / "val" / "b.txt").exists()
+    assert mine.exists() and (out / "images" / "val" / "a.png").exists() and (out / "labels" / "val" / "a.txt").exists()
+    assert "images/val/b.png" not in {r["im_file"] for r in read_rows(out)}
+    assert len(read_rows(out)) == 5

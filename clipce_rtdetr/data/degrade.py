@@ -151,11 +151,14 @@ def degrade(
 
     A rerun with the same settings resumes: an image counts as done only when every output it owns is there (the
     degraded image and a copy of its label file; its degradation.csv row and COCO entry are rewritten every run).
+    Images an earlier run made from a source that is gone are removed with their label copies.
     """
     req = check_request(data, out, kind, level, depth, ranges or {}, seed)
     out = req["out"]
     images, lists, new_cfg = list_images(req["cfg"], req["yaml"], req["root"], out)
-    plan = plan_jobs(images, req, out, degrade_record.load(out / CSV_FILE))
+    records = degrade_record.load(out / CSV_FILE)
+    plan = plan_jobs(images, req, out, records)
+    plan["removed"] = degrade_record.remove_orphans(out, records, {r["im_file"] for r in plan["rows"]})
     write_run_files(out, req["settings"], lists, plan["jobs"])
     log_resume(plan, out)
     journal = degrade_record.Journal(out)
@@ -312,6 +315,8 @@ def log_resume(plan: dict[str, Any], out: Path) -> None:
     if plan["done"] or plan["restored"]:
         restored = f"; {plan['restored']} of their label files restored" if plan["restored"] else ""
         LOGGER.info(f"Resuming: {plan['done']} of {len(plan['rows'])} images already done in {out}{restored}.")
+    if plan.get("removed"):
+        LOGGER.info(f"Removed {plan['removed']} degraded images (with their label copies) from {out}: source gone.")
     if plan["stale"]:
         LOGGER.info(
             f"Redoing {plan['stale']} degraded images in {out} whose source (image or depth map) changed since they "

@@ -86,6 +86,29 @@ def is_current(paths: Sequence[Path], record: dict[str, str] | None) -> dict[str
     return None
 
 
+def remove_orphans(out: Path, records: dict[str, dict[str, str]], current: set[str]) -> int:
+    """Delete the degraded images (and their label copies) that a previous run made (`records`, from load()) from a
+    source that is no longer listed (deleted, or dropped from its split), so the new dataset holds no image without
+    a source. Only paths a record names, inside `out`, are touched: a file degrade did not make is never deleted.
+    Returns how many images were removed."""
+    from ultralytics.data.utils import img2label_paths  # a string substitution: the label copy degrade made
+
+    root = out.resolve()
+    gone = [rel for rel in records if rel not in current]
+    removed = 0
+    for rel, label in zip(gone, img2label_paths([str(out / rel) for rel in gone])):
+        image = out / rel
+        if not image.resolve().is_relative_to(root) or image.resolve() == root:  # a damaged record: not ours
+            continue
+        if image.is_file():  # else already gone: its label copy may still be there
+            image.unlink()
+            removed += 1
+        label = Path(label)
+        if label != image and label.resolve().is_relative_to(root):
+            label.unlink(missing_ok=True)
+    return removed
+
+
 class Journal:
     """Appends one line per finished image, flushed at once, so a run killed part-way keeps its records."""
 
