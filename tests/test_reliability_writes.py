@@ -86,3 +86,34 @@ def test_a_name_near_the_file_name_limit_is_written_atomically(tmp_path, stem):
     write_text(target, "new")
     assert target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+@pytest.mark.parametrize("save_as", ["", "stripped.pt"])
+def test_stripped_checkpoint_log_names_the_final_file_not_the_temporary_one(tmp_path, save_as):
+    """final_eval's strip_optimizer writes to a temporary file renamed over last.pt: its log line must name the file
+    the user gets (the temporary one no longer exists)."""
+    import logging
+
+    import torch
+    import ultralytics.engine.trainer as ul_trainer
+    from ultralytics.utils import LOGGER
+
+    from clipce_rtdetr.engine.checkpoint_writes import atomic_strip_optimizer
+
+    last = tmp_path / "weights" / "last.pt"
+    last.parent.mkdir()
+    torch.save({"model": torch.nn.Linear(2, 2), "optimizer": {"state": 1}}, last)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    try:
+        with atomic_strip_optimizer():
+            ul_trainer.strip_optimizer(last, s=str(tmp_path / save_as) if save_as else "")
+    finally:
+        LOGGER.removeHandler(handler)
+    said = [m for m in lines if "Optimizer stripped" in m]
+    assert len(said) == 1 and ".tmp" not in said[0], said
+    assert said[0].startswith(f"Optimizer stripped from {last},")
+    assert (f"saved as {tmp_path / save_as}," in said[0]) == bool(save_as)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]  # no temporary file left behind

@@ -4,11 +4,12 @@ Ultralytics writes checkpoints in place (`self.last.write_bytes(...)` in `save_m
 `strip_optimizer` at the end of training), so a failed write truncates the only good copy and resume refuses it.
 Both are routed through `clipce_rtdetr.atomic` here, without copying Ultralytics code: the trainer's checkpoint
 paths become `AtomicWritePath`s around `save_model`, and `strip_optimizer` writes to a temporary file that is then
-renamed over the checkpoint.
+renamed over the checkpoint (its log line is made to name the checkpoint, not the temporary file).
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,33 @@ def atomic_strip_optimizer():
 
     def strip_atomically(f: str | Path = "best.pt", s: str = "", updates: dict[str, Any] | None = None):
         with atomic_path(Path(s or f), missing_ok=True) as tmp:  # no file: not a checkpoint, skipped with a warning
-            return original(f, s=str(tmp), updates=updates)
+            with _log_names_final_file(tmp, s):
+                return original(f, s=str(tmp), updates=updates)
 
     ul_trainer.strip_optimizer = strip_atomically
     try:
         yield
     finally:
         ul_trainer.strip_optimizer = original
+
+
+@contextmanager
+def _log_names_final_file(tmp: Path, s: str | Path):
+    """strip_optimizer logs the file it saved to, which here is the temporary one, gone after the rename: its line
+    names the file the user gets instead (`s`, or nothing extra when the checkpoint is stripped in place)."""
+    from ultralytics.utils import LOGGER
+
+    shown = f" saved as {tmp},"
+    final = f" saved as {s}," if s else ""
+
+    def rename(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if shown in message:
+            record.msg, record.args = message.replace(shown, final), ()
+        return True
+
+    LOGGER.addFilter(rename)
+    try:
+        yield
+    finally:
+        LOGGER.removeFilter(rename)
