@@ -91,5 +91,7 @@ def test_bad_conditions_refused():
         check_conditions(["rain", "hail"])
     with pytest.raises(ClipCEError, match="twice"):
         check_conditions(["rain", "rain"])
+    with pytest.raises(ClipCEError, match="Write 'haze\\+rain' as 'rain\\+haze'"):
+        check_conditions(["haze+rain"])  # a known mix in another order: the spelling degrade uses is named
     assert entrypoint(["robustness", "data=hazy-shapes"]) != 0  # no model: a clear error, exit code not 0
     assert os.environ["CLIPCE_HOME"]  # the cache lives under the test session's own home

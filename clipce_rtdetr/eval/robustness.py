@@ -17,12 +17,12 @@ import hashlib
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from clipce_rtdetr.atomic import write_text
 from clipce_rtdetr.errors import ClipCEError
 
 SEVERITY_COUNT = 5
@@ -49,7 +49,10 @@ def check_conditions(conditions) -> list[str]:
     conds = [str(c) for c in (conditions or default_conditions())]
     bad = [c for c in conds if c not in KINDS]
     if bad:
-        raise ClipCEError(f"conditions: unknown {bad}; valid conditions are {', '.join(KINDS)}.")
+        # A known mix written in another order (haze+rain): name the spelling degrade uses (camera outwards).
+        same = {c: k for c in bad for k in KINDS if "+" in c and sorted(c.split("+")) == sorted(k.split("+"))}
+        hint = "".join(f" Write '{c}' as '{k}' (mixes are named from the camera outwards)." for c, k in same.items())
+        raise ClipCEError(f"conditions: unknown {bad}; valid conditions are {', '.join(KINDS)}.{hint}")
     if len(set(conds)) != len(conds):
         raise ClipCEError(f"conditions={conds} names a condition twice.")
     return conds
@@ -118,14 +121,8 @@ def split_source(yaml_path: Path, split: str, folder: Path) -> Path:
     out = folder / "source.yaml"
     text = yaml.safe_dump(src, sort_keys=False, allow_unicode=True)
     if not out.is_file() or out.read_text(encoding="utf-8") != text:
-        atomic_write(out, text)
+        write_text(out, text)
     return out
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------- cells
@@ -205,7 +202,7 @@ def evaluate_model(model: str, ctx: dict[str, Any], bar) -> dict[str, Any]:
                                   **evaluate_cell(det, data, split, ctx["val_kwargs"], ctx["workdir"],
                                                   f"{Path(model).stem}-{name}")}  # fmt: skip
             rec_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(rec_file, json.dumps(rec, indent=2))
+            write_text(rec_file, json.dumps(rec, indent=2))
             made += 1
         bar.update(1)
     # The record file may hold cells of other conditions (an earlier run's grid): report this grid's only.
