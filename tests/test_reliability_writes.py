@@ -117,3 +117,57 @@ def test_stripped_checkpoint_log_names_the_final_file_not_the_temporary_one(tmp_
     assert said[0].startswith(f"Optimizer stripped from {last},")
     assert (f"saved as {tmp_path / save_as}," in said[0]) == bool(save_as)
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]  # no temporary file left behind
+
+
+def only_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_degraded_image_write_on_a_full_disk_keeps_the_old_image_and_leaves_no_temporary_file(small_disk):
+    """degrade_image.write_image goes through clipce_rtdetr.atomic: the error names the image, nothing half-written
+    stays beside it (a leftover would be picked up or fill the disk further on every retry)."""
+    import numpy as np
+
+    from clipce_rtdetr.data.degrade_image import write_image
+
+    dst = small_disk / "im.png"
+    write_image(np.zeros((8, 8, 3), np.uint8), dst)
+    old = dst.read_bytes()
+    fill(small_disk, leave=0)
+    noisy = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)  # PNG cannot compress it away
+    with pytest.raises(AtomicWriteError, match=rf"could not write {dst}"):
+        write_image(noisy, dst)
+    assert dst.read_bytes() == old and only_files(small_disk) == ["filler.bin", "im.png"]
+
+
+def test_robustness_source_yaml_on_a_full_disk_leaves_no_temporary_file(small_disk, tmp_path):
+    from test_degrade import _small_dataset
+
+    from clipce_rtdetr.eval.robustness import split_source
+
+    _small_dataset(tmp_path / "src")
+    y = tmp_path / "src" / "d.yaml"
+    y.write_text(f"path: {tmp_path / 'src'}\ntrain: images/train\nval: images/val\nnames: {{0: x}}\n")
+    folder = small_disk / "robustness"
+    folder.mkdir()
+    fill(small_disk, leave=0)
+    with pytest.raises(AtomicWriteError, match="source.yaml"):
+        split_source(y, "val", folder)
+    assert only_files(folder) == []
+
+
+def test_clip_hash_cache_on_a_full_disk_is_skipped_and_leaves_no_temporary_file(small_disk, tmp_path, monkeypatch):
+    import hashlib
+
+    from clipce_rtdetr.clip import weights
+
+    monkeypatch.setenv("CLIPCE_HOME", str(small_disk / "home"))
+    monkeypatch.setattr(weights, "_HASH_MEMO", {})
+    (small_disk / "home").mkdir()
+    (small_disk / "home" / "clip-sha256.json").write_text("{}")
+    f = tmp_path / "clip.safetensors"
+    f.write_bytes(b"weights")
+    fill(small_disk, leave=0)
+    assert weights.file_sha256(f) == hashlib.sha256(b"weights").hexdigest()  # the cache is optional
+    assert only_files(small_disk / "home") == ["clip-sha256.json"]
+    assert (small_disk / "home" / "clip-sha256.json").read_text() == "{}"

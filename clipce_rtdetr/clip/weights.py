@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from clipce_rtdetr.atomic import write_text
 from clipce_rtdetr.errors import ClipCEError
 from clipce_rtdetr.paths import home, weights_dirs
 
@@ -78,9 +79,7 @@ def file_sha256(path: str | Path) -> str:
     table[str(path)] = {"mtime_ns": st.st_mtime_ns, "size": st.st_size, "sha256": digest}
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1), encoding="utf-8")
-        os.replace(tmp, cache_file)
+        write_text(cache_file, json.dumps(table, indent=1), fsync=False)  # a cache: a lost update is recomputed
     except OSError:  # read-only home: the in-memory memo still helps
         pass
     return digest
@@ -351,13 +350,22 @@ def ultralytics_class(path: str | Path) -> str | None:
     return hit.group(1).decode() if hit else ("Ultralytics" if b"ultralytics." in data else None)
 
 
+def is_torch_file(path: Path, head: bytes) -> bool:
+    """What torch.load / torch.jit.load can read, told from the first bytes: a zip archive (torch.save since 1.6,
+    TorchScript), a pickle (legacy torch.save, protocol 2+ starts with 0x80) or a tar file (torch.save before 0.4)."""
+    import tarfile
+
+    return head.startswith((b"PK", b"\x80")) or tarfile.is_tarfile(path)
+
+
 def check_weights_file(spec: str, path: str | Path) -> None:
-    """A ClipCEError for a weights file that is unreadable, a damaged safetensors file, or an Ultralytics detector
+    """A ClipCEError for a weights file that is unreadable, a damaged safetensors file, a file that is no PyTorch
+    checkpoint at all (open_clip would answer with a bare pickle error such as '101'), or an Ultralytics detector
     checkpoint given as CLIP weights (torch would answer the last with advice on `weights_only`)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            f.read(1)
+            head = f.read(2)
     except OSError as e:
         raise ClipCEError(f"clip={spec}: cannot read the weights file {path} ({e.strerror or e}).") from None
     if path.suffix.lower() == ".safetensors":
@@ -372,6 +380,12 @@ def check_weights_file(spec: str, path: str | Path) -> None:
                 f"(e.g. a copy cut short) or not a safetensors file. See {README_HINT}."
             ) from None
         return
+    if not is_torch_file(path, head):
+        raise ClipCEError(
+            f"clip={spec}: {path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor a legacy "
+            f"pickle; it starts with {head!r}): a text file, an HTML error page saved as weights, or another format. "
+            f"See {README_HINT}."
+        )
     cls = ultralytics_class(path)
     if cls:
         raise ClipCEError(

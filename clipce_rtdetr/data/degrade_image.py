@@ -12,7 +12,6 @@ parameters exactly as the kind alone would.
 
 from __future__ import annotations
 
-import os
 import zlib
 from functools import lru_cache
 from pathlib import Path
@@ -20,17 +19,28 @@ from typing import Any
 
 import numpy as np
 
+from clipce_rtdetr.atomic import atomic_path
 from clipce_rtdetr.data import physics, weather
 from clipce_rtdetr.errors import ClipCEError
 
-# Bump when a kind's pixels or parameter draws change: caches of degraded copies (robustness) are keyed by it.
+# Bump when every kind's pixels or parameter draws change: caches of degraded copies (robustness) are keyed by it.
 SYNTHESIS_VERSION = 1
+# One kind's own revisions (bump one when only that kind changes: only copies of kinds containing it are redone).
+# snow 1: a flake's radiance is 0.9 x the sky light that lights it (it was a fixed 0.9, brighter than a dim sky).
+KIND_REVISIONS = {"snow": 1}
+UNRECORDED_SYNTHESIS = "1"  # the version of degrade outputs and robustness cells made before versions were recorded
 SINGLE_KINDS = ("haze", "lowlight", "underwater", "rain", "snow")
 # Mixed conditions, named camera-outwards: at most one of rain/snow, haze beyond it, the sensor's low light in front.
 MIXED_KINDS = ("rain+haze", "snow+haze", "lowlight+haze", "lowlight+rain", "lowlight+snow", "lowlight+rain+haze",
                "lowlight+snow+haze")  # fmt: skip
 KINDS = SINGLE_KINDS + MIXED_KINDS
 APPLY_ORDER = ("haze", "rain", "snow", "lowlight")  # scene -> camera
+
+
+def synthesis_version(kind: str) -> str:
+    """The version of `kind`'s synthesis, recorded with its outputs: '1', or with component revisions '1.snow1'."""
+    revs = [f"{c}{KIND_REVISIONS[c]}" for c in kind.split("+") if KIND_REVISIONS.get(c)]
+    return ".".join([str(SYNTHESIS_VERSION), *revs])
 
 
 def components(kind: str) -> tuple[str, ...]:
@@ -76,7 +86,6 @@ FIELDS = {
 }
 # A mixed kind records every component's fields and each component's own level (`<kind>_level`).
 FIELDS.update({m: tuple(f for c in components(m) for f in (*FIELDS[c], f"{c}_level")) for m in MIXED_KINDS})
-PART = ".part"
 
 
 # ----------------------------------------------------------------------------------------- parameters
@@ -209,9 +218,8 @@ def write_image(img: np.ndarray, dst: Path) -> None:
     ok, enc = cv2.imencode(dst.suffix, img)
     if not ok:
         raise ValueError(f"cannot be encoded as {dst.suffix}")
-    tmp = dst.with_name(dst.name + PART)
-    enc.tofile(str(tmp))
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:  # flushed before the rename; a failed write leaves no temporary file behind
+        enc.tofile(str(tmp))
 
 
 @lru_cache(maxsize=8)

@@ -44,14 +44,14 @@ def default_conditions() -> tuple[str, ...]:
 
 def check_conditions(conditions) -> list[str]:
     """The conditions asked for (default: every single kind), each a kind `degrade` knows, no repeats."""
+    from clipce_rtdetr.config import mix_spelling_hint
     from clipce_rtdetr.data.degrade_image import KINDS
 
     conds = [str(c) for c in (conditions or default_conditions())]
     bad = [c for c in conds if c not in KINDS]
     if bad:
         # A known mix written in another order (haze+rain): name the spelling degrade uses (camera outwards).
-        same = {c: k for c in bad for k in KINDS if "+" in c and sorted(c.split("+")) == sorted(k.split("+"))}
-        hint = "".join(f" Write '{c}' as '{k}' (mixes are named from the camera outwards)." for c, k in same.items())
+        hint = mix_spelling_hint(bad, KINDS)
         raise ClipCEError(f"conditions: unknown {bad}; valid conditions are {', '.join(KINDS)}.{hint}")
     if len(set(conds)) != len(conds):
         raise ClipCEError(f"conditions={conds} names a condition twice.")
@@ -179,6 +179,7 @@ def load_record(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate_model(model: str, ctx: dict[str, Any], bar) -> dict[str, Any]:
     """Every cell of the grid for one model: recorded cells reused, the rest evaluated (and recorded at once)."""
+    from clipce_rtdetr.data.degrade_image import UNRECORDED_SYNTHESIS, synthesis_version
     from clipce_rtdetr.models import load_detector
 
     model_hash = file_hash(Path(model))
@@ -190,7 +191,8 @@ def evaluate_model(model: str, ctx: dict[str, Any], bar) -> dict[str, Any]:
     for condition, severity in ctx["grid"]:
         name = cell_name(condition, severity)
         bar.set_description(f"robustness {Path(model).name} {name}")
-        if name in rec["cells"]:
+        version = synthesis_version(condition)  # a kind's revision redoes its cells only (its copies are redone too)
+        if name in rec["cells"] and rec["cells"][name].get("synthesis", UNRECORDED_SYNTHESIS) == version:
             reused += 1
         else:
             det = det or load_detector(model)
@@ -198,7 +200,7 @@ def evaluate_model(model: str, ctx: dict[str, Any], bar) -> dict[str, Any]:
                 data, split = ctx["data"], ctx["split"]
             else:
                 data, split = ctx["copies"](condition, severity), "val"
-            rec["cells"][name] = {"condition": condition, "severity": severity,
+            rec["cells"][name] = {"condition": condition, "severity": severity, "synthesis": version,
                                   **evaluate_cell(det, data, split, ctx["val_kwargs"], ctx["workdir"],
                                                   f"{Path(model).stem}-{name}")}  # fmt: skip
             rec_file.parent.mkdir(parents=True, exist_ok=True)
