@@ -140,3 +140,28 @@ def test_clip_train_reads_the_clip_before_the_dataset(detector_pt, tmp_path):
         from clipce_rtdetr.engine.clip_train.tool import clip_train
 
         clip_train(str(tmp_path / "no-such-dataset.yaml"), f"clipce-tiny:{detector_pt}", tmp_path / "c.safetensors")
+
+
+@pytest.fixture
+def text_pt(tmp_path) -> Path:
+    pt = tmp_path / "txt" / "clip.pt"
+    pt.parent.mkdir()
+    pt.write_text("<html>404 Not Found</html>\n")  # an error page saved under the weights' name
+    return pt
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [("detector_pt", "is an Ultralytics detector checkpoint (DetectionModel)"),
+     ("text_pt", "is not a PyTorch checkpoint (neither the zip archive")],
+)  # fmt: skip
+def test_ame_reads_the_clip_before_the_dataset(request, tmp_path, capsys, weights, message):
+    """`ame` loaded CLIP only after the dataset was resolved and scanned: with a dataset that does not exist, the
+    dataset's error came first (a real dataset was scanned, its label cache written). A text file named .pt was
+    'open_clip could not build the model from ...: Unsupported operand 60' with torch's weights_only advice."""
+    path = request.getfixturevalue(weights)
+    runs = tmp_path / "runs"
+    rc = entrypoint(["ame", f"data={tmp_path / 'no-such-dataset.yaml'}", f"clip=clipce-tiny:{path}", f"project={runs}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "not found" not in err, err
+    assert not runs.exists()

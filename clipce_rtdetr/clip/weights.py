@@ -383,8 +383,8 @@ def check_weights_file(spec: str, path: str | Path) -> None:
     if not is_torch_file(path, head):
         raise ClipCEError(
             f"clip={spec}: {path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor a legacy "
-            f"pickle; it starts with {head!r}): a text file, an HTML error page saved as weights, or another format. "
-            f"See {README_HINT}."
+            f"pickle; {f'it starts with {head!r}' if head else 'it is empty'}): a text file, an HTML error page saved "
+            f"as weights, or another format. See {README_HINT}."
         )
     cls = ultralytics_class(path)
     if cls:

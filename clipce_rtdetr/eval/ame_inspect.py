@@ -32,6 +32,20 @@ def load_split_labels(data_yaml: str, split: str) -> tuple[dict, list[dict], lis
     return data, ds.labels, ds.label_files
 
 
+def check_clip_first(overrides: dict[str, Any], data: Any, spec: str) -> None:
+    """clip= read before data= is generated or scanned, as train reads it: a missing, damaged or wrong weights file is
+    reported at once, not after a scan of the dataset. A built-in dataset without clip= brings its committed demo
+    CLIP (resolve_run_data), so there is nothing to check yet."""
+    from clipce_rtdetr.clip.loader import check_clip_weights, require_weights
+    from clipce_rtdetr.data.hazy_shapes import is_builtin
+
+    if "clip" in overrides:
+        require_weights(spec)
+    elif is_builtin(data):
+        return
+    check_clip_weights(spec)
+
+
 def run_ame_inspection(overrides: dict[str, Any]) -> Path:
     from ultralytics.cfg import get_save_dir
     from ultralytics.utils import LOGGER
@@ -43,6 +57,7 @@ def run_ame_inspection(overrides: dict[str, Any]) -> Path:
 
     ultra, a = check_overrides(overrides)
     split = ultra.get("split") or "val"
+    check_clip_first(overrides, ultra.get("data"), a["clip"])
     resolved = resolve_run_data({**overrides, "data": ultra.get("data")}, True, allow_download=a["allow_download"])
     a["clip"] = resolved.get("clip", a["clip"])
     data_yaml = resolved["data"]
