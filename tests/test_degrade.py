@@ -156,7 +156,9 @@ def test_resume_and_processes(tiny_hazy_shapes, tmp_path):
     # Interrupted run: some images never written, one half-written (temporary file), CSV not yet written.
     for f in files[:3]:
         (part / f).unlink()
-    (part / (str(files[4]) + ".part")).write_bytes(b"\x89PNG half")
+    from clipce_rtdetr.atomic import temp_path_for  # the name write_image's temporary file has (a kill leaves it)
+
+    temp_path_for(part / files[4]).write_bytes(b"\x89PNG half")
     (part / files[4]).unlink()
     (part / "degradation.csv").unlink()
     degrade(tiny_hazy_shapes, part, kind="haze", seed=2, processes=1, progress=False)
