@@ -89,18 +89,3 @@ def pytest_xdist_auto_num_workers(config) -> int:
         return int(env)
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook would otherwise run first)
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under `--dist loadgroup`, a test that uses a module-, class- or session-scoped fixture defined in its own test
-    file (a trained run, an exported model, a built wheel) runs on the same worker as the other tests of that file
-    that use one, so the fixture is built once, not once per worker. Other tests spread freely; an explicit
-    `xdist_group` marker is left as it is."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group"):
-            continue
-        module = item.nodeid.split("::")[0]
-        defs = [d for name in info.names_closure for d in info.name2fixturedefs.get(name, ())]
-        if any(d.scope != "function" and d.baseid == module for d in defs):
-            item.add_marker(pytest.mark.xdist_group(module))
