@@ -165,3 +165,15 @@ def test_ame_reads_the_clip_before_the_dataset(request, tmp_path, capsys, weight
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "not found" not in err, err
     assert not runs.exists()
+
+
+def test_train_reads_the_clip_before_the_dataset(detector_pt, tmp_path, capsys):
+    """train checked CLIP in the trainer, after the dataset was resolved and its labels scanned: with a dataset that
+    does not exist, the dataset's error came first."""
+    runs = tmp_path / "runs"
+    rc = entrypoint(["train", f"model={REPO / 'weights' / 'rtdetr-tiny-shapes.pt'}",
+                     f"data={tmp_path / 'no-such-dataset.yaml'}", "clipce=fame", f"clip=clipce-tiny:{detector_pt}",
+                     f"project={runs}", "device=cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "is an Ultralytics detector checkpoint" in err and "not found" not in err, err
+    assert not runs.exists()

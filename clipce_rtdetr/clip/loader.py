@@ -181,8 +181,15 @@ def check_clip_weights(spec: str) -> None:
     """`clip=` loaded once on the CPU and dropped, so that missing, unreadable or wrong weights (another model's, a
     damaged file, a detector checkpoint) are reported before a command makes a run folder or scans a dataset. The
     cost is one load of the model (seconds for ViT-B-32); it is the loader's own path, so nothing passes here that
-    fails later."""
+    fails later. A spec that passed is not loaded again in the same process (train checks before the dataset and
+    again in the trainer)."""
+    if spec in _CHECKED_SPECS:
+        return
     load_clip(spec, device="cpu")
+    _CHECKED_SPECS.add(spec)
+
+
+_CHECKED_SPECS: set[str] = set()
 
 
 def load_clip(spec: str, device: str | torch.device = "cpu") -> ClipBundle:

@@ -72,6 +72,19 @@ def resolve_data(
     return str(yaml_for_ultralytics(p, cfg)) if for_ultralytics else str(p)
 
 
+def check_clip_first(overrides: dict[str, Any], data: Any, spec: str) -> None:
+    """clip= read before data= is generated or scanned, as train reads it: a missing, damaged or wrong weights file is
+    reported at once, not after a scan of the dataset. A built-in dataset without clip= brings its committed demo
+    CLIP (resolve_run_data), so there is nothing to check yet."""
+    from clipce_rtdetr.clip.loader import check_clip_weights, require_weights
+
+    if "clip" in overrides:
+        require_weights(spec)
+    elif hazy_shapes.is_builtin(data):
+        return
+    check_clip_weights(spec)
+
+
 def resolve_run_data(kwargs: dict[str, Any], needs_clip: bool, **resolve_kwargs) -> dict[str, Any]:
     """`kwargs` with data= resolved to a dataset YAML and, when the run scores with CLIP but no clip= is given,
     clip= set to the dataset's own CLIP if it has one (the built-in demo brings its demo CLIP, since the default

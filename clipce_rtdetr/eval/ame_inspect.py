@@ -32,27 +32,13 @@ def load_split_labels(data_yaml: str, split: str) -> tuple[dict, list[dict], lis
     return data, ds.labels, ds.label_files
 
 
-def check_clip_first(overrides: dict[str, Any], data: Any, spec: str) -> None:
-    """clip= read before data= is generated or scanned, as train reads it: a missing, damaged or wrong weights file is
-    reported at once, not after a scan of the dataset. A built-in dataset without clip= brings its committed demo
-    CLIP (resolve_run_data), so there is nothing to check yet."""
-    from clipce_rtdetr.clip.loader import check_clip_weights, require_weights
-    from clipce_rtdetr.data.hazy_shapes import is_builtin
-
-    if "clip" in overrides:
-        require_weights(spec)
-    elif is_builtin(data):
-        return
-    check_clip_weights(spec)
-
-
 def run_ame_inspection(overrides: dict[str, Any]) -> Path:
     from ultralytics.cfg import get_save_dir
     from ultralytics.utils import LOGGER
     from ultralytics.utils.torch_utils import select_device
 
     from clipce_rtdetr.config import check_overrides
-    from clipce_rtdetr.data.dataset import resolve_run_data
+    from clipce_rtdetr.data.dataset import check_clip_first, resolve_run_data
     from clipce_rtdetr.method.embedding_cache import object_classes, score_dataset, source_boxes_xyxy
 
     ultra, a = check_overrides(overrides)

@@ -21,9 +21,9 @@ class ClipCEModelMixin:
     """Put in front of an Ultralytics model class (RTDETR, YOLO): project keys checked, project datasets resolved."""
 
     def train(self, trainer=None, **kwargs: Any):
-        from clipce_rtdetr.data.dataset import resolve_run_data
+        from clipce_rtdetr.data.dataset import check_clip_first, resolve_run_data
 
-        check_overrides(kwargs)
+        ultra, proj = check_overrides(kwargs)
         if isinstance(kwargs.get("data"), (list, tuple)):
             raise ClipCEError(
                 "data= must be one dataset for CLIP-CE training (Ultralytics' multi-dataset fine-tuning "
@@ -33,6 +33,8 @@ class ClipCEModelMixin:
         # Ultralytics starts a new run from it when the checkpoint turns out not to be resumable.
         if not kwargs.get("resume") or kwargs.get("data"):
             needs_clip = kwargs.get("clipce", "fame") in ("ame", "fame")
+            if needs_clip:  # a wrong clip= is named before the dataset is generated or scanned
+                check_clip_first(kwargs, ultra.get("data"), proj["clip"])
             kwargs = resolve_run_data(kwargs, needs_clip, allow_download=bool(kwargs.get("allow_download")))
         return super().train(trainer=trainer, **kwargs)
 
