@@ -33,8 +33,9 @@ class ClipCEModelMixin:
         # Ultralytics starts a new run from it when the checkpoint turns out not to be resumable.
         if not kwargs.get("resume") or kwargs.get("data"):
             needs_clip = kwargs.get("clipce", "fame") in ("ame", "fame")
-            if needs_clip:  # a wrong clip= is named before the dataset is generated or scanned
-                check_clip_first(kwargs, ultra.get("data"), proj["clip"])
+            if needs_clip and "clip" in kwargs:  # a wrong clip= is named before the dataset is generated or scanned
+                check_clip_first(kwargs, ultra.get("data"), proj["clip"])  # (the default is checked after data=,
+                # which may bring its own CLIP: a mistyped data= is then named first)
             kwargs = resolve_run_data(kwargs, needs_clip, allow_download=bool(kwargs.get("allow_download")))
         return super().train(trainer=trainer, **kwargs)
 
