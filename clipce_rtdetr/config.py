@@ -156,9 +156,16 @@ def typed_value(k: str, v: Any, d: Any) -> Any:
     return v
 
 
+def mix_spelling_hint(names: Any, kinds: tuple[str, ...] = CHOICES["kind"]) -> str:
+    """For each name that is a known mixed kind written in another order (haze+rain), the spelling to use."""
+    same = {c: k for c in map(str, names) for k in kinds if "+" in c and sorted(c.split("+")) == sorted(k.split("+"))}
+    return "".join(f" Write '{c}' as '{k}' (mixes are named from the camera outwards)." for c, k in same.items())
+
+
 def check_range(k: str, v: Any) -> None:
     if k in CHOICES and v not in CHOICES[k]:
-        raise ConfigError(f"'{k}={v}' is not valid. Valid values are {', '.join(CHOICES[k])}.")
+        hint = mix_spelling_hint([v]) if k == "kind" else ""
+        raise ConfigError(f"'{k}={v}' is not valid. Valid values are {', '.join(CHOICES[k])}.{hint}")
     if k in NON_NEGATIVE and not (math.isfinite(v) and v >= 0):
         raise ConfigError(f"'{k}={v}' must be a finite number >= 0.")
     if k == "stream_retries" and v < -1:

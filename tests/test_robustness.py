@@ -95,3 +95,25 @@ def test_bad_conditions_refused():
         check_conditions(["haze+rain"])  # a known mix in another order: the spelling degrade uses is named
     assert entrypoint(["robustness", "data=hazy-shapes"]) != 0  # no model: a clear error, exit code not 0
     assert os.environ["CLIPCE_HOME"]  # the cache lives under the test session's own home
+
+
+def test_a_kind_revision_redoes_only_its_cells_and_copies(tiny_hazy_shapes, tmp_path, monkeypatch):
+    """After one kind's synthesis changes (data/degrade_image.py KIND_REVISIONS), a rerun redoes the degraded copies
+    and cells of the conditions containing it, and reuses the rest (in a cache of its own)."""
+    from clipce_rtdetr.data import degrade_image
+
+    monkeypatch.setenv("CLIPCE_HOME", str(tmp_path / "home"))
+    kw = {"processes": 1, "val_kwargs": {"imgsz": 64, "batch": 8, "device": "cpu", "workers": 0},
+          "workdir": tmp_path / "work", "progress": False}  # fmt: skip
+    first = run_grid([MODEL], str(tiny_hazy_shapes), "val", CONDITIONS, **kw)
+    before = _copies(Path(first["cache"]))
+    monkeypatch.setitem(degrade_image.KIND_REVISIONS, "snow", degrade_image.KIND_REVISIONS.get("snow", 0) + 1)
+    result = run_grid([MODEL], str(tiny_hazy_shapes), "val", CONDITIONS, **kw)
+    rec = result["models"][0]
+    assert result["cache"] == first["cache"]
+    assert rec["evaluated_cells"] == 5 and rec["reused_cells"] == 6
+    snow_cells = {f"snow+haze-s{s}" for s in range(1, 6)}
+    version = degrade_image.synthesis_version("snow+haze")
+    assert {k for k, c in rec["cells"].items() if c.get("synthesis") == version} == snow_cells
+    after = _copies(Path(result["cache"]))
+    assert {p.relative_to(result["cache"]).parts[0] for p in after if after[p] != before[p]} == snow_cells

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import filecmp
+import json
+import re
 from pathlib import Path
 
 import cv2
@@ -25,6 +27,7 @@ from clipce_rtdetr.data.degrade_image import (
     read_image,
     sample_params,
     severity_ranges,
+    synthesis_version,
 )
 from clipce_rtdetr.errors import ClipCEError
 
@@ -220,3 +223,64 @@ def test_coco_per_level_for_new_kinds(tiny_hazy_shapes, tmp_path):
     got = {r["level"]: r["images"] for r in m.coco["per_level"]}
     assert got == dict(want)
     assert list(got) == [lv for lv in ("light", "medium", "heavy") if lv in got]  # in severity order
+
+
+def test_particles_never_brighter_than_the_sky_that_lights_them():
+    """A flake reflects ~90 % of the sky light and a drop refracts the sky: on a black scene nothing exceeds the
+    veil's own brightness, at the dimmest sky (0.6) and the heaviest level."""
+    black = np.zeros((120, 160, 3), np.float32)
+    far = np.full((120, 160), 100.0, np.float32)
+    for kind in ("snow", "rain"):
+        p = {**sample_params(kind, "heavy", ranges_for(kind, "heavy", {}), 0, "x.png"), "veil": weather.VEIL[0]}
+        _, veil, radiance, alpha = weather.veil_and_alpha(far.shape, far, kind, p)
+        assert alpha.max() > 0.05 and radiance <= veil  # particles are drawn, and lit by the veil
+        assert weather.apply_weather(black, far, kind, p).max() <= veil + 1e-6
+        u8 = weather.apply_weather_u8(black.astype(np.uint8), far, kind, p)
+        assert u8.max() <= round(255 * veil) + 1  # the fixed-point path's rounding
+
+
+def _three_images(root: Path) -> Path:
+    rng = np.random.default_rng(3)
+    for split in ("train", "val"):
+        for d in ("images", "labels"):
+            (root / d / split).mkdir(parents=True)
+        for n in ("a", "b", "c"):
+            cv2.imwrite(str(root / "images" / split / f"{n}.png"), (rng.random((48, 64, 3)) * 255).astype(np.uint8))
+            (root / "labels" / split / f"{n}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames: {{0: box}}\n")
+    return root / "data.yaml"
+
+
+def test_rerun_with_another_synthesis_version_redoes_every_image(tmp_path):
+    data, out = _three_images(tmp_path / "src"), tmp_path / "out"
+    degrade(data, out, kind="snow", level="heavy", progress=False)
+    settings = json.loads((out / "degrade.json").read_text())
+    assert settings["synthesis"] == synthesis_version("snow") != synthesis_version("rain")  # snow has a revision
+    made = {f: f.read_bytes() for f in sorted(out.glob("images/*/*.png"))}
+    # An output of the version before versions were recorded: no "synthesis" in degrade.json, other pixels.
+    del settings["synthesis"]
+    (out / "degrade.json").write_text(json.dumps(settings))
+    for f in made:
+        cv2.imwrite(str(f), np.zeros((48, 64, 3), np.uint8))
+    degrade(data, out, kind="snow", level="heavy", progress=False)
+    assert {f: f.read_bytes() for f in made} == made  # every image redone, as this version makes it
+    assert json.loads((out / "degrade.json").read_text())["synthesis"] == synthesis_version("snow")
+    # The same version resumes (nothing redone); other settings are still refused.
+    stamp = {f: f.stat().st_mtime_ns for f in made}
+    degrade(data, out, kind="snow", level="heavy", progress=False)
+    assert {f: f.stat().st_mtime_ns for f in made} == stamp
+    with pytest.raises(ClipCEError, match="other settings"):
+        degrade(data, out, kind="snow", level="light", progress=False)
+
+
+def test_mix_written_in_another_order_names_its_spelling(tmp_path):
+    from clipce_rtdetr.config import check_overrides
+    from clipce_rtdetr.errors import ConfigError
+
+    hint = re.escape("Write 'haze+rain' as 'rain+haze'")
+    with pytest.raises(ConfigError, match=hint):
+        check_overrides({"kind": "haze+rain"})  # the CLI's check, before anything runs
+    data = _three_images(tmp_path / "src")
+    with pytest.raises(ClipCEError, match=hint):
+        degrade(data, tmp_path / "out", kind="haze+rain", progress=False)
+    assert not (tmp_path / "out").exists()

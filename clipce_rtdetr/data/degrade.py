@@ -28,6 +28,7 @@ import yaml
 
 from clipce_rtdetr import atomic
 from clipce_rtdetr.atomic import atomic_path, atomic_write
+from clipce_rtdetr.config import mix_spelling_hint
 from clipce_rtdetr.data import degrade_record
 from clipce_rtdetr.data.dataset import (
     IMG_SUFFIXES,
@@ -42,6 +43,7 @@ from clipce_rtdetr.data.degrade_image import (  # noqa: F401  (names tests and t
     FIELDS,
     KINDS,
     LEVELS,
+    UNRECORDED_SYNTHESIS,
     DepthMapError,
     _prior_max,
     degrade_array,
@@ -52,6 +54,7 @@ from clipce_rtdetr.data.degrade_image import (  # noqa: F401  (names tests and t
     ranges_for,
     read_image,
     sample_params,
+    synthesis_version,
     write_image,
 )
 from clipce_rtdetr.errors import ClipCEError
@@ -157,7 +160,9 @@ def degrade(
     out = req["out"]
     images, lists, new_cfg = list_images(req["cfg"], req["yaml"], req["root"], out)
     records = degrade_record.load(out / CSV_FILE)
-    plan = plan_jobs(images, req, out, records)
+    # Images made by another synthesis version differ from what this one makes: none is reused.
+    plan = plan_jobs(images, req, out, {} if req["old_synthesis"] else records)
+    plan.update(old_synthesis=req["old_synthesis"], kind=kind)
     plan["removed"] = degrade_record.remove_orphans(out, records, {r["im_file"] for r in plan["rows"]})
     write_run_files(out, req["settings"], lists, plan["jobs"])
     log_resume(plan, out)
@@ -188,7 +193,8 @@ def check_request(data, out, kind: str, level: str, depth, ranges: dict[str, Any
     from clipce_rtdetr.data.dataset import resolve_data
 
     if kind not in KINDS:
-        raise ClipCEError(f"kind={kind} is not valid; use one of {', '.join(KINDS)}.")
+        hint = mix_spelling_hint([kind], KINDS)
+        raise ClipCEError(f"kind={kind} is not valid; use one of {', '.join(KINDS)}.{hint}")
     yaml_path = Path(resolve_data(data, check_labels=False, for_ultralytics=False))  # recorded as the source
     cfg = load_data_yaml(yaml_path)
     root, out = dataset_root(cfg, yaml_path), Path(out)
@@ -216,15 +222,17 @@ def check_request(data, out, kind: str, level: str, depth, ranges: dict[str, Any
         "ranges": {k: list(v) for k, v in rng.items()},
         "depth": str(dfolder.resolve()) if dfolder else depth,
         "depth_scale": depth_scale,
+        "synthesis": synthesis_version(kind),  # another version's images are all redone on a rerun
     }
-    check_resumable_out(out, settings)
+    old_synthesis = check_resumable_out(out, settings)
     return {"yaml": yaml_path, "cfg": cfg, "root": root, "out": out, "kind": kind, "level": level, "seed": seed,
             "ranges": rng, "depth": depth, "dfolder": dfolder, "depth_scale": depth_scale,
-            "settings": settings}  # fmt: skip
+            "settings": settings, "old_synthesis": old_synthesis}  # fmt: skip
 
 
-def check_resumable_out(out: Path, settings: dict[str, Any]) -> None:
-    """out= is new, empty, or a degrade run with the same settings (which this run resumes)."""
+def check_resumable_out(out: Path, settings: dict[str, Any]) -> str | None:
+    """out= is new, empty, or a degrade run with the same settings (which this run resumes). Returns the synthesis
+    version of the images there when it is not this one's (they are all redone), else None."""
     sfile = out / SETTINGS_FILE
     if sfile.exists():
         try:
@@ -234,14 +242,18 @@ def check_resumable_out(out: Path, settings: dict[str, Any]) -> None:
                 f"{sfile} cannot be read ({e}); this run cannot tell whether out={out} holds the same settings. "
                 "Choose another out= folder, or delete the folder to start again."
             ) from None
-        if old != settings:
-            diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in settings.items() if old.get(k) != v)
+        old_synthesis = old.pop("synthesis", UNRECORDED_SYNTHESIS)
+        new = {k: v for k, v in settings.items() if k != "synthesis"}
+        if old != new:
+            diff = ", ".join(f"{k}: {old.get(k)} -> {v}" for k, v in new.items() if old.get(k) != v)
             raise ClipCEError(
                 f"out={out} holds a degrade run with other settings ({diff}). "
                 "Use the same settings to resume, or another out= folder."
             )
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        return old_synthesis if old_synthesis != settings["synthesis"] else None
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ClipCEError(f"out={out} exists, is not an empty folder and is not a degrade run; choose a new folder.")
+    return None
 
 
 def list_images(cfg: dict[str, Any], yaml_path: Path, root: Path, out: Path):
@@ -317,7 +329,10 @@ def log_resume(plan: dict[str, Any], out: Path) -> None:
         LOGGER.info(f"Resuming: {plan['done']} of {len(plan['rows'])} images already done in {out}{restored}.")
     if plan.get("removed"):
         LOGGER.info(f"Removed {plan['removed']} degraded images (with their label copies) from {out}: source gone.")
-    if plan["stale"]:
+    if plan["old_synthesis"]:
+        version = f"synthesis version {plan['old_synthesis']}, not this one's"
+        LOGGER.info(f"Redoing every image in {out}: they were made by {version} ({synthesis_version(plan['kind'])}).")
+    elif plan["stale"]:
         LOGGER.info(
             f"Redoing {plan['stale']} degraded images in {out} whose source (image or depth map) changed since they "
             "were made, or that have no record of their source."

@@ -55,11 +55,12 @@ class Precipitation:
     z_far: float
     opacity: float  # fraction of the background a particle hides while it covers a pixel
     speed: Callable[[float], float]  # fall speed (m/s) of melted diameter D (mm)
-    radiance: float | None  # particle radiance; None: the sky (veil) value, as a drop refracts the environment
+    radiance: float  # particle radiance as a fraction of the sky (veil) light that lights it
 
 
+# Rain: a drop refracts the sky around it (Garg & Nayar 2004), so its radiance is the sky's.
 RAIN = Precipitation("rain", "rain_rate", 8000.0, 0.0, 4.1, -0.21, 1.0, 0.8, 0.3, 2.0, 1.0,
-                     speed=lambda d: 200.0 * math.sqrt(d * 0.5e-3), radiance=None)  # fmt: skip
+                     speed=lambda d: 200.0 * math.sqrt(d * 0.5e-3), radiance=1.0)  # fmt: skip
 # Snow: Gunn & Marshall (1958) in melted diameter; aggregates ~3x their melted diameter (density ~0.04 g/cm^3),
 # falling ~1 m/s (Locatelli & Hobbs 1974); fresh snow reflects ~90 % of the (overcast) sky light.
 SNOW = Precipitation("snow", "snowfall", 3800.0, -0.87, 2.55, -0.48, 3.0, 0.5, 0.5, 4.0, 0.9,
@@ -196,7 +197,8 @@ def veil_and_alpha(shape: tuple[int, int], depth_m: np.ndarray, kind: str, p: di
     """(beta per metre, veil A, particle radiance L, alpha map) of one image."""
     prec = PRECIPITATION[kind]
     alpha = particle_alpha(shape, depth_m, prec, p)
-    radiance = prec.radiance if prec.radiance is not None else p["veil"]
+    # A particle sends back a fraction of the sky light around it, so it is never brighter than the veil.
+    radiance = prec.radiance * float(p["veil"])
     return extinction(prec, p[prec.rate_key]), float(p["veil"]), float(radiance), alpha
 
 
