@@ -222,7 +222,7 @@ def test_clear_errors(spec, match):
 def test_corrupt_weights_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ClipCEError, match="could not build the model"):
+    with pytest.raises(ClipCEError, match="is not a PyTorch checkpoint"):
         load_clip(f"clipce-tiny:{bad}")
 
 

@@ -176,12 +176,19 @@ def test_clip_train_holds_one_batch_of_crops_not_the_split(tiny_hazy_shapes, tmp
 
     real, peak, size = embedding_cache.iter_source_crops, [0], []
 
+    def live_tensors():
+        with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
+            warnings.simplefilter("ignore")
+            return [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+
+    gc.collect()
+    kept = live_tensors()  # what earlier tests in this worker left alive is not clip-train's (kept: no id reuse)
+    earlier = {id(o) for o in kept}
+
     def census(labels, s, context, device="cpu"):
         size.append(s)
         for start, crops, valid in real(labels, s, context, device):
-            with warnings.catch_warnings():  # isinstance on torch's deprecated aliases warns
-                warnings.simplefilter("ignore")
-                live = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+            live = [o for o in live_tensors() if id(o) not in earlier]
             held = sum(o.shape[0] for o in live if o.ndim == 4 and tuple(o.shape[1:]) == (3, s, s))
             del live  # the census must not keep what it counted alive
             peak[0] = max(peak[0], held)
