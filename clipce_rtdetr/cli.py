@@ -55,7 +55,7 @@ Usage: clipce-rtdetr MODE key=value ...
 
   MODE (model):  train | val | predict | track | export
   MODE (tools):  ame (score prompts on a dataset) | generate (build hazy-shapes) | convert | degrade | clip-train
-                 | ablation (none/prior/ame/fame over seeds) | robustness (mPC/rPC over conditions x severities)
+                 | ablation (clipce modes, oracle, over seeds) | robustness (mPC/rPC over conditions x severities)
   special:       help | version | cfg (print every key and its default) | settings (Ultralytics settings)
 
 Every Ultralytics key works (epochs, imgsz, batch, device, resume, ...) plus the project's keys
