@@ -27,7 +27,7 @@ from ultralytics.utils import LOGGER
 
 from clipce_rtdetr.deploy.stream_camera import Camera, Frame
 from clipce_rtdetr.deploy.stream_outputs import RunOutputs
-from clipce_rtdetr.deploy.stream_stats import LiveStats, RateWindow, StageClock, StreamingQuantiles
+from clipce_rtdetr.deploy.stream_stats import LiveStats, StageClock, StreamingQuantiles
 
 END = object()  # passed down the stages when the input ends
 STAGES = ("preprocess", "inference", "postprocess", "tracker update", "annotate", "write")
@@ -55,14 +55,13 @@ class CameraSet:
 
 
 class CameraFigures:
-    """Processed frames, FPS (window) and lag from arrival to written result of one camera (bounded)."""
+    """Processed frames, their wall-clock span (FPS) and lag from arrival to written result of one camera (bounded)."""
 
     def __init__(self):
         self.frames = 0
-        self.rate = RateWindow()
         self.lag = StreamingQuantiles()
         self.first_wall: float | None = None
-        self.last_lag = self.last_latency = 0.0
+        self.last_latency = 0.0
         self.last_wall: float | None = None
 
 
@@ -217,11 +216,10 @@ class Pipeline:
     def _count(self, frame: Frame, now: float) -> None:
         fig = self.figures[frame.camera]
         fig.frames += 1
-        fig.rate.tick(now)
-        fig.last_lag = (now - frame.arrival) * 1e3
+        lag = (now - frame.arrival) * 1e3
         fig.last_latency = (now - frame.started) * 1e3
-        fig.lag.add(fig.last_lag)
-        self.live.add(1, latency_ms=fig.last_latency, lag_ms=fig.last_lag)  # written frames: what the run processed
+        fig.lag.add(lag)
+        self.live.add(1, latency_ms=fig.last_latency, lag_ms=lag, now=now)  # written frames: what the run processed
         fig.first_wall = fig.first_wall or frame.wall
         fig.last_wall = frame.wall
 
