@@ -16,7 +16,6 @@ and its load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "benchmarks")]
 from latency import setup_env  # noqa: E402
 from stream_server import RtspServer, make_clip, missing_servers  # noqa: E402
-from stream_throughput import machine, tiny_onnx  # noqa: E402
+from stream_throughput import machine, tiny_onnx, write_results  # noqa: E402
 
 MODEL = REPO / "weights" / "rtdetr-tiny-shapes.pt"  # as stream_throughput.tiny_onnx exports it
 IMGSZ = 64
@@ -109,11 +108,7 @@ def main() -> None:
         "rss_series": run["samples"],
         "run_summary": run["summary"],
     }  # fmt: skip
-    out = args.out if not args.quick else work / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stream_soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "stream_soak.md").write_text(report(result))
-    print(report(result))
+    write_results(work / "results" if args.quick else args.out, "stream_soak", result, report(result))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -173,12 +173,16 @@ def main() -> None:
         "bare": runs["bare"], "bare_fps_mean": round(bare_fps, 2),
         **{m: {**runs[m], "ratio_to_bare": round(runs[m]["fps"] / bare_fps, 3)} for m in ("predict", "track")},
     }  # fmt: skip
-    out = work / "results" if args.quick else args.out
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stream_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "stream_throughput.md").write_text(report(result))
-    print(report(result))
+    write_results(work / "results" if args.quick else args.out, "stream_throughput", result, report(result))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def write_results(out: Path, name: str, result: dict, text: str) -> None:
+    """`<name>.json` (the figures) and `<name>.md` (the report, also printed) under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(text)
 
 
 def report(r: dict) -> str:
