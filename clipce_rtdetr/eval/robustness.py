@@ -76,14 +76,21 @@ def file_hash(path: Path, chars: int = 16) -> str:
     return h.hexdigest()[:chars]
 
 
-def split_images(yaml_path: Path, split: str) -> tuple[dict[str, Any], Path, list[Path]]:
-    """(dataset cfg, images root, the split's images)."""
-    from clipce_rtdetr.data.dataset import dataset_root, image_files, load_data_yaml, split_paths
+def split_cfg(yaml_path: Path, split: str) -> tuple[dict[str, Any], Path]:
+    """(dataset cfg, dataset root), checking the YAML has `split`."""
+    from clipce_rtdetr.data.dataset import dataset_root, load_data_yaml
 
     cfg = load_data_yaml(yaml_path)
     if not cfg.get(split):
         raise ClipCEError(f"{yaml_path} has no '{split}:' split; choose split= among train, val, test.")
-    root = dataset_root(cfg, yaml_path)
+    return cfg, dataset_root(cfg, yaml_path)
+
+
+def split_images(yaml_path: Path, split: str) -> tuple[dict[str, Any], Path, list[Path]]:
+    """(dataset cfg, images root, the split's images)."""
+    from clipce_rtdetr.data.dataset import image_files, split_paths
+
+    cfg, root = split_cfg(yaml_path, split)
     return cfg, root, [im for p in split_paths(cfg, yaml_path, split) for im in image_files(p)]
 
 
@@ -110,10 +117,8 @@ def dataset_fingerprint(yaml_path: Path, split: str, depth: str = "horizon") -> 
 def split_source(yaml_path: Path, split: str, folder: Path) -> Path:
     """A dataset YAML holding only `split` (as both train and val, which Ultralytics requires), so `degrade` copies
     that split alone; its COCO ground truth comes along."""
-    from clipce_rtdetr.data.dataset import dataset_root
-
-    cfg, root, _ = split_images(yaml_path, split)
-    src = {"path": str(dataset_root(cfg, yaml_path)), "train": cfg[split], "val": cfg[split], "names": cfg["names"]}
+    cfg, root = split_cfg(yaml_path, split)  # the images are not listed again: the fingerprint did that
+    src = {"path": str(root), "train": cfg[split], "val": cfg[split], "names": cfg["names"]}
     ann = (cfg.get("coco_annotations") or {}).get(split)
     if ann:
         src["coco_annotations"] = {"train": ann, "val": ann}
