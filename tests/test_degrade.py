@@ -431,3 +431,12 @@ def test_explicit_ranges_outside_physics_are_refused(kind, key, value):
     with pytest.raises(ClipCEError, match=rf"'{key}=.*must be \[min, max\] with"):
         ranges_for(kind, "medium", {key: value})
     assert ranges_for("lowlight", "custom", {"gamma_range": [1, 3]})["gamma"] == (1.0, 3.0)
+
+
+def test_config_kind_choices_are_degrades_kinds():
+    """config.CHOICES['kind'] is a copy of degrade_image.KINDS (config stays free of the image code's imports):
+    a kind added to one and not the other would be refused by the CLI or crash degrade."""
+    from clipce_rtdetr.config import CHOICES
+    from clipce_rtdetr.data.degrade_image import KINDS
+
+    assert CHOICES["kind"] == KINDS
