@@ -89,8 +89,9 @@ class ClipCETrainerMixin(RunFilesMixin):
             if not overrides.get("resume"):  # resuming: the checkpoint's clip=, checked once restored
                 check_clip_available(self.clipce_args["clip"])
         table_file = check_weights_key(self.clipce_args["clipce"], self.clipce_args["weights"])
+        self._read_table = None  # the weight table read here, matched to the objects once data is read
         if table_file is not None and not overrides.get("resume") and RANK in {-1, 0}:
-            read_table(table_file)  # the file's own errors before a run folder exists (objects: once data is read)
+            self._read_table = read_table(table_file)  # the file's own errors before a run folder exists
         self._padded_weights = None  # per-object AME/prior weights + a trailing 1 (ame_crops=source or prior)
         self.scorer = None  # AMEScorer, ame_crops=batch
         self.weight_source = None  # how this process got its weight table (logs, tests)
@@ -336,7 +337,8 @@ class ClipCETrainerMixin(RunFilesMixin):
         elif self.mode in TABLE_MODES:
             from clipce_rtdetr.method.weight_table import table_weights
 
-            w = table_weights(read_table(a["weights"]), labels)
+            table, self._read_table = self._read_table or read_table(a["weights"]), None  # read once, then freed
+            w = table_weights(table, labels)
             LOGGER.info(f"CLIP-CE: {len(w)} object weights from {a['weights']}; mean w={float(w.mean()):.3f}")
             self.weight_source = "table"
             return w

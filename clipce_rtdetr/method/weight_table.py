@@ -95,6 +95,7 @@ def read_table(path: str | Path) -> WeightTable:
         raise ClipCEError(f"weights={path}: cannot read the weight table ({e.strerror or e}).") from None
     rows: dict[tuple[str, int], tuple[float, int]] = {}
     base = path.resolve().parent
+    keys: dict[str, str] = {}  # im_file -> image_key: an image's rows resolve its path once, not once per object
     with f:
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
@@ -107,7 +108,8 @@ def read_table(path: str | Path) -> WeightTable:
             line = reader.line_num
             if not row.get("im_file"):
                 raise ClipCEError(f"{path}:{line}: empty im_file.")
-            key = (image_key(row["im_file"], base), _row_index(path, line, row.get("index")))
+            img = keys.get(row["im_file"]) or keys.setdefault(row["im_file"], image_key(row["im_file"], base))
+            key = (img, _row_index(path, line, row.get("index")))
             w = _row_weight(path, line, row.get("w"))
             if key in rows:
                 raise ClipCEError(
