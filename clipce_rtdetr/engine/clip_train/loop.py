@@ -100,7 +100,8 @@ def train_epoch(model, objs: TrainObjects, s: TrainSettings, text, opt, sched, g
     """One pass over the objects in a random order; `text()` gives the text rows (trained or frozen)."""
     nc = text.nc
     perm = objs.keep[torch.randperm(len(objs.keep), generator=gen)]
-    tot_loss, tot_ok, seen = 0.0, 0, 0
+    # sums kept on the device and read once per epoch: no per-step wait for the GPU
+    tot_loss, tot_ok, seen = torch.zeros((), device=s.device), torch.zeros((), device=s.device), 0
     for i in range(0, len(perm), s.batch):
         idx = perm[i : i + s.batch]
         x = batch_crops(objs, idx, s, gen)
@@ -115,10 +116,10 @@ def train_epoch(model, objs: TrainObjects, s: TrainSettings, text, opt, sched, g
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        tot_loss += float(loss.detach()) * len(idx)
-        tot_ok += int((logits[:, :nc].argmax(1) == y).sum())
+        tot_loss += loss.detach().float() * len(idx)
+        tot_ok += (logits[:, :nc].argmax(1) == y).sum()
         seen += len(idx)
-    return {"loss": tot_loss / seen, "acc": tot_ok / seen, "lr": sched.get_last_lr()[0]}
+    return {"loss": float(tot_loss) / seen, "acc": float(tot_ok) / seen, "lr": sched.get_last_lr()[0]}
 
 
 class TextRows:
