@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from clipce_rtdetr import atomic
 from clipce_rtdetr.eval.ablation_oracle import ORACLE_METHODS
 from clipce_rtdetr.eval.ablation_report import (
     aggregate,
@@ -126,11 +127,8 @@ def finished_run(project: Path, method: str, seed: int, settings: str) -> dict[s
 def save_run(project: Path, method: str, seed: int, settings: str, run: dict[str, Any]) -> None:
     f = _run_file(project, method, seed)
     f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps({"settings": settings, "run": {**run, "weights": np.asarray(run["weights"]).tolist()}}, default=str)
-    )
-    tmp.replace(f)
+    record = {"settings": settings, "run": {**run, "weights": np.asarray(run["weights"]).tolist()}}
+    atomic.write_text(f, json.dumps(record, default=str))
 
 
 def run_ablation_grid(
