@@ -176,7 +176,8 @@ class CameraOutputs:
 
     def write(self, result, frame, fps: float, plotted: np.ndarray | None) -> None:
         record = {"camera": frame.camera + 1, "source": self.source, "frame": frame.index, "time": round(frame.wall, 3),
-                  "shape": list(frame.image.shape[:2]), "detections": result.summary(decimals=2)}  # fmt: skip
+                  "shape": list(frame.image.shape[:2]), "detections": result.summary(decimals=2),
+                  } if self.jsonl else None  # the line is built only where it is written  # fmt: skip
         fps = fps if 1 <= fps <= 240 else 30.0
         size = (frame.image.shape[1], frame.image.shape[0])
         due = self.segment_s and self.started and frame.wall - self.started >= self.segment_s
@@ -206,7 +207,7 @@ class CameraOutputs:
         while self.backlog:
             self._emit(*self.backlog.popleft())
 
-    def _emit(self, record: dict, plotted: np.ndarray | None) -> None:
+    def _emit(self, record: dict | None, plotted: np.ndarray | None) -> None:
         if self.writer is not None and plotted is not None:
             self.writer.write(plotted)
         if self.lines is not None:
