@@ -5,6 +5,7 @@ as they were, the particles respect the scene's depth."""
 from __future__ import annotations
 
 import csv
+import math
 import filecmp
 import json
 import re
@@ -14,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from clipce_rtdetr.data import physics, weather
+from clipce_rtdetr.data import physics, weather, weather_u8
 from clipce_rtdetr.data.degrade import degrade
 from clipce_rtdetr.data.degrade_image import (
     FIELDS,
@@ -73,8 +74,10 @@ def test_recorded_parameters_reproduce_images_and_labels_untouched(tiny_hazy_sha
         d = prior_depth("horizon", *src.shape[:2])
         again = degrade_array(src, kind, _params(r, kind), d, metres_per_unit=metres_per_unit("horizon"))
         got = read_image(out / r["im_file"])
-        if "+" in kind:  # haze and low light record their floats to 6 decimals: within a grey level
-            assert np.abs(again.astype(int) - got).max() <= 1
+        if "+" in kind:  # haze and low light record their floats to 6 decimals: a few pixels cross a rounding,
+            # by a grey level, which low light's J ** gamma stretches up to gamma-fold in the highlights
+            diff = np.abs(again.astype(int) - got)
+            assert (diff > 0).mean() < 1e-3 and diff.max() <= math.ceil(float(r.get("gamma") or 1.0)) + 1
         else:  # rain and snow draw their floats at the recorded precision: exactly
             assert np.array_equal(again, got)
             drawn = sample_params(kind, "heavy", ranges_for(kind, "heavy", {}), 3, r["im_file"])
@@ -235,7 +238,7 @@ def test_particles_never_brighter_than_the_sky_that_lights_them():
         _, veil, radiance, alpha = weather.veil_and_alpha(far.shape, far, kind, p)
         assert alpha.max() > 0.05 and radiance <= veil  # particles are drawn, and lit by the veil
         assert weather.apply_weather(black, far, kind, p).max() <= veil + 1e-6
-        u8 = weather.apply_weather_u8(black.astype(np.uint8), far, kind, p)
+        u8 = weather_u8.apply_u8(black.astype(np.uint8), far, kind, p, metres_per_unit=1.0)
         assert u8.max() <= round(255 * veil) + 1  # the fixed-point path's rounding
 
 

@@ -1,5 +1,5 @@
 """degrade, one image at a time: the parameters drawn for it and the degraded pixels (METHOD.md §7; rain and snow:
-data/weather.py, docs/incoming/issue-24-weather.md).
+data/weather.py, docs/method.md).
 
 Parameters are drawn per image from a generator seeded with (seed, CRC32 of the image's relative path), so the
 result does not depend on the process count or order.
@@ -20,14 +20,16 @@ from typing import Any
 import numpy as np
 
 from clipce_rtdetr.atomic import atomic_path
-from clipce_rtdetr.data import physics, weather
+from clipce_rtdetr.data import physics, weather, weather_u8
 from clipce_rtdetr.errors import ClipCEError
 
 # Bump when every kind's pixels or parameter draws change: caches of degraded copies (robustness) are keyed by it.
 SYNTHESIS_VERSION = 1
 # One kind's own revisions (bump one when only that kind changes: only copies of kinds containing it are redone).
 # snow 1: a flake's radiance is 0.9 x the sky light that lights it (it was a fixed 0.9, brighter than a dim sky).
-KIND_REVISIONS = {"snow": 1}
+# rain 1, snow 2: particles on a grid upsampled by cv2.pyrUp, streak boxes from one integral image, kernels from the
+# distribution's mean size, a nearest-pixel wind shear; the 8-bit path composes veils and particles (weather_u8).
+KIND_REVISIONS = {"rain": 1, "snow": 2}
 UNRECORDED_SYNTHESIS = "1"  # the version of degrade outputs and robustness cells made before versions were recorded
 SINGLE_KINDS = ("haze", "lowlight", "underwater", "rain", "snow")
 # Mixed conditions, named camera-outwards: at most one of rain/snow, haze beyond it, the sensor's low light in front.
@@ -47,6 +49,8 @@ def components(kind: str) -> tuple[str, ...]:
     """The single kinds of a (mixed) kind, in the order they are applied."""
     parts = kind.split("+")
     return tuple(sorted(parts, key=APPLY_ORDER.index)) if len(parts) > 1 else (kind,)
+
+
 # Named levels: the range of each kind's main parameter. The recorded `level` of an image is the bin its
 # sampled value falls in (so custom ranges are broken down the same way); haze bins match hazy-shapes.
 LEVELS: dict[str, dict[str, tuple[float, float]]] = {
@@ -258,12 +262,19 @@ def _prior_max(source: str, h: int, w: int) -> float:
 
 
 def _fast_u8(
-    colour: np.ndarray, kind: str, p: dict[str, Any], depth: np.ndarray | None, bgr: bool, depth_max: float | None,
+    colour: np.ndarray,
+    kind: str,
+    p: dict[str, Any],
+    depth: np.ndarray | None,
+    bgr: bool,
+    depth_max: float | None,
     metres: float = 1.0,
+    haze: tuple[float, float] | None = None,
 ) -> np.ndarray | None:
-    """The uint8 fast path (physics.*_u8, within one grey level of the float path); None where it does not apply."""
+    """The uint8 fast path (physics.*_u8, within one grey level of the float path; rain and snow, with the haze
+    `haze` behind them when given: weather_u8, within two); None where it does not apply."""
     if kind in weather.PRECIPITATION:
-        return weather.apply_weather_u8(colour, weather.depth_in_metres(depth, metres), kind, p)
+        return weather_u8.apply_u8(colour, depth, kind, p, metres, haze)
     if kind == "lowlight":
         return physics.lowlight_u8(colour, p["gamma"], p["shot"], p["read"], p["noise_seed"])
     if kind == "haze":
@@ -297,20 +308,32 @@ def degrade_array(
     """
     if img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{img.dtype} images are not supported; use 8- or 16-bit images")
-    for c in components(kind):
-        img = _degrade_one(img, c, p, depth, bgr, fast, depth_max, metres_per_unit)
+    parts = components(kind)
+    # haze then rain or snow: one pass on the 8-bit path (weather_u8 composes the veils and the particles)
+    fused = fast and img.dtype == np.uint8 and parts[:1] == ("haze",) and parts[1:2] in (("rain",), ("snow",))
+    haze = (p["beta"], p["airlight"]) if fused else None
+    for c in parts[1:] if fused else parts:
+        img = _degrade_one(img, c, p, depth, bgr, fast, depth_max, metres_per_unit, haze)
     return img
 
 
-def _degrade_one(img: np.ndarray, kind: str, p: dict[str, Any], depth, bgr, fast, depth_max, metres_per_unit):
-    """degrade_array for one single kind."""
+def _degrade_one(
+    img: np.ndarray, kind: str, p: dict[str, Any], depth, bgr, fast, depth_max, metres_per_unit, haze=None
+):
+    """degrade_array for one single kind (rain or snow: with the haze `haze` behind it, on the 8-bit path)."""
     scale = 255.0 if img.dtype == np.uint8 else 65535.0
     alpha = img[..., 3:] if img.ndim == 3 and img.shape[2] == 4 else None
     colour = img[..., :3] if alpha is not None else img
     if colour.ndim == 3 and colour.shape[2] == 1:
         colour = colour[..., 0]
     fast = fast and colour.dtype == np.uint8
-    res = _fast_u8(colour, kind, p, depth, bgr, depth_max, metres_per_unit) if fast else None
+    res = (
+        _fast_u8(
+            colour, kind, p, depth, bgr, depth_max, metres_per_unit, haze if kind in weather.PRECIPITATION else None
+        )
+        if fast
+        else None
+    )
     if res is not None:
         if alpha is not None:
             res = np.concatenate([res, alpha], axis=2)

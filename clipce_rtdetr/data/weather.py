@@ -1,6 +1,6 @@
 """Rain and snow (issue 24): falling particles seen as motion-blurred streaks or flakes, plus the extinction and
 veiling light the whole precipitation volume adds with distance. Parameters and sources:
-docs/incoming/issue-24-weather.md.
+docs/method.md (Rain and snow).
 
 One size distribution per kind drives both effects, so they agree: N(D) = N0 exp(-Lambda D) per m^3 per mm of
 (melted) diameter D, with N0 and Lambda power laws of the precipitation rate (Marshall & Palmer 1948 for rain,
@@ -17,7 +17,7 @@ Gunn & Marshall 1958 for snow).
   streak by one shear. A particle behind the scene (farther than the scene depth at its pixel) is not drawn.
   Overlapping particles combine as alpha = 1 - exp(-sum).
 
-The image functions take float images in [0, 1] or uint8 images, and a depth map in metres.
+The image functions take float images in [0, 1] and a depth map in metres; the 8-bit path is weather_u8.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ FOV_DEG = 60.0  # assumed horizontal field of view of the camera: focal length f
 APERTURE_M = 0.002  # lens aperture diameter (a 4 mm f/2 lens): defocus blur of particles close to the camera
 PRIOR_METRES = 10.0  # metres per depth unit of the geometric priors (horizon prior: 10 m at the bottom, 300 m far)
 LAYERS = 3  # depth layers of drawn particles (geometrically spaced between z_near and z_far)
-ALPHA_HALF_FROM = 320  # images at least this wide get their particle alpha at half resolution (speed)
+GRID_HALF_FROM = 320  # images at least this wide get their particles on a half-resolution grid (speed)
 MAX_PARTICLES = 60_000  # per image; a safety bound far above the heaviest named level at 640 x 480
 
 
@@ -111,71 +112,146 @@ def focal_px(w: int) -> float:
     return w / (2.0 * math.tan(math.radians(FOV_DEG) / 2.0))
 
 
+@cache
 def layer_bounds(prec: Precipitation) -> np.ndarray:
-    return np.geomspace(prec.z_near, prec.z_far, LAYERS + 1)
+    """The depths (m) between the particle layers, nearest first (read-only: shared by every call)."""
+    zs = np.geomspace(prec.z_near, prec.z_far, LAYERS + 1)
+    zs.flags.writeable = False
+    return zs
+
+
+def grid_shape(h: int, w: int) -> tuple[int, int]:
+    """The particle grid of an (h, w) image: half resolution from GRID_HALF_FROM pixels wide (4x fewer pixels to
+    filter; cv2.pyrUp brings it back), else the image's own."""
+    return ((h + 1) // 2, (w + 1) // 2) if w >= GRID_HALF_FROM else (h, w)
+
+
+def to_image(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A particle-grid map at the image's (h, w): cv2.pyrUp (Gaussian interpolation) from the half-resolution grid."""
+    import cv2
+
+    return a if a.shape[:2] == tuple(shape) else cv2.pyrUp(a, dstsize=(shape[1], shape[0]))
 
 
 def particle_alpha(shape: tuple[int, int], depth_m: np.ndarray, prec: Precipitation, p: dict[str, Any]) -> np.ndarray:
-    """Coverage alpha (H, W) float32 in [0, 1) of the particles drawn in front of the scene.
+    """Coverage alpha (H, W) float32 in [0, 1) of the particles drawn in front of the scene."""
+    clear = to_image(np.exp(-particle_optical_depth(shape, depth_m, prec, p)), shape)  # 1 - alpha
+    return np.subtract(np.float32(1.0), clear, out=clear)
 
-    Images wider than ALPHA_HALF_FROM pixels get the alpha map at half resolution, then upsampled (4x fewer pixels
-    to filter; a streak is then at least 2 pixels wide)."""
+
+def particle_optical_depth(
+    shape: tuple[int, int], depth_m: np.ndarray, prec: Precipitation, p: dict[str, Any]
+) -> np.ndarray:
+    """Sum of the particles' alpha mass per pixel of the particle grid (grid_shape); alpha = 1 - exp(-sum).
+    depth_m may be at any size."""
     import cv2
 
-    full_h, full_w = shape
-    scale = 0.5 if full_w >= ALPHA_HALF_FROM else 1.0
-    h, w = max(1, round(full_h * scale)), max(1, round(full_w * scale))
-    alpha = _alpha_grid(h, w, depth_m, prec, p, focal_px(full_w) * w / full_w)
-    if (h, w) != (full_h, full_w):
-        alpha = cv2.resize(alpha, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
-    return alpha
-
-
-def _alpha_grid(h: int, w: int, depth_m: np.ndarray, prec: Precipitation, p: dict[str, Any], f: float) -> np.ndarray:
-    """particle_alpha on an (h, w) grid (f: focal length in grid pixels); depth_m may be at another size."""
-    import cv2
-
-    rate = p[prec.rate_key]
-    rng = np.random.default_rng(int(p["particle_seed"]))
+    h, w = grid_shape(*shape)
     total = np.zeros((h, w), np.float32)
+    rate = p[prec.rate_key]
     if rate <= 0:
         return total
+    f = focal_px(shape[1]) * w / shape[1]
+    layer, x, y, d_mm = _draw_particles(prec, rate, int(p["particle_seed"]), (w / f) * (h / f))
+    slope = math.tan(math.radians(p["wind"]))
+    z_mid = layer_depths(prec)
+    if nearest_scene(depth_m) <= prec.z_far:  # else no particle can be behind the scene (the priors: >= 10 m)
+        keep = scene_behind(depth_m, x, y, slope * h / w, z_mid[layer])
+        layer, x, y, d_mm = layer[keep], x[keep], y[keep], d_mm[keep]
+    d_px = f * prec.size_factor * d_mm * 1e-3 / z_mid[layer]
+    kernels = _streak_kernels(prec, p, f, rate, layer)
+    if not any(kernels):
+        return total
+    total = _streaks(h, w, kernels, layer, (y * h).astype(np.intp), (x * w).astype(np.intp),
+                     (prec.opacity * math.pi / 4.0) * d_px * d_px)  # fmt: skip
+    if slope:  # slant every streak: row y moves sideways by slope * (y - h / 2), wrapping around
+        m = np.float32([[1.0, slope, -slope * h / 2.0], [0.0, 1.0, 0.0]])
+        # nearest: whole-pixel shifts of the grid's rows, smoothed by the upsampling to the image (2x cheaper)
+        total = cv2.warpAffine(total, m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_WRAP)  # fmt: skip
+    return total
+
+
+def _streaks(h: int, w: int, kernels: list, layer, row, col, mass) -> np.ndarray:
+    """Each particle's alpha mass spread evenly over the (width, length) box of its layer's streak, centred on its
+    pixel (as cv2.blur anchors a box), summed over the particles. The box sums come from one integral image of the
+    layers stacked with zero margins (a streak leaving the image is cut off), so a streak's cost does not grow with
+    its length."""
+    import cv2
+
+    pad_c = max(k[0] for k in kernels if k)
+    wp = w + pad_c
+    heights = [h + k[1] if k else 0 for k in kernels]  # a layer's rows, with kl // 2 above and the rest below
+    starts = np.cumsum([0, *heights])
+    area = np.array([k[0] * k[1] if k else 1 for k in kernels], np.float64)
+    top = np.array([k[1] // 2 if k else 0 for k in kernels])
+    impulses = np.zeros(int(starts[-1]) * wp, np.float32)
+    flat = (starts[layer] + top[layer] + row) * wp + col + pad_c // 2
+    np.add.at(impulses, flat, (mass / area[layer]).astype(np.float32))  # flat float32: numpy's fast add.at
+    sums = cv2.integral(impulses.reshape(-1, wp), sdepth=cv2.CV_32F)
+    total = None
+    for i, k in enumerate(kernels):
+        if k is None:
+            continue
+        kw, kl = k
+        rows = sums[starts[i] : starts[i] + h + kl]
+        c0 = pad_c // 2 - kw // 2
+        across = cv2.subtract(rows[:, c0 + kw : c0 + kw + w], rows[:, c0 : c0 + w])  # sums over kw columns
+        box = cv2.subtract(across[kl:], across[:h])  # ... and kl rows
+        total = box if total is None else cv2.add(total, box, dst=total)
+    return total
+
+
+@cache
+def layer_depths(prec: Precipitation) -> np.ndarray:
+    """The depth (m) each layer's particles are drawn at: the geometric middle of the layer (read-only)."""
+    zs = layer_bounds(prec)
+    z = np.sqrt(zs[:-1] * zs[1:])
+    z.flags.writeable = False
+    return z
+
+
+def _draw_particles(prec: Precipitation, rate: float, seed: int, frustum: float):
+    """(layer, x, y as fractions of the width and height, melted diameter in mm) of the particles of every layer;
+    frustum: (width / f) * (height / f), the cross-section per metre squared of depth."""
+    rng = np.random.default_rng(seed)
     lam = prec.lam * rate**prec.lam_exp
     density = prec.n0 * rate**prec.n0_exp / lam * math.exp(-lam * prec.d_min_mm)  # per m^3 with D >= d_min
-    slope = math.tan(math.radians(p["wind"]))
-    pad = int(math.ceil(abs(slope) * h))
     zs = layer_bounds(prec)
-    budget = MAX_PARTICLES
-    for za, zb in zip(zs[:-1], zs[1:]):
-        volume = (w / f) * (h / f) * (zb**3 - za**3) / 3.0  # frustum slice
-        n = min(int(rng.poisson(density * volume)), budget)
-        budget -= n
-        z = math.sqrt(za * zb)
-        d_mm = prec.d_min_mm + rng.exponential(1.0 / lam, n)
-        x = rng.random(n) * w
-        y = rng.random(n) * h
-        keep = scene_behind(depth_m, x / w, y / h, slope * h / w, z)
-        d_px = f * prec.size_factor * d_mm[keep] * 1e-3 / z
-        if not d_px.size:
+    counts = rng.poisson(density * frustum * (zs[1:] ** 3 - zs[:-1] ** 3) / 3.0)  # frustum slices
+    counts = np.minimum(counts, np.maximum(MAX_PARTICLES - np.cumsum(counts) + counts, 0))  # nearest layers first
+    n = int(counts.sum())
+    d_mm = prec.d_min_mm + rng.exponential(1.0 / lam, n)
+    xy = rng.random((2, n))
+    return np.repeat(np.arange(LAYERS), counts), xy[0], xy[1], d_mm
+
+
+def _streak_kernels(prec: Precipitation, p: dict[str, Any], f: float, rate: float, layer) -> list:
+    """Per layer, the (width, length) box in grid pixels of the streak of a particle of the mean size of the
+    distribution (melted diameter d_min + 1 / Lambda), or None for a layer without particles."""
+    n = np.bincount(layer, minlength=LAYERS)
+    mean_mm = prec.d_min_mm + 1.0 / (prec.lam * rate**prec.lam_exp)
+    out = []
+    for i, z in enumerate(layer_depths(prec)):
+        if not n[i]:
+            out.append(None)
             continue
-        mean_d = float(d_mm[keep].mean())
+        d_px = f * prec.size_factor * mean_mm * 1e-3 / z
         blur = f * APERTURE_M / z  # defocus: the camera is focused far beyond the particles
-        kw = max(1, int(round(math.hypot(float(d_px.mean()), blur))))
-        kl = max(kw, int(round(f * prec.speed(mean_d) * p["exposure"] / z + d_px.mean())))
-        mass = (prec.opacity * math.pi / 4.0) * d_px * d_px
-        flat = y[keep].astype(np.intp) * w + x[keep].astype(np.intp)
-        impulses = np.bincount(flat, weights=mass, minlength=h * w).astype(np.float32).reshape(h, w)
-        total += cv2.blur(impulses, (kw, kl), borderType=cv2.BORDER_CONSTANT)
-    if pad:  # slant every streak: row y moves sideways by slope * (y - h / 2), wrapping around
-        m = np.float32([[1.0, slope, -slope * h / 2.0], [0.0, 1.0, 0.0]])
-        total = cv2.warpAffine(total, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_WRAP)  # fmt: skip
-    np.negative(total, out=total)
-    cv2.exp(total, total)
-    return np.subtract(np.float32(1.0), total, out=total)
+        kw = max(1, int(round(math.hypot(d_px, blur))))
+        out.append((kw, max(kw, int(round(f * prec.speed(mean_mm) * p["exposure"] / z + d_px)))))
+    return out
 
 
-def scene_behind(depth_m: np.ndarray, u: np.ndarray, v: np.ndarray, slope: float, z: float) -> np.ndarray:
+def nearest_scene(depth_m: np.ndarray) -> float:
+    """The smallest depth of a depth map (of its one column, for a row-constant prior)."""
+    from clipce_rtdetr.data.physics import row_profile
+
+    col = row_profile(depth_m)
+    return float((depth_m if col is None else col).min())
+
+
+def scene_behind(depth_m: np.ndarray, u: np.ndarray, v: np.ndarray, slope: float, z) -> np.ndarray:
     """Particles at (u, v) (fractions of the width and height, before the wind shear of `slope` in those units)
     whose pixel after the shear shows scene farther than z."""
     dh, dw = depth_m.shape
@@ -212,26 +288,3 @@ def apply_weather(clean: np.ndarray, depth_m: np.ndarray, kind: str, p: dict[str
     out = apply_haze(clean, depth_m, beta, veil)
     a = alpha[..., None] if out.ndim == 3 else alpha
     return np.clip(out * (1.0 - a) + np.float32(radiance) * a, 0.0, 1.0).astype(np.float32)
-
-
-def apply_weather_u8(img: np.ndarray, depth_m: np.ndarray, kind: str, p: dict[str, Any]) -> np.ndarray:
-    """apply_weather for a uint8 image (gray or colour), as uint8: the veil by physics.apply_haze_u8, the particles
-    in 16-bit fixed point, round((veiled * (256 - a) + 255 L a) / 256) with a = round(256 alpha) (within one grey
-    level of the float path, plus the veil's own rounding)."""
-    import cv2
-
-    from clipce_rtdetr.data.physics import apply_haze_u8
-
-    beta, veil, radiance, alpha = veil_and_alpha(img.shape[:2], depth_m, kind, p)
-    out = apply_haze_u8(img, depth_m, beta, veil)
-    a = cv2.multiply(alpha, 256.0, dtype=cv2.CV_16U)  # rounds, saturates
-    keep = cv2.subtract(np.full_like(a, 256), a)
-    off = cv2.multiply(a, 255.0 * radiance, dtype=cv2.CV_16U)
-    cv2.add(off, 128, off)
-    planes = []
-    for c in cv2.split(out) if out.ndim == 3 else [out]:  # planes: no 3-channel copies of keep and off
-        f = cv2.multiply(c.astype(np.uint16), keep)  # same-type operands: OpenCV's mixed-type path is slower
-        cv2.add(f, off, f)
-        np.right_shift(f, 8, out=f)
-        planes.append(f.astype(np.uint8))
-    return cv2.merge(planes) if out.ndim == 3 else planes[0]
