@@ -46,12 +46,14 @@ from clipce_rtdetr.data.degrade_image import (  # noqa: F401  (names tests and t
     UNRECORDED_SYNTHESIS,
     DepthMapError,
     _prior_max,
+    decode_image,
     degrade_array,
     level_of,
     load_depth,
     metres_per_unit,
     prior_depth,
     ranges_for,
+    read_bytes,
     read_image,
     sample_params,
     synthesis_version,
@@ -95,15 +97,14 @@ def process(job: tuple) -> tuple[str, str | None, dict[str, str] | None]:
     """Degrade one image and copy its label. Returns (relative path, error or None, fingerprint of its inputs)."""
     rel, src, dst, lsrc, ldst, kind, p, depth, depth_path, depth_scale = job
     try:
-        fp = degrade_record.fingerprint([src] + ([depth_path] if depth_path is not None else []))
-        img = read_image(src)
+        fp, buf = degrade_record.fingerprint([src] + ([depth_path] if depth_path is not None else []), read_bytes)
+        img = decode_image(buf, src)
         h, w = img.shape[:2]
         d = load_depth(depth, depth_path, h, w, depth_scale) if kind != "lowlight" else None
         dmax = _prior_max(depth, h, w) if kind == "underwater" and depth in ("centre", "horizon") else None
         out = degrade_array(img, kind, p, d, depth_max=dmax, metres_per_unit=metres_per_unit(depth))
         if lsrc is not None:  # a redone image takes its label as it is now (or loses a copy whose source is gone)
             restore_label(lsrc, ldst)
-        dst.parent.mkdir(parents=True, exist_ok=True)
         write_image(out, dst)  # last: its existence (with its fingerprint) marks the image as done
         return rel, None, fp
     except DepthMapError as e:  # the image is fine: name the map that failed

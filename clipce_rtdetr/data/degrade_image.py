@@ -197,11 +197,20 @@ def metres_per_unit(depth_source: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------- images
+def read_bytes(path: Path) -> np.ndarray:
+    """A file's contents as a uint8 array (np.fromfile works with non-ASCII paths)."""
+    return np.fromfile(str(path), dtype=np.uint8)
+
+
 def read_image(path: Path) -> np.ndarray:
     """Decode keeping bit depth, grayscale and alpha; EXIF orientation applied where no alpha is possible."""
+    return decode_image(read_bytes(path), path)
+
+
+def decode_image(buf: np.ndarray, path: Path) -> np.ndarray:
+    """read_image of the file contents `buf` (the decode flags follow `path`'s suffix)."""
     import cv2
 
-    buf = np.fromfile(str(path), dtype=np.uint8)  # works with non-ASCII paths
     flags = (
         cv2.IMREAD_UNCHANGED
         if path.suffix.lower() in (".png", ".tif", ".tiff", ".webp")

@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 JOURNAL_FILE = ".degrade-journal.tsv"
 FIELDS = ("source_stat", "source_sha256")
@@ -29,10 +30,14 @@ def source_stat(paths: Sequence[Path]) -> str:
     return ";".join(parts)
 
 
-def source_sha256(paths: Sequence[Path]) -> str:
-    """A hash of the inputs' contents (each file's own hash, in order)."""
+def source_sha256(paths: Sequence[Path], first: bytes | memoryview | None = None) -> str:
+    """A hash of the inputs' contents (each file's own hash, in order); `first`: the first input's contents, when
+    the caller has read them already."""
     total = hashlib.sha256()
-    for p in paths:
+    for i, p in enumerate(paths):
+        if i == 0 and first is not None:
+            total.update(hashlib.sha256(first).digest())
+            continue
         h = hashlib.sha256()
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -41,10 +46,13 @@ def source_sha256(paths: Sequence[Path]) -> str:
     return total.hexdigest()
 
 
-def fingerprint(paths: Sequence[Path]) -> dict[str, str]:
-    """Stat first, then contents: an edit made after this call changes the stat, so the next run notices it."""
+def fingerprint(paths: Sequence[Path], read_first: Callable[[Path], Any] | None = None) -> tuple[dict[str, str], Any]:
+    """Stat first, then contents: an edit made after this call changes the stat, so the next run notices it.
+    With `read_first` (a reader returning a buffer), the first input is read once by it, hashed from that buffer,
+    and the buffer handed back beside the fingerprint (degrade decodes the very bytes it hashed); else None."""
     stat = source_stat(paths)
-    return {"source_stat": stat, "source_sha256": source_sha256(paths)}
+    data = read_first(paths[0]) if read_first is not None else None
+    return {"source_stat": stat, "source_sha256": source_sha256(paths, data)}, data
 
 
 def load(csv_path: Path) -> dict[str, dict[str, str]]:
