@@ -171,6 +171,40 @@ def test_fast_path_matches_float_and_no_rain_is_identity():
     assert degrade_array(gray16, "snow", p, d).dtype == np.uint16
 
 
+@pytest.mark.parametrize("kind", ["rain", "snow", "rain+haze", "snow+haze"])
+def test_fused_8bit_path_matches_float_on_the_half_resolution_grid(kind):
+    """At 640 x 480 the particles are drawn on the half-resolution grid and the 8-bit path composes haze, veil and
+    particles into one gain/offset map brought up by pyrUp: within two grey levels of the float path (applied
+    kind after kind) where the depth is smooth, and within a few at the horizon prior's kink."""
+    rng = np.random.default_rng(1)
+    img = cv2.resize((rng.random((60, 80, 3)) * 255).astype(np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+    d = prior_depth("horizon", 480, 640)
+    p = sample_params(kind, "heavy", ranges_for(kind, "heavy", {}), 0, "x.jpg")
+    fast = degrade_array(img, kind, p, d, metres_per_unit=10.0).astype(int)
+    ref = degrade_array(img, kind, p, d, fast=False, metres_per_unit=10.0).astype(int)
+    diff = np.abs(fast - ref)
+    assert np.mean(diff <= 2) > 0.998 and diff.max() <= 6, (np.mean(diff <= 2), diff.max())
+    assert np.abs(fast - img).mean() > 3  # and the weather is there
+
+
+def test_streak_boxes_from_the_integral_image_equal_opencv_box_filters():
+    """weather._streaks sums each layer's box filter from one integral image of the stacked layers; OpenCV's own
+    box filter (cv2.blur, zero border) of each layer's impulses is the reference."""
+    rng = np.random.default_rng(2)
+    h, w = 50, 70
+    for kernels in ([(2, 9), None, (1, 4), (1, 1)], [(3, 8), (2, 3), (1, 1)], [(1, 30)]):
+        layers = [i for i, k in enumerate(kernels) if k]
+        n = 400
+        layer, row, col, mass = rng.choice(layers, n), rng.integers(0, h, n), rng.integers(0, w, n), rng.random(n)
+        ref = np.zeros((h, w), np.float32)
+        for i in layers:
+            impulses = np.zeros((h, w), np.float32)
+            np.add.at(impulses, (row[layer == i], col[layer == i]), mass[layer == i].astype(np.float32))
+            ref += cv2.blur(impulses, kernels[i], borderType=cv2.BORDER_CONSTANT)
+        got = weather._streaks(h, w, kernels, layer, row, col, mass)
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
 def test_particles_respect_scene_depth():
     p = sample_params("snow", "heavy", ranges_for("snow", "heavy", {}), 0, "x.png")
     near = np.full((120, 160), 0.2, np.float32)  # a wall 20 cm from the lens: no flake can be in front of it

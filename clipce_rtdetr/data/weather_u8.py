@@ -41,8 +41,10 @@ def apply_u8(
         clear = weather.to_image(clear, shape)
         d = np.asarray(depth, np.float32)
     else:
-        d = grid_rows(column.astype(np.float64), clear.shape[0])
+        d = column.astype(np.float64)
     gain, offset = veils(d, weather.extinction(prec, p[prec.rate_key]) * metres_per_unit, float(p["veil"]), haze)
+    if column is not None:
+        gain, offset = grid_rows(gain, clear.shape[0]), grid_rows(offset, clear.shape[0])
     radiance = 255.0 * prec.radiance * float(p["veil"])
     # the particles in front of the veils: g -> g E, o -> o E + L (1 - E), with E = 1 - alpha
     g = np.multiply(clear, gain, dtype=np.float32)
@@ -57,8 +59,8 @@ def apply_u8(
 
 
 def grid_rows(column: np.ndarray, rows: int) -> np.ndarray:
-    """An (H, 1) depth column at `rows` grid rows: the image rows themselves, or (half resolution) the mean depth
-    of each pair of image rows."""
+    """An (H, 1) column of the veils' gain or offset at `rows` grid rows: the image rows themselves, or (half
+    resolution) the mean over each pair of image rows (the veils are affine in the pixel, so that is the mean map)."""
     if column.shape[0] == rows:
         return column
     pairs = np.concatenate([column, column[-1:]])[: 2 * rows]  # an odd last row pairs with itself
