@@ -5,9 +5,9 @@ as they were, the particles respect the scene's depth."""
 from __future__ import annotations
 
 import csv
-import math
 import filecmp
 import json
+import math
 import re
 from pathlib import Path
 
