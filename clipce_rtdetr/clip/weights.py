@@ -16,6 +16,7 @@ import torch
 
 from clipce_rtdetr.atomic import write_text
 from clipce_rtdetr.errors import ClipCEError
+from clipce_rtdetr.hashing import sha256_file
 from clipce_rtdetr.paths import home, weights_dirs
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
@@ -69,11 +70,7 @@ def file_sha256(path: str | Path) -> str:
             return hit["sha256"]
     except (OSError, ValueError, AttributeError, TypeError):
         table = {}
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = sha256_file(path).hexdigest()
     _HASH_MEMO[key] = digest
     table = table if isinstance(table, dict) else {}
     table[str(path)] = {"mtime_ns": st.st_mtime_ns, "size": st.st_size, "sha256": digest}

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from clipce_rtdetr.hashing import sha256_file
+
 JOURNAL_FILE = ".degrade-journal.tsv"
 FIELDS = ("source_stat", "source_sha256")
 
@@ -38,11 +40,7 @@ def source_sha256(paths: Sequence[Path], first: bytes | memoryview | None = None
         if i == 0 and first is not None:
             total.update(hashlib.sha256(first).digest())
             continue
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        total.update(h.digest())
+        total.update(sha256_file(p).digest())
     return total.hexdigest()
 
 

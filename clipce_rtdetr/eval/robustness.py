@@ -24,6 +24,7 @@ import yaml
 
 from clipce_rtdetr.atomic import write_text
 from clipce_rtdetr.errors import ClipCEError
+from clipce_rtdetr.hashing import sha256_file
 
 SEVERITY_COUNT = 5
 # Ultralytics keys that change what a model's evaluation gives (a cell is reused only when they are the same).
@@ -69,11 +70,7 @@ def cell_name(condition: str, severity: int) -> str:
 
 # ----------------------------------------------------------------------------------------- fingerprints
 def file_hash(path: Path, chars: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:chars]
+    return sha256_file(path).hexdigest()[:chars]
 
 
 def split_cfg(yaml_path: Path, split: str) -> tuple[dict[str, Any], Path]:
