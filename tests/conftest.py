@@ -6,7 +6,9 @@ YOLO_CONFIG_DIR and YOLO_OFFLINE at import).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +22,8 @@ sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 # Under pytest-xdist every worker is its own process and imports this file itself: its own temp folder, so workers
 # never share run folders, caches or generated data (the controller's folder holds only its settings file).
 _TMP = Path(tempfile.mkdtemp(prefix=f"clipce-tests-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-"))
+if not os.environ.get("CLIPCE_KEEP_TEST_TMP"):  # set it to look at a run's files afterwards
+    atexit.register(shutil.rmtree, _TMP, ignore_errors=True)  # generated datasets and runs: ~100 MB a session
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ["YOLO_AUTOINSTALL"] = "False"

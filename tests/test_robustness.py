@@ -94,6 +94,19 @@ def test_bad_conditions_refused():
     with pytest.raises(ClipCEError, match="Write 'haze\\+rain' as 'rain\\+haze'"):
         check_conditions(["haze+rain"])  # a known mix in another order: the spelling degrade uses is named
     assert entrypoint(["robustness", "data=hazy-shapes"]) != 0  # no model: a clear error, exit code not 0
+
+
+def test_compare_with_the_same_weights_refused(tiny_hazy_shapes, tmp_path):
+    """compare= naming the model's own weights (another path to the same bytes) would only repeat its rows."""
+    from clipce_rtdetr.eval.robustness import run_robustness
+
+    model = Path(__file__).resolve().parents[1] / "weights" / "rtdetr-tiny-shapes.pt"
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(model.read_bytes())
+    with pytest.raises(ClipCEError, match="same weights file"):
+        run_robustness({"model": str(model), "compare": str(copy), "data": str(tiny_hazy_shapes),
+                        "out": str(tmp_path / "r")})  # fmt: skip
+    assert not (tmp_path / "r").exists()  # refused before anything is written
     assert os.environ["CLIPCE_HOME"]  # the cache lives under the test session's own home
 
 
