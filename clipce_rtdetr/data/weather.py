@@ -12,9 +12,10 @@ Gunn & Marshall 1958 for snow).
   Applied as the haze model with the sky as the veil: I = J t + A (1 - t), t = exp(-beta d).
 - Particles: the near ones (z_near..z_far metres) are drawn one by one: a drop of diameter D_px pixels falling
   L_px pixels during the exposure covers each pixel of its streak for the fraction D_px / L_px of the exposure
-  (Garg & Nayar 2004), i.e. its streak carries an alpha "mass" pi/4 D_px^2 spread over a box of D_px x L_px. That is
-  a box filter of impulses, one filter per depth layer (cost independent of the streak length); wind slants every
-  streak by one shear. A particle behind the scene (farther than the scene depth at its pixel) is not drawn.
+  (Garg & Nayar 2004), i.e. its streak carries an alpha "mass" pi/4 D_px^2 spread over a box of D_px x L_px (the
+  box of the layer's mean-size particle). That is a box filter of impulses per depth layer, all read from one
+  integral image (cost independent of the streak length), on a half-resolution grid for wide images; wind slants
+  every streak by one shear. A particle behind the scene (farther than the scene depth at its pixel) is not drawn.
   Overlapping particles combine as alpha = 1 - exp(-sum).
 
 The image functions take float images in [0, 1] and a depth map in metres; the 8-bit path is weather_u8.
