@@ -40,40 +40,16 @@ def val_images(n: int) -> list[tuple[str, np.ndarray, list]]:
     return out
 
 
-def measure(kind: str, images) -> list[float]:
-    """Mean object-box SSIM at severities 1..5 (each image degraded as `robustness` degrades it, seed 0)."""
-    from clipce_rtdetr.data import physics
-    from clipce_rtdetr.data.degrade_image import (
-        degrade_array,
-        metres_per_unit,
-        prior_depth,
-        ranges_for,
-        sample_params,
-        severity_ranges,
-    )
-
-    means = []
-    for sev in range(1, 6):
-        vals = []
-        for rel, img, boxes in images:
-            p = sample_params(kind, "custom", ranges_for(kind, "custom", severity_ranges(kind, sev)), 0, rel)
-            d = prior_depth("horizon", *img.shape[:2])
-            out = degrade_array(img, kind, p, d, metres_per_unit=metres_per_unit("horizon"))
-            vals.append(physics.box_ssim(img, out, boxes))
-        means.append(float(np.nanmean(vals)))
-    return means
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--kinds", default="haze,rain,snow,rain+haze,snow+haze,lowlight+haze")
     a = ap.parse_args()
     os.environ.setdefault("YOLO_OFFLINE", "1")
-    from clipce_rtdetr.data.degrade_image import synthesis_version
+    from clipce_rtdetr.data.degrade_image import severity_measure, synthesis_version
 
     images = val_images(a.images)
-    rows = {k: measure(k, images) for k in a.kinds.split(",")}
+    rows = {k: severity_measure(k, images) for k in a.kinds.split(",")}
     record = {
         "images": len(images),
         "measure": "mean SSIM of object boxes (>= 11 px) to the input, physics.box_ssim",

@@ -196,6 +196,22 @@ def metres_per_unit(depth_source: str) -> float:
     return weather.PRIOR_METRES if depth_source in ("centre", "horizon") else 1.0
 
 
+def severity_measure(kind: str, images, seed: int = 0) -> list[float]:
+    """degrade's severity measure at the robustness severities 1..5: the mean over `images` ((relative path, BGR
+    uint8 image, object boxes in pixels)) of the object-box SSIM to the input (physics.box_ssim), each image
+    degraded as `robustness` degrades it (horizon depth prior). A heavier severity must give a lower value."""
+    means = []
+    for sev in range(1, 6):
+        vals = []
+        for rel, img, boxes in images:
+            p = sample_params(kind, "custom", ranges_for(kind, "custom", severity_ranges(kind, sev)), seed, rel)
+            d = prior_depth("horizon", *img.shape[:2])
+            out = degrade_array(img, kind, p, d, metres_per_unit=metres_per_unit("horizon"))
+            vals.append(physics.box_ssim(img, out, boxes))
+        means.append(float(np.nanmean(vals)))
+    return means
+
+
 # ----------------------------------------------------------------------------------------- images
 def read_bytes(path: Path) -> np.ndarray:
     """A file's contents as a uint8 array (np.fromfile works with non-ASCII paths)."""

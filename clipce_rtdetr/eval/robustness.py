@@ -271,8 +271,10 @@ def run_robustness(overrides: dict[str, Any]) -> dict[str, Any]:
     if proj.get("compare"):
         models.append(str(resolve_model(proj["compare"])))
         if file_hash(Path(models[0])) == file_hash(Path(models[1])):
-            raise ClipCEError(f"compare={proj['compare']} is the same weights file as model= ({models[0]}): its rows "
-                              "would repeat the model's; compare= takes another model, e.g. the stock fine-tune.")  # fmt: skip
+            raise ClipCEError(
+                f"compare={proj['compare']} is the same weights file as model= ({models[0]}): its rows would repeat "
+                "the model's; compare= takes another model, e.g. the stock fine-tune."
+            )
     conditions = check_conditions(proj.get("conditions"))
     data = resolve_data(ultra.pop("data"), allow_download=proj["allow_download"], splits=(split,))
     out = Path(proj.get("out") or "robustness")
