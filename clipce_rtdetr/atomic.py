@@ -74,8 +74,11 @@ def _unlink_quietly(path: Path) -> None:
 def atomic_path(path: str | Path, fsync: bool = True, missing_ok: bool = False) -> Iterator[Path]:
     """Yields a temporary path to write (with any writer: torch.save, cv2.imwrite, safetensors); on a clean exit
     it replaces `path`. Any error (or a writer that produced no file, unless `missing_ok`: then nothing changes)
-    removes the temporary file, leaves `path` untouched and raises AtomicWriteError naming `path`."""
+    removes the temporary file, leaves `path` untouched and raises AtomicWriteError naming `path`. A symbolic
+    link is written through, as open() would: its target is replaced and the link stays."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()  # the temporary file must sit beside the target: the rename is within its folder
     tmp = temp_path_for(path)
     try:
         yield tmp

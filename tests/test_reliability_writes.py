@@ -171,3 +171,18 @@ def test_clip_hash_cache_on_a_full_disk_is_skipped_and_leaves_no_temporary_file(
     assert weights.file_sha256(f) == hashlib.sha256(b"weights").hexdigest()  # the cache is optional
     assert only_files(small_disk / "home") == ["clip-sha256.json"]
     assert (small_disk / "home" / "clip-sha256.json").read_text() == "{}"
+
+
+def test_a_symlinked_file_is_written_through_its_link(tmp_path):
+    """Writing a path that is a symbolic link replaces the file it points to, as open() would, and keeps the link
+    (a rename onto the link itself would turn it into a separate regular file)."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "settings.json"
+    target.write_text("old")
+    link = tmp_path / "settings.json"
+    link.symlink_to(target)
+    write_text(link, "new")
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real", "settings.json"]  # nothing left beside the link
+

@@ -140,7 +140,7 @@ class ClipCETrainerMixin(RunFilesMixin):
         of best.pt read it), so on several machines it must be on a filesystem they all share."""
         distributed.broadcast_object(True)  # rank 0 has created it by the time this returns anywhere
         if distributed.is_main() and os.environ.get("TORCHELASTIC_RUN_ID"):  # a restart finds its run by this
-            (Path(self.save_dir) / distributed.RUN_ID_FILE).write_text(os.environ["TORCHELASTIC_RUN_ID"])
+            atomic.write_text(Path(self.save_dir) / distributed.RUN_ID_FILE, os.environ["TORCHELASTIC_RUN_ID"])
         if distributed.any_rank(not Path(self.save_dir).is_dir()):
             raise ClipCEError(
                 f"the run folder {self.save_dir} is not visible to every process: on several machines put it on a "
