@@ -158,6 +158,11 @@ def test_fast_path_matches_float_and_no_rain_is_identity():
         assert np.abs(fast - ref).max() <= 2  # the veil's and the particles' fixed-point roundings
         zero = {**p, weather.PRECIPITATION[kind].rate_key: 0.0}
         assert np.abs(degrade_array(img, kind, zero, d).astype(int) - img).max() <= 1
+    two = np.dstack([img[..., 0], img[..., 1]])  # a two-channel 8-bit image: every channel gets the same maps
+    p = sample_params("rain", "heavy", ranges_for("rain", "heavy", {}), 0, "x.png")
+    both = degrade_array(two, "rain", p, d, metres_per_unit=10.0)
+    assert both.shape == two.shape
+    assert np.abs(both[..., 0].astype(int) - degrade_array(img[..., 0], "rain", p, d, metres_per_unit=10.0)).max() == 0
     gray16 = (rng.random((60, 80)) * 65535).astype(np.uint16)  # 16-bit and gray images take the float path
     p = sample_params("snow", "heavy", ranges_for("snow", "heavy", {}), 0, "x.png")
     assert degrade_array(gray16, "snow", p, d).dtype == np.uint16

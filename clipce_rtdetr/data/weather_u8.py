@@ -52,8 +52,9 @@ def apply_u8(
     o += np.float32(radiance)
     g8 = weather.to_image(cv2.convertScaleAbs(g), shape)  # rounds and saturates
     o8 = weather.to_image(cv2.convertScaleAbs(o), shape)
-    if img.ndim == 3:
-        g8, o8 = cv2.cvtColor(g8, cv2.COLOR_GRAY2BGR), cv2.cvtColor(o8, cv2.COLOR_GRAY2BGR)
+    if img.ndim == 3:  # the same grey map on every channel
+        g8, o8 = (cv2.cvtColor(m, cv2.COLOR_GRAY2BGR) if img.shape[2] == 3 else cv2.merge([m] * img.shape[2])
+                  for m in (g8, o8))  # fmt: skip
     out = cv2.multiply(np.ascontiguousarray(img), g8, scale=1.0 / 255.0)
     return cv2.add(out, o8, dst=out)
 
