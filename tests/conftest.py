@@ -36,6 +36,12 @@ from ultralytics.utils import SETTINGS  # noqa: E402
 
 import clipce_rtdetr  # noqa: E402,F401  (applies offline settings)
 
+if not Path(SETTINGS.file).resolve().is_relative_to(_TMP.resolve()):  # ultralytics was imported before this file
+    raise RuntimeError(
+        f"ultralytics was imported before tests/conftest.py set YOLO_CONFIG_DIR, so its settings are your own "
+        f"({SETTINGS.file}), which the tests would rewrite (runs_dir, datasets_dir into a temporary folder). Run "
+        "pytest in a process that has not imported ultralytics (e.g. `pytest -q`, not from a script that imports it)."
+    )
 SETTINGS.update(
     {"datasets_dir": str(_TMP / "datasets"), "runs_dir": str(_TMP / "runs"), "weights_dir": str(_TMP / "weights")}
 )
