@@ -352,13 +352,8 @@ def _degrade_one(
     if colour.ndim == 3 and colour.shape[2] == 1:
         colour = colour[..., 0]
     fast = fast and colour.dtype == np.uint8
-    res = (
-        _fast_u8(
-            colour, kind, p, depth, bgr, depth_max, metres_per_unit, haze if kind in weather.PRECIPITATION else None
-        )
-        if fast
-        else None
-    )
+    haze = haze if kind in weather.PRECIPITATION else None
+    res = _fast_u8(colour, kind, p, depth, bgr, depth_max, metres_per_unit, haze) if fast else None
     if res is not None:
         if alpha is not None:
             res = np.concatenate([res, alpha], axis=2)
