@@ -23,20 +23,8 @@ CHOICES = {
     "clipce_terms": ("all", "final"),
     "ame_crops": ("source", "batch"),
     # degrade / robustness kinds: the singles, then the mixes (data/degrade_image.py KINDS, same order)
-    "kind": (
-        "haze",
-        "lowlight",
-        "underwater",
-        "rain",
-        "snow",
-        "rain+haze",
-        "snow+haze",
-        "lowlight+haze",
-        "lowlight+rain",
-        "lowlight+snow",
-        "lowlight+rain+haze",
-        "lowlight+snow+haze",
-    ),  # fmt: skip
+    "kind": ("haze", "lowlight", "underwater", "rain", "snow", "rain+haze", "snow+haze", "lowlight+haze",
+             "lowlight+rain", "lowlight+snow", "lowlight+rain+haze", "lowlight+snow+haze"),  # fmt: skip
     "level": ("light", "medium", "heavy", "custom"),
 }
 NON_NEGATIVE = (

@@ -119,9 +119,8 @@ class LiveStats:
         self.last_lag_ms: float | None = None
         self.videos: dict[str, tuple[int, int]] = {}  # video path -> (frames read, frames declared): one per file
 
-    def add(
-        self, n: int, latency_ms: float | None = None, lag_ms: float | None = None, now: float | None = None
-    ) -> None:
+    def add(self, n: int, latency_ms: float | None = None, lag_ms: float | None = None,
+            now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
         self.frames += n
         self.rate.tick(now, n)

@@ -319,15 +319,7 @@ class ClipCETrainerMixin(RunFilesMixin):
         bundle = bundle or load_clip(a["clip"], device=self.device)
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         done = cache_build.build_share(
-            labels,
-            bundle,
-            a["ame_context"],
-            a["ame_batch"],
-            self.device,
-            shards,
-            rank,
-            world,
-            self.args.workers,
+            labels, bundle, a["ame_context"], a["ame_batch"], self.device, shards, rank, world, self.args.workers,
             progress=RANK in {-1, 0},
         )
         LOGGER.info(f"CLIP-CE: rank {rank} embedded {done} chunk(s) of the cache into {shards}")

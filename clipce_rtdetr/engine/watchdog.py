@@ -75,19 +75,15 @@ class Heartbeat:
             except Exception as e:  # noqa: BLE001 - the store's host (torchrun's agent or rank 0) is gone
                 store_down_since = store_down_since or now
                 if now - store_down_since > self.timeout:
-                    self._abort(
-                        f"the job's store (served by torchrun or rank 0) has not answered for "
-                        f"{now - store_down_since:.0f} s ({type(e).__name__}: {e})"
-                    )
+                    self._abort(f"the job's store (served by torchrun or rank 0) has not answered for "
+                                f"{now - store_down_since:.0f} s ({type(e).__name__}: {e})")
                 continue
             for r, c in counts.items():
                 if r not in seen or seen[r][0] != c:
                     seen[r] = (c, now)
                 elif now - seen[r][1] > self.timeout and not self._finished(r):
-                    self._abort(
-                        f"{self.describe(r)} has given no sign of life for {now - seen[r][1]:.0f} s "
-                        f"(dist_timeout={self.timeout:g}): it is hung or lost"
-                    )
+                    self._abort(f"{self.describe(r)} has given no sign of life for {now - seen[r][1]:.0f} s "
+                                f"(dist_timeout={self.timeout:g}): it is hung or lost")
 
     def silent(self, min_s: float) -> list[str]:
         """The other processes whose heartbeat has not moved for `min_s` seconds (and did not finish cleanly)."""
