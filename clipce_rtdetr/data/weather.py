@@ -148,10 +148,9 @@ def particle_optical_depth(
     import cv2
 
     h, w = grid_shape(*shape)
-    total = np.zeros((h, w), np.float32)
     rate = p[prec.rate_key]
     if rate <= 0:
-        return total
+        return np.zeros((h, w), np.float32)
     f = focal_px(shape[1]) * w / shape[1]
     layer, x, y, d_mm = _draw_particles(prec, rate, int(p["particle_seed"]), (w / f) * (h / f))
     slope = math.tan(math.radians(p["wind"]))
@@ -162,7 +161,7 @@ def particle_optical_depth(
     d_px = f * prec.size_factor * d_mm * 1e-3 / z_mid[layer]
     kernels = _streak_kernels(prec, p, f, rate, layer)
     if not any(kernels):
-        return total
+        return np.zeros((h, w), np.float32)
     total = _streaks(h, w, kernels, layer, (y * h).astype(np.intp), (x * w).astype(np.intp),
                      (prec.opacity * math.pi / 4.0) * d_px * d_px)  # fmt: skip
     if slope:  # slant every streak: row y moves sideways by slope * (y - h / 2), wrapping around
@@ -270,13 +269,16 @@ def depth_in_metres(depth: np.ndarray, metres_per_unit: float) -> np.ndarray:
     return np.asarray(depth, dtype=np.float32) * np.float32(metres_per_unit)
 
 
+def veil_light(kind: str, p: dict[str, Any]) -> tuple[float, float, float]:
+    """(beta per metre, veil A, particle radiance L) of one image's parameters."""
+    prec = PRECIPITATION[kind]
+    # A particle sends back a fraction of the sky light around it, so it is never brighter than the veil.
+    return extinction(prec, p[prec.rate_key]), float(p["veil"]), prec.radiance * float(p["veil"])
+
+
 def veil_and_alpha(shape: tuple[int, int], depth_m: np.ndarray, kind: str, p: dict[str, Any]):
     """(beta per metre, veil A, particle radiance L, alpha map) of one image."""
-    prec = PRECIPITATION[kind]
-    alpha = particle_alpha(shape, depth_m, prec, p)
-    # A particle sends back a fraction of the sky light around it, so it is never brighter than the veil.
-    radiance = prec.radiance * float(p["veil"])
-    return extinction(prec, p[prec.rate_key]), float(p["veil"]), float(radiance), alpha
+    return *veil_light(kind, p), particle_alpha(shape, depth_m, PRECIPITATION[kind], p)
 
 
 def apply_weather(clean: np.ndarray, depth_m: np.ndarray, kind: str, p: dict[str, Any]) -> np.ndarray:

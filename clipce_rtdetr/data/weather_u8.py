@@ -42,10 +42,11 @@ def apply_u8(
         d = np.asarray(depth, np.float32)
     else:
         d = column.astype(np.float64)
-    gain, offset = veils(d, weather.extinction(prec, p[prec.rate_key]) * metres_per_unit, float(p["veil"]), haze)
+    beta, sky, radiance = weather.veil_light(kind, p)
+    gain, offset = veils(d, beta * metres_per_unit, sky, haze)
     if column is not None:
         gain, offset = grid_rows(gain, clear.shape[0]), grid_rows(offset, clear.shape[0])
-    radiance = 255.0 * prec.radiance * float(p["veil"])
+    radiance *= 255.0
     # the particles in front of the veils: g -> g E, o -> o E + L (1 - E), with E = 1 - alpha
     g = np.multiply(clear, gain, dtype=np.float32)
     o = np.multiply(clear, offset - radiance, dtype=np.float32)
